@@ -1,0 +1,18 @@
+//! The pure domain: principals, policies, requests and their state machine, votes, the audit chain.
+//!
+//! Nothing in here performs I/O or knows about Lambda, HTTP, AWS SDKs or Slack's JSON. A test in
+//! `tests/integration/layering.rs` keeps it so.
+
+pub mod audit;
+pub mod ids;
+pub mod policy;
+pub mod principal;
+pub mod request;
+pub mod time;
+
+pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};
+pub use ids::*;
+pub use policy::Policy;
+pub use principal::{Principal, PrincipalError};
+pub use request::{ApprovalRequest, Status, Transition, TransitionError, Vote};
+pub use time::Timestamp;

@@ -1,0 +1,3 @@
+use super::*;
+
+pub const EXAMPLE: &str = include_str!("../../../infra/policies.example.yaml");

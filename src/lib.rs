@@ -1,0 +1,15 @@
+//! Countersign: a human in the loop, in Slack, whenever a non-human identity asks to do something that
+//! matters.
+//!
+//! - [`domain`]: pure model (principals, policies, requests, votes, audit chain). No I/O.
+//! - [`ports`]: the traits the services need (stores, clock, Slack).
+//! - [`adapters`]: DynamoDB, the embedded store, Slack, Secrets Manager.
+//! - [`config`]: configuration from the environment (Lambda) or files (local mode).
+//! - [`cli`]: the `countersign` command.
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod ports;
+pub mod telemetry;

@@ -1,0 +1,184 @@
+//! The small capabilities the services need from the outside world. Adapters implement them; services only
+//! ever see `Arc<dyn Port>`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote};
+
+/// Failures of a store. `Unavailable` is retryable and maps to `503` + `Retry-After`; `Conflict` means a
+/// conditional write lost and the caller must re-read; `Corrupt` is an item that no longer parses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("conditional write failed: {0:?}")]
+    Conflict(Conflict),
+    #[error("stored item is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+}
+
+/// Which condition of a [`Commit`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The request changed since it was read (version, status or expiry no longer as expected): re-read.
+    Stale,
+    /// This Slack user already has a vote on this request.
+    DuplicateVote,
+}
+
+/// What must still hold for a commit to apply, besides the version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Status is `pending` and `expires_at > t` (votes, cancel).
+    OpenAt(Timestamp),
+    /// Status is `pending` and `expires_at <= t` (the sweeper's expiry).
+    ExpiredAt(Timestamp),
+    /// Only the version (notification bookkeeping).
+    VersionOnly,
+}
+
+/// One atomic change to a request: new state, at most one new vote, and the audit records, all or nothing.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub expected_version: u64,
+    /// The new state; its `version` must be `expected_version + 1`.
+    pub request: ApprovalRequest,
+    /// Inserted only if this user has no vote on the request yet.
+    pub vote: Option<Vote>,
+    pub events: Vec<AuditDraft>,
+    pub guard: Guard,
+}
+
+/// Outcome of creating a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created,
+    /// The same principal already used this idempotency key: here is that request (compare `body_hash`).
+    Existing(ApprovalRequest),
+    /// The principal already has `max_pending` pending requests under this policy.
+    TooManyPending,
+}
+
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    async fn list_policies(&self) -> Result<Vec<Policy>, StoreError>;
+    async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError>;
+    /// Creates or replaces one policy and appends its `policy.changed` record, atomically.
+    async fn put_policy(&self, policy: &Policy, event: AuditDraft) -> Result<(), StoreError>;
+    /// Deletes one policy and appends its `policy.deleted` record, atomically.
+    async fn delete_policy(&self, name: &PolicyName, event: AuditDraft) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait RequestStore: Send + Sync {
+    /// Writes a new request (version 1) with its audit records. Atomically: refuses a second request for
+    /// the same (principal, idempotency key) and enforces `max_pending` per (principal, policy) for pending
+    /// requests.
+    async fn create_request(
+        &self,
+        request: &ApprovalRequest,
+        events: Vec<AuditDraft>,
+        max_pending: u32,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError>;
+
+    /// Applies a [`Commit`] with all its conditions, or nothing (`StoreError::Conflict`).
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Pending requests, oldest first (sweeper: expiry and reminders).
+    async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// Requests whose Slack message must still be posted or updated, due at or before `now`.
+    async fn list_notification_due(&self, now: Timestamp, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// Requests of one principal (identity) created at or after `since`, newest first.
+    async fn list_by_principal(
+        &self,
+        principal: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRequest>, StoreError>;
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends records on their own (refusals, rejected callbacks), chained after the current last one.
+    async fn append(&self, events: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Records with `seq >= from_seq`, in chain order, at most `limit` (page by passing last seq + 1).
+    async fn read_from(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+    /// All records of one request, in chain order.
+    async fn for_request(&self, id: &RequestId) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The last record of the chain, if any.
+    async fn last(&self) -> Result<Option<AuditEvent>, StoreError>;
+}
+
+/// Everything a service needs from storage, as one handle.
+#[derive(Clone)]
+pub struct Stores {
+    pub policies: Arc<dyn PolicyStore>,
+    pub requests: Arc<dyn RequestStore>,
+    pub audit: Arc<dyn AuditLog>,
+}
+
+impl Stores {
+    /// One adapter that implements all three ports.
+    pub fn from_one<S: PolicyStore + RequestStore + AuditLog + 'static>(s: Arc<S>) -> Self {
+        Self {
+            policies: s.clone(),
+            requests: s.clone(),
+            audit: s,
+        }
+    }
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock, truncated to milliseconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp::from_unix_millis(ms)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(t: Timestamp) -> Self {
+        Self(AtomicI64::new(t.unix_millis()))
+    }
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.unix_millis(), Ordering::SeqCst);
+    }
+    pub fn advance_seconds(&self, s: i64) {
+        self.0.fetch_add(s * 1000, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.0.load(Ordering::SeqCst))
+    }
+}
