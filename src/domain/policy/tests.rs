@@ -1,3 +1,260 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 
 pub const EXAMPLE: &str = include_str!("../../../infra/policies.example.yaml");
+
+const GOOD: &str = r#"
+version: 1
+policies:
+  - name: p
+    principals: [arn:aws:iam::111122223333:role/deploy]
+    actions: [deploy]
+    environments: [production]
+    approvers: {users: [UAPPROVER1, UAPPROVER2]}
+    required_approvals: 1
+    owners: [U0OWNER01]
+    channel: C0APPROVALS
+    max_ttl: 1h
+"#;
+
+fn errors_of(src: &str) -> Vec<String> {
+    match parse_policies(src) {
+        Ok(p) => panic!("expected errors, got {} policies", p.len()),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_error(src: &str, want: &str) {
+    let errs = errors_of(src);
+    assert!(errs.iter().any(|e| e.contains(want)), "wanted an error containing {want:?}, got {errs:#?}");
+}
+
+#[test]
+fn example_file_is_valid() {
+    let p = parse_policies(EXAMPLE).unwrap();
+    assert_eq!(p.len(), 4);
+    assert_eq!(p[0].max_ttl, 3600);
+    assert_eq!(p[2].resources, vec![Pattern("*".into())]);
+}
+
+#[test]
+fn minimal_policy_gets_defaults() {
+    let p = &parse_policies(GOOD).unwrap()[0];
+    assert_eq!(p.max_pending, DEFAULT_MAX_PENDING);
+    assert!(!p.require_reason);
+    assert_eq!(p.version().len(), 16);
+}
+
+#[test]
+fn rejects_unknown_policy_key_naming_policy_field_and_line() {
+    let src = GOOD.replace("    max_ttl: 1h", "    max_ttl: 1h\n    auto_approve: true");
+    let e = &parse_policies(&src).unwrap_err().0[0];
+    assert_eq!(e.policy.as_deref(), Some("p"));
+    assert!(e.message.contains("unknown field `auto_approve`"), "{e}");
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn rejects_unknown_top_level_key() {
+    assert_error(&format!("{GOOD}extra: 1\n"), "unknown field `extra`");
+}
+
+#[test]
+fn rejects_wrong_version() {
+    assert_error(&GOOD.replace("version: 1", "version: 2"), "field version: unsupported version 2");
+}
+
+#[test]
+fn rejects_bad_policy_name() {
+    assert_error(&GOOD.replace("name: p", "name: Deploy_Prod"), "field name: may only contain a-z, 0-9 and -");
+}
+
+#[test]
+fn rejects_duplicate_names() {
+    let body = GOOD.split("policies:\n").nth(1).unwrap();
+    assert_error(&format!("{GOOD}{body}"), "policy \"p\", field name: duplicate policy name");
+}
+
+#[test]
+fn rejects_root_and_wildcard_account_principals() {
+    assert_error(
+        &GOOD.replace("role/deploy]", "role/deploy, 'arn:aws:iam::111122223333:root']"),
+        "the root user cannot be a principal",
+    );
+    assert_error(&GOOD.replace("111122223333:role/deploy", "*:role/deploy"), "field principals");
+}
+
+#[test]
+fn rejects_assumed_role_principal() {
+    assert_error(
+        &GOOD.replace("iam::111122223333:role/deploy", "sts::111122223333:assumed-role/deploy/s1"),
+        "not an assumed-role ARN",
+    );
+}
+
+#[test]
+fn rejects_wildcard_in_middle_of_action() {
+    assert_error(&GOOD.replace("[deploy]", "[\"d*y\"]"), "field actions: \"d*y\": a wildcard is only allowed once, at the end");
+}
+
+#[test]
+fn rejects_invalid_environment() {
+    assert_error(&GOOD.replace("[production]", "[Production]"), "field environments: \"Production\"");
+}
+
+#[test]
+fn rejects_bad_slack_ids() {
+    assert_error(&GOOD.replace("UAPPROVER1", "alice"), "field approvers.users: \"alice\"");
+    assert_error(&GOOD.replace("C0APPROVALS", "#approvals"), "field channel: Slack channel id");
+}
+
+#[test]
+fn rejects_owner_listed_as_approver() {
+    assert_error(&GOOD.replace("U0OWNER01", "UAPPROVER1"), "is also an owner");
+}
+
+#[test]
+fn rejects_quorum_larger_than_the_approver_list() {
+    assert_error(&GOOD.replace("required_approvals: 1", "required_approvals: 3"), "3 approvals required but only 2 approver(s) listed");
+}
+
+#[test]
+fn rejects_approvals_without_approvers() {
+    assert_error(&GOOD.replace("    approvers: {users: [UAPPROVER1, UAPPROVER2]}\n", ""), "nobody could ever approve");
+}
+
+#[test]
+fn rejects_bad_ttls() {
+    assert_error(&GOOD.replace("max_ttl: 1h", "max_ttl: 1 hour"), "field max_ttl: \"1 hour\" is not a duration");
+    assert_error(&GOOD.replace("max_ttl: 1h", "max_ttl: 30s"), "must be between 1m and 7d, got 30s");
+    assert_error(&GOOD.replace("max_ttl: 1h", "max_ttl: 8d"), "must be between 1m and 7d, got 8d");
+}
+
+#[test]
+fn rejects_missing_required_field_with_policy_name() {
+    let e = errors_of(&GOOD.replace("    channel: C0APPROVALS\n", ""));
+    assert!(e[0].contains("policy \"p\"") && e[0].contains("missing field `channel`"), "{e:?}");
+}
+
+#[test]
+fn rejects_zero_max_pending() {
+    assert_error(&format!("{GOOD}    max_pending: 0\n"), "field max_pending: must be 1 to 1000, got 0");
+}
+
+#[test]
+fn reports_every_error_not_just_the_first() {
+    let src = GOOD.replace("name: p", "name: P!").replace("[production]", "[PROD]").replace("max_ttl: 1h", "max_ttl: x");
+    assert_eq!(errors_of(&src).len(), 3);
+}
+
+#[test]
+fn rejects_invalid_yaml_with_line() {
+    let e = &parse_policies("version: 1\npolicies:\n  - name: [unclosed\n").unwrap_err().0[0];
+    assert!(e.line.is_some(), "{e}");
+}
+
+fn principal(arn: &str) -> Principal {
+    Principal::parse(arn).unwrap()
+}
+
+#[test]
+fn no_matching_policy_means_deny() {
+    let ps = parse_policies(EXAMPLE).unwrap();
+    let who = principal("arn:aws:sts::111122223333:assumed-role/unknown-role/s1");
+    let a = Action::parse("deploy").unwrap();
+    let e = Environment::parse("production").unwrap();
+    assert!(select(&ps, &who, &a, &e, None).is_none());
+}
+
+#[test]
+fn strictest_matching_policy_wins() {
+    let src = r#"
+version: 1
+policies:
+  - name: loose
+    principals: [arn:aws:iam::111122223333:role/ci-*]
+    actions: ["*"]
+    environments: ["*"]
+    approvers: {groups: [S0ANY]}
+    required_approvals: 1
+    channel: C0X
+    max_ttl: 1h
+  - name: strict-b
+    principals: [arn:aws:iam::111122223333:role/ci-deploy]
+    actions: [deploy]
+    environments: [production]
+    approvers: {groups: [S0ANY]}
+    required_approvals: 2
+    channel: C0X
+    max_ttl: 1h
+  - name: strict-a
+    principals: [arn:aws:iam::111122223333:role/ci-deploy]
+    actions: [deploy]
+    environments: [production]
+    approvers: {groups: [S0ANY]}
+    required_approvals: 2
+    channel: C0X
+    max_ttl: 1h
+  - name: strict-short
+    principals: [arn:aws:iam::111122223333:role/ci-deploy]
+    actions: [deploy]
+    environments: [production]
+    approvers: {groups: [S0ANY]}
+    required_approvals: 2
+    channel: C0X
+    max_ttl: 10m
+"#;
+    let ps = parse_policies(src).unwrap();
+    let who = principal("arn:aws:sts::111122223333:assumed-role/ci-deploy/run-1");
+    let a = Action::parse("deploy").unwrap();
+    let prod = Environment::parse("production").unwrap();
+    let stg = Environment::parse("staging").unwrap();
+    assert_eq!(select(&ps, &who, &a, &prod, None).unwrap().name.as_str(), "strict-short");
+    assert_eq!(select(&ps, &who, &a, &stg, None).unwrap().name.as_str(), "loose");
+    let without_short: Vec<_> = ps.iter().filter(|p| p.name.as_str() != "strict-short").cloned().collect();
+    assert_eq!(select(&without_short, &who, &a, &prod, None).unwrap().name.as_str(), "strict-a");
+}
+
+#[test]
+fn resources_default_to_any_and_requests_without_resource_need_a_star() {
+    let ps = parse_policies(EXAMPLE).unwrap();
+    let who = principal("arn:aws:sts::111122223333:assumed-role/github-deploy/run-1");
+    let a = Action::parse("deploy").unwrap();
+    let prod = Environment::parse("production").unwrap();
+    let svc = Resource::parse("service/payments").unwrap();
+    let other = Resource::parse("bucket/x").unwrap();
+    assert_eq!(select(&ps, &who, &a, &prod, Some(&svc)).unwrap().name.as_str(), "deploy-production");
+    assert!(select(&ps, &who, &a, &prod, Some(&other)).is_none());
+    assert!(select(&ps, &who, &a, &prod, None).is_none(), "deploy-production lists resources, so a resource is needed");
+}
+
+#[test]
+fn owners_can_never_approve_even_through_a_group() {
+    let p = &parse_policies(EXAMPLE).unwrap()[0];
+    let owner = SlackUserId::parse("U0OWNER01").unwrap();
+    assert_eq!(p.approver_check(&owner, true), Err(NotApprover::Owner));
+    let stranger = SlackUserId::parse("U0STRANGER").unwrap();
+    assert_eq!(p.approver_check(&stranger, false), Err(NotApprover::NotListed));
+    assert_eq!(p.approver_check(&SlackUserId::parse("U012AB3CD").unwrap(), false), Ok(()));
+}
+
+#[test]
+fn durations_parse_and_format() {
+    assert_eq!(parse_duration("2h30m"), Ok(9000));
+    assert_eq!(parse_duration("90"), Ok(90));
+    assert!(parse_duration("5").is_ok());
+    assert!(parse_duration("h").is_err());
+    assert!(parse_duration("5x").is_err());
+    assert_eq!(format_duration(9000), "2h30m");
+}
+
+#[test]
+fn version_changes_with_content() {
+    let mut p = parse_policies(GOOD).unwrap().remove(0);
+    let v1 = p.version();
+    p.required_approvals = 2;
+    assert_ne!(v1, p.version());
+    let old = parse_policies(GOOD).unwrap().remove(0);
+    assert_eq!(diff_fields(&old, &p).keys().collect::<Vec<_>>(), vec!["required_approvals"]);
+}
