@@ -1,1 +1,245 @@
-//! Config
+//! Configuration of the Lambda functions, from environment variables only (documented in
+//! docs/configuration.md). A missing or invalid variable stops start-up with one line naming it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::domain::principal::valid_account;
+use crate::domain::Environment;
+
+pub const DEFAULT_SLACK_API_BASE_URL: &str = "https://slack.com/api";
+
+/// One configuration problem, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// Which binary is starting: each needs a slightly different set of variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    RequestApi,
+    SlackInteractions,
+    Sweeper,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableConfig {
+    pub policies: String,
+    pub requests: String,
+    pub audit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaConfig {
+    pub tables: TableConfig,
+    pub slack_secret_id: String,
+    pub slack_api_base_url: String,
+    /// `T…` workspace or `E…` Enterprise Grid organization id; callbacks from anything else are refused.
+    pub slack_team_id: Option<String>,
+    pub slack_app_id: Option<String>,
+    /// Empty = any account (API Gateway's resource policy still applies).
+    pub allowed_accounts: BTreeSet<String>,
+    pub allowed_org_id: Option<String>,
+    pub sensitive_environments: BTreeSet<Environment>,
+    pub secret_cache_ttl: Duration,
+    pub slack_timeout: Duration,
+}
+
+impl LambdaConfig {
+    /// Reads the process environment.
+    pub fn from_env(component: Component) -> Result<Self, ConfigError> {
+        Self::from_lookup(component, |k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get` (tests pass a map).
+    pub fn from_lookup(component: Component, get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let opt = |var: &'static str| get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let req = |var: &'static str| opt(var).ok_or_else(|| err(var, "is required but not set"));
+        let table = |var: &'static str| -> Result<String, ConfigError> {
+            let v = req(var)?;
+            let ok = (3..=255).contains(&v.len())
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if ok {
+                Ok(v)
+            } else {
+                Err(err(var, format!("{v:?} is not a valid DynamoDB table name")))
+            }
+        };
+        let tables = TableConfig {
+            policies: table("COUNTERSIGN_POLICIES_TABLE")?,
+            requests: table("COUNTERSIGN_REQUESTS_TABLE")?,
+            audit: table("COUNTERSIGN_AUDIT_TABLE")?,
+        };
+        let slack_secret_id = req("COUNTERSIGN_SLACK_SECRET_ID")?;
+        let slack_api_base_url = match opt("COUNTERSIGN_SLACK_API_BASE_URL") {
+            None => DEFAULT_SLACK_API_BASE_URL.to_string(),
+            Some(u) if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => {
+                return Err(err(
+                    "COUNTERSIGN_SLACK_API_BASE_URL",
+                    format!("{u:?} must be an https:// URL (plain http only for 127.0.0.1/localhost)"),
+                ))
+            }
+        };
+        let needs_slack_ids = component == Component::SlackInteractions;
+        let slack_team_id = match opt("COUNTERSIGN_SLACK_TEAM_ID") {
+            Some(t) if is_slack_id(&t, &['T', 'E']) => Some(t),
+            Some(t) => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", format!("{t:?} is not a Slack team (T…) or enterprise (E…) id"))),
+            None if needs_slack_ids => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", "is required but not set")),
+            None => None,
+        };
+        let slack_app_id = match opt("COUNTERSIGN_SLACK_APP_ID") {
+            Some(a) if is_slack_id(&a, &['A']) => Some(a),
+            Some(a) => return Err(err("COUNTERSIGN_SLACK_APP_ID", format!("{a:?} is not a Slack app id (A…)"))),
+            None if needs_slack_ids => return Err(err("COUNTERSIGN_SLACK_APP_ID", "is required but not set")),
+            None => None,
+        };
+        let mut allowed_accounts = BTreeSet::new();
+        for a in opt("COUNTERSIGN_ALLOWED_ACCOUNTS").unwrap_or_default().split(',') {
+            let a = a.trim();
+            if a.is_empty() {
+                continue;
+            }
+            if !valid_account(a) {
+                return Err(err("COUNTERSIGN_ALLOWED_ACCOUNTS", format!("{a:?} is not a 12-digit account id")));
+            }
+            allowed_accounts.insert(a.to_string());
+        }
+        let allowed_org_id = match opt("COUNTERSIGN_ALLOWED_ORG_ID") {
+            Some(o) if o.starts_with("o-") && o.len() >= 12 && o[2..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) => Some(o),
+            Some(o) => return Err(err("COUNTERSIGN_ALLOWED_ORG_ID", format!("{o:?} is not an organization id (o-…)"))),
+            None => None,
+        };
+        let mut sensitive_environments = BTreeSet::new();
+        for e in opt("COUNTERSIGN_SENSITIVE_ENVIRONMENTS").unwrap_or_default().split(',') {
+            let e = e.trim();
+            if e.is_empty() {
+                continue;
+            }
+            let env = Environment::parse(e).map_err(|x| err("COUNTERSIGN_SENSITIVE_ENVIRONMENTS", x.to_string()))?;
+            sensitive_environments.insert(env);
+        }
+        let secs = |var: &'static str, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match opt(var) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n <= max => Ok(n),
+                    _ => Err(err(var, format!("{v:?} is not a whole number of seconds from 0 to {max}"))),
+                },
+            }
+        };
+        let secret_cache_ttl = Duration::from_secs(secs("COUNTERSIGN_SECRET_CACHE_TTL_SECONDS", 300, 3600)?);
+        let slack_timeout_ms = match opt("COUNTERSIGN_SLACK_TIMEOUT_MS") {
+            None => 2000,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (100..=10_000).contains(&n) => n,
+                _ => return Err(err("COUNTERSIGN_SLACK_TIMEOUT_MS", format!("{v:?} must be 100 to 10000"))),
+            },
+        };
+        Ok(Self {
+            tables,
+            slack_secret_id,
+            slack_api_base_url,
+            slack_team_id,
+            slack_app_id,
+            allowed_accounts,
+            allowed_org_id,
+            sensitive_environments,
+            secret_cache_ttl,
+            slack_timeout: Duration::from_millis(slack_timeout_ms),
+        })
+    }
+}
+
+fn is_slack_id(s: &str, prefixes: &[char]) -> bool {
+    s.len() >= 3
+        && s.len() <= 32
+        && s.starts_with(prefixes)
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
+            ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
+            ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
+            ("COUNTERSIGN_SLACK_SECRET_ID", "countersign/slack"),
+            ("COUNTERSIGN_SLACK_TEAM_ID", "T0123ABCD"),
+            ("COUNTERSIGN_SLACK_APP_ID", "A0123ABCD"),
+        ])
+    }
+
+    fn load(c: Component, m: &HashMap<&'static str, &'static str>) -> Result<LambdaConfig, ConfigError> {
+        LambdaConfig::from_lookup(c, |k| m.get(k).map(|v| (*v).to_string()))
+    }
+
+    #[test]
+    fn minimal_environment_loads_with_defaults() {
+        let c = load(Component::SlackInteractions, &base()).unwrap();
+        assert_eq!(c.slack_api_base_url, DEFAULT_SLACK_API_BASE_URL);
+        assert!(c.allowed_accounts.is_empty());
+        assert_eq!(c.secret_cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn missing_variable_is_named_in_one_line() {
+        let mut m = base();
+        m.remove("COUNTERSIGN_AUDIT_TABLE");
+        let e = load(Component::RequestApi, &m).unwrap_err();
+        assert_eq!(e.to_string(), "configuration error: COUNTERSIGN_AUDIT_TABLE: is required but not set");
+    }
+
+    #[test]
+    fn slack_ids_are_required_only_by_the_interactions_handler() {
+        let mut m = base();
+        m.remove("COUNTERSIGN_SLACK_TEAM_ID");
+        assert!(load(Component::RequestApi, &m).is_ok());
+        assert_eq!(load(Component::SlackInteractions, &m).unwrap_err().var, "COUNTERSIGN_SLACK_TEAM_ID");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_by_name() {
+        for (k, v) in [
+            ("COUNTERSIGN_ALLOWED_ACCOUNTS", "111122223333,12"),
+            ("COUNTERSIGN_ALLOWED_ORG_ID", "org-1"),
+            ("COUNTERSIGN_SENSITIVE_ENVIRONMENTS", "Production"),
+            ("COUNTERSIGN_SLACK_API_BASE_URL", "http://evil.example"),
+            ("COUNTERSIGN_SLACK_TEAM_ID", "x"),
+            ("COUNTERSIGN_REQUESTS_TABLE", "a b"),
+            ("COUNTERSIGN_SECRET_CACHE_TTL_SECONDS", "-1"),
+        ] {
+            let mut m = base();
+            m.insert(k, v);
+            assert_eq!(load(Component::SlackInteractions, &m).unwrap_err().var, k, "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn lists_are_parsed() {
+        let mut m = base();
+        m.insert("COUNTERSIGN_ALLOWED_ACCOUNTS", " 111122223333, 444455556666 ,");
+        m.insert("COUNTERSIGN_SENSITIVE_ENVIRONMENTS", "production,prod-eu");
+        let c = load(Component::RequestApi, &m).unwrap();
+        assert_eq!(c.allowed_accounts.len(), 2);
+        assert_eq!(c.sensitive_environments.len(), 2);
+    }
+}

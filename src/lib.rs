@@ -11,5 +11,6 @@ pub mod adapters;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod service;
 pub mod ports;
 pub mod telemetry;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `countersign` CLI: see `countersign --help`.
+
+fn main() -> std::process::ExitCode {
+    countersign::cli::main()
+}

@@ -522,4 +522,4 @@ pub fn diff_fields(old: &Policy, new: &Policy) -> BTreeMap<String, (String, Stri
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

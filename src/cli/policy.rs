@@ -1,0 +1,92 @@
+//! `countersign policy validate | diff | apply`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use crate::domain::policy::{parse_policies, MAX_POLICY_FILE_BYTES};
+use crate::domain::Policy;
+use crate::service::policies::{self, render_plan};
+
+use super::store::{open, OpenStore};
+use super::{exit, CliError, StoreArgs};
+
+fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
+    let meta = std::fs::metadata(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;
+    if meta.len() > MAX_POLICY_FILE_BYTES as u64 {
+        return Err(CliError::new(exit::FAILED, format!("{}: larger than {MAX_POLICY_FILE_BYTES} bytes", file.display())));
+    }
+    let src =
+        std::fs::read_to_string(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;
+    parse_policies(&src).map_err(|errs| {
+        let mut m = format!("{} is not valid ({} problem(s)):", file.display(), errs.0.len());
+        for e in &errs.0 {
+            m.push_str(&format!("\n  {}: {e}", file.display()));
+        }
+        CliError::new(exit::FAILED, m)
+    })
+}
+
+pub fn validate(file: &Path) -> Result<u8, CliError> {
+    let ps = load(file)?;
+    println!("{}: valid, {} polic{}", file.display(), ps.len(), if ps.len() == 1 { "y" } else { "ies" });
+    for p in &ps {
+        println!(
+            "  {} (version {}): {} approval(s), max_ttl {}",
+            p.name,
+            p.version(),
+            p.required_approvals,
+            crate::domain::policy::format_duration(p.max_ttl)
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn plan_for(file: &Path, store: &OpenStore) -> Result<(Vec<Policy>, Vec<policies::PolicyChange>), CliError> {
+    let desired = load(file)?;
+    let current = store
+        .stores
+        .policies
+        .list_policies()
+        .await
+        .map_err(|e| CliError::failed("cannot read the policy store", &e))?;
+    let changes = policies::plan(&current, &desired);
+    Ok((desired, changes))
+}
+
+pub async fn diff(file: &Path, args: &StoreArgs) -> Result<u8, CliError> {
+    let store = open(args).await?;
+    let (_, changes) = plan_for(file, &store).await?;
+    print!("{}", render_plan(&changes));
+    Ok(exit::OK)
+}
+
+pub async fn apply(file: &Path, args: &StoreArgs, yes: bool) -> Result<u8, CliError> {
+    let store = open(args).await?;
+    let (_, changes) = plan_for(file, &store).await?;
+    print!("{}", render_plan(&changes));
+    if changes.is_empty() {
+        return Ok(exit::OK);
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::new(
+                exit::USAGE,
+                "refusing to apply without --yes: stdin is not a terminal to confirm on",
+            ));
+        }
+        print!("Apply these changes to {}? [y/N] ", store.description);
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Nothing applied.");
+            return Ok(exit::FAILED);
+        }
+    }
+    let actor = store.actor().await?;
+    let n = policies::apply(store.stores.policies.as_ref(), &changes, &actor, store.now())
+        .await
+        .map_err(|e| CliError::failed("applying policies failed part-way; run apply again to finish", &e))?;
+    println!("Applied {n} change(s) to {} as {}.", store.description, actor.0);
+    Ok(exit::OK)
+}
