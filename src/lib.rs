@@ -11,6 +11,7 @@ pub mod adapters;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod service;
 pub mod ports;
 pub mod telemetry;

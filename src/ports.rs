@@ -182,3 +182,45 @@ impl Clock for ManualClock {
         Timestamp::from_unix_millis(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// Where a request's message was posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedMessage {
+    pub channel: String,
+    pub ts: String,
+}
+
+/// A failed call to the chat system. Never carries tokens or payloads.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct NotifyError {
+    /// Worth trying again later (timeouts, 5xx, rate limits).
+    pub retryable: bool,
+    /// The service asked us to wait this long (Slack's `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
+    pub message: String,
+}
+
+/// Everything needed to render a request's message.
+#[derive(Debug, Clone)]
+pub struct MessageContext<'a> {
+    pub request: &'a ApprovalRequest,
+    /// The policy as it is now (approver mentions); `None` if it was removed.
+    pub policy: Option<&'a Policy>,
+    pub history: &'a crate::domain::History,
+    pub sensitive: bool,
+    pub now: Timestamp,
+}
+
+/// The chat system (Slack) as the services need it.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Posts the request's message to `request.notification.channel`.
+    async fn post_request(&self, ctx: &MessageContext<'_>) -> Result<PostedMessage, NotifyError>;
+    /// Re-renders the message in place (progress, final outcome, no buttons once decided).
+    async fn update_request(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
+    /// Posts a reminder in the message's thread.
+    async fn remind(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
+    /// Members of a user group (implementations cache briefly).
+    async fn group_members(&self, group: &crate::domain::SlackGroupId) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
+}

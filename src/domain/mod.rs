@@ -14,5 +14,5 @@ pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};
 pub use ids::*;
 pub use policy::Policy;
 pub use principal::{Principal, PrincipalError};
-pub use request::{ApprovalRequest, Status, Transition, TransitionError, Vote};
+pub use request::{ApprovalRequest, History, Status, Transition, TransitionError, Vote};
 pub use time::Timestamp;

@@ -112,6 +112,25 @@ pub struct Notification {
     pub next_attempt_at: Option<Timestamp>,
     /// The message no longer shows the current state (`chat.update` owed).
     pub update_pending: bool,
+    /// Reminders already posted in the message thread (at 1/3 and 2/3 of the TTL).
+    #[serde(default)]
+    pub reminders_sent: u32,
+}
+
+/// What reviewers should know about this principal's past requests of the same kind (computed by the
+/// service from the store): unusual requests should look unusual.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Earlier requests by the same principal for the same action and environment in the last 30 days.
+    pub same_kind_last_30_days: u32,
+    /// How the most recent of those ended (or `pending`), and when it was created.
+    pub last_outcome: Option<(Status, Timestamp)>,
+}
+
+impl History {
+    pub fn is_first_of_its_kind(&self) -> bool {
+        self.same_kind_last_30_days == 0
+    }
 }
 
 /// A vote as recorded (one per Slack user per request).
@@ -370,6 +389,7 @@ pub mod tests {
                 attempts: 0,
                 next_attempt_at: None,
                 update_pending: false,
+                reminders_sent: 0,
             },
             idempotency_key: None,
             body_hash: None,

@@ -1,7 +1,11 @@
 //! Use cases. Services combine the pure domain with the ports; they never see AWS, HTTP, Lambda or Slack
 //! JSON types (a test in tests/integration keeps it so).
 
+pub mod notify;
 pub mod policies;
+pub mod requests;
+pub mod sweeper;
+pub mod votes;
 
 use crate::domain::TransitionError;
 use crate::ports::StoreError;

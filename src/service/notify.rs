@@ -1,0 +1,222 @@
+//! Delivering a request's Slack message: the first post, updates after each change, retries.
+//!
+//! The request item is the outbox: `notification` says what is owed (a post, an update) and when it may be
+//! tried next. Whoever delivers (the API right after creating, the interactions handler after a vote, the
+//! relay in the sweeper) records the outcome with a versioned write, so nothing owed is ever forgotten.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::request::NotificationState;
+use crate::domain::{
+    Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, History, RequestId, SlackChannelId, Timestamp,
+};
+use crate::ports::{Clock, Commit, Conflict, Guard, MessageContext, Notifier, PostedMessage, StoreError, Stores};
+
+/// Retries of a versioned bookkeeping write that lost a race.
+const SAVE_ATTEMPTS: usize = 20;
+/// Longest wait between two delivery attempts.
+const MAX_BACKOFF_SECONDS: i64 = 15 * 60;
+const HISTORY_DAYS: i64 = 30;
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub stores: Stores,
+    pub notifier: Arc<dyn Notifier>,
+    pub clock: Arc<dyn Clock>,
+    pub sensitive_environments: Arc<BTreeSet<Environment>>,
+}
+
+/// When to try again after `attempts` failures, honouring a `Retry-After`.
+pub fn next_attempt(now: Timestamp, attempts: u32, retry_after: Option<Duration>) -> Timestamp {
+    if let Some(d) = retry_after {
+        return now.plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1000));
+    }
+    let exp = 5i64.saturating_mul(1i64 << attempts.saturating_sub(1).min(20));
+    now.plus_seconds(exp.min(MAX_BACKOFF_SECONDS))
+}
+
+impl Dispatcher {
+    /// This principal's earlier requests of the same kind in the last 30 days.
+    pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
+        let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
+        let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
+        let same: Vec<&ApprovalRequest> = earlier
+            .iter()
+            .filter(|o| o.id != r.id && o.action == r.action && o.environment == r.environment && o.created_at <= r.created_at)
+            .collect();
+        let last = same.iter().max_by_key(|o| (o.created_at, o.id));
+        Ok(History {
+            same_kind_last_30_days: u32::try_from(same.len()).unwrap_or(u32::MAX),
+            last_outcome: last.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
+        })
+    }
+
+    /// Posts or updates the message if anything is owed. Returns the request as last written, `None` if it
+    /// does not exist. Slack failures are recorded for the relay, not returned; store failures are returned.
+    pub async fn deliver(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+        let mut latest = None;
+        for _ in 0..3 {
+            let Some(r) = self.stores.requests.get_request(id).await? else {
+                return Ok(None);
+            };
+            let posted = r.notification.ts.clone().map(|ts| PostedMessage {
+                channel: r.notification.channel.to_string(),
+                ts,
+            });
+            if posted.is_some() && !r.notification.update_pending {
+                return Ok(Some(r));
+            }
+            let policy = self.stores.policies.get_policy(&r.policy.name).await?;
+            let history = self.history(&r).await?;
+            let now = self.clock.now();
+            let ctx = MessageContext {
+                request: &r,
+                policy: policy.as_ref(),
+                history: &history,
+                sensitive: self.sensitive_environments.contains(&r.environment),
+                now,
+            };
+            let rendered_version = r.version;
+            let outcome = match &posted {
+                None => self.notifier.post_request(&ctx).await.map(Some),
+                Some(p) => self.notifier.update_request(&ctx, p).await.map(|()| None),
+            };
+            match outcome {
+                Ok(new_post) => {
+                    let is_post = new_post.is_some();
+                    let saved = self
+                        .save(id, |cur| {
+                            let n = &mut cur.notification;
+                            if let Some(p) = &new_post {
+                                if n.ts.is_some() {
+                                    return None; // someone else recorded a post meanwhile
+                                }
+                                n.ts = Some(p.ts.clone());
+                                if let Ok(c) = SlackChannelId::parse(&p.channel) {
+                                    n.channel = c;
+                                }
+                            }
+                            n.state = NotificationState::Posted;
+                            n.attempts = 0;
+                            n.next_attempt_at = None;
+                            // Anything written after we rendered still needs showing.
+                            n.update_pending = cur.version != rendered_version;
+                            let events = if is_post {
+                                vec![AuditDraft::new(now, AuditKind::SlackPosted, Actor::system("slack"), Some(cur.id))
+                                    .with("channel", n.channel.as_str())
+                                    .with("ts", n.ts.clone().unwrap_or_default())]
+                            } else {
+                                vec![]
+                            };
+                            Some(events)
+                        })
+                        .await?;
+                    latest = saved;
+                    match &latest {
+                        Some(l) if l.notification.update_pending => continue,
+                        _ => return Ok(latest),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(request_id = %id, retryable = e.retryable, error = %e, "slack delivery failed");
+                    let is_post = posted.is_none();
+                    let saved = self
+                        .save(id, |cur| {
+                            let n = &mut cur.notification;
+                            if is_post && n.ts.is_some() {
+                                return None;
+                            }
+                            n.attempts = n.attempts.saturating_add(1);
+                            n.next_attempt_at = Some(next_attempt(now, n.attempts, e.retry_after));
+                            if is_post {
+                                n.state = NotificationState::Retrying;
+                                Some(vec![AuditDraft::new(now, AuditKind::SlackPostFailed, Actor::system("slack"), Some(cur.id))
+                                    .with("attempt", n.attempts.to_string())
+                                    .with("error", e.message.clone())])
+                            } else {
+                                Some(vec![])
+                            }
+                        })
+                        .await?;
+                    return Ok(saved.or(latest));
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Re-reads the request, lets `f` change its notification bookkeeping (returning the audit records, or
+    /// `None` to write nothing), and writes it conditionally on the version, retrying lost races.
+    async fn save(
+        &self,
+        id: &RequestId,
+        f: impl Fn(&mut ApprovalRequest) -> Option<Vec<AuditDraft>>,
+    ) -> Result<Option<ApprovalRequest>, StoreError> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Some(cur) = self.stores.requests.get_request(id).await? else {
+                return Ok(None);
+            };
+            let mut next = cur.clone();
+            let Some(events) = f(&mut next) else {
+                return Ok(Some(cur));
+            };
+            next.version = cur.version + 1;
+            let commit = Commit {
+                expected_version: cur.version,
+                request: next.clone(),
+                vote: None,
+                events,
+                guard: Guard::VersionOnly,
+            };
+            match self.stores.requests.commit(commit).await {
+                Ok(()) => return Ok(Some(next)),
+                Err(StoreError::Conflict(Conflict::Stale)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Other("could not record the Slack delivery: too much contention".into()))
+    }
+
+    /// Takes the relay's lease on a due request (so two relays never post the same message), then delivers.
+    pub async fn relay_one(&self, id: &RequestId, lease: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(60_000);
+        let Some(cur) = self.stores.requests.get_request(id).await? else {
+            return Ok(());
+        };
+        if cur.notification.next_attempt_at.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        let mut next = cur.clone();
+        next.version += 1;
+        next.notification.next_attempt_at = Some(now.plus_millis(lease_ms));
+        let claim = Commit {
+            expected_version: cur.version,
+            request: next,
+            vote: None,
+            events: vec![],
+            guard: Guard::VersionOnly,
+        };
+        match self.stores.requests.commit(claim).await {
+            Ok(()) => self.deliver(id).await.map(|_| ()),
+            Err(StoreError::Conflict(_)) => Ok(()), // someone else is on it
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps_and_honours_retry_after() {
+        let t = Timestamp::from_unix_millis(0);
+        assert_eq!(next_attempt(t, 1, None), t.plus_seconds(5));
+        assert_eq!(next_attempt(t, 2, None), t.plus_seconds(10));
+        assert_eq!(next_attempt(t, 30, None), t.plus_seconds(MAX_BACKOFF_SECONDS));
+        assert_eq!(next_attempt(t, 1, Some(Duration::from_secs(42))), t.plus_seconds(42));
+    }
+}

@@ -1,0 +1,235 @@
+//! Recording approvals and denials from Slack: re-check everything against server-side state (request,
+//! current policy, approver rights, expiry, the clicked message) and commit exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::policy::select;
+use crate::domain::{
+    Actor, ApprovalRequest, AuditDraft, AuditKind, Policy, Principal, RequestId, SlackUserId, TransitionError,
+};
+use crate::ports::{Clock, Commit, Conflict, Guard, StoreError, Stores};
+
+use super::notify::Dispatcher;
+
+/// Upper bound on optimistic retries of one vote under contention.
+const VOTE_ATTEMPTS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Deny { reason: String },
+}
+
+/// A vote as the interactions handler hands it over, after the signature and workspace checks.
+#[derive(Debug, Clone)]
+pub struct VoteRequest {
+    pub user: SlackUserId,
+    pub request_id: RequestId,
+    /// The (channel, ts) of the message that was clicked; `None` for modal submissions.
+    pub clicked: Option<(String, String)>,
+    pub decision: Decision,
+}
+
+/// Why a vote was not counted; the message is safe to show the clicker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    UnknownRequest,
+    WrongMessage,
+    NoPolicy,
+    NotApprover(String),
+    AlreadyDecided(&'static str),
+    /// A dependency (Slack group lookup) failed: nothing was recorded; try again.
+    TryAgain(String),
+}
+
+impl Rejection {
+    pub fn message(&self) -> String {
+        match self {
+            Self::UnknownRequest => "This request does not exist.".into(),
+            Self::WrongMessage => "This message is not the one Countersign posted for this request.".into(),
+            Self::NoPolicy => "No policy governs this request any more, so nobody can approve it.".into(),
+            Self::NotApprover(why) => format!("Your vote was not counted: {why}."),
+            Self::AlreadyDecided(s) => format!("This request is already {s}; your vote was not counted."),
+            Self::TryAgain(why) => format!("Could not check your approver rights ({why}); please try again."),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownRequest => "unknown_request",
+            Self::WrongMessage => "wrong_message",
+            Self::NoPolicy => "no_matching_policy",
+            Self::NotApprover(_) => "not_approver",
+            Self::AlreadyDecided(_) => "already_decided",
+            Self::TryAgain(_) => "try_again",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum VoteOutcome {
+    /// Counted (and, when it completed the quorum or denied, decided the request).
+    Recorded(ApprovalRequest),
+    /// This approver had already voted: nothing changed (audited as a duplicate).
+    Duplicate(ApprovalRequest),
+    Rejected(Rejection),
+}
+
+#[derive(Clone)]
+pub struct VoteService {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub dispatcher: Dispatcher,
+    /// How long the handler may spend updating the message before leaving it to the relay.
+    pub update_budget: Duration,
+}
+
+impl VoteService {
+    async fn audit(&self, user: &SlackUserId, request_id: Option<RequestId>, kind: AuditKind, why: &Rejection) -> Result<(), StoreError> {
+        let d = AuditDraft::new(self.clock.now(), kind, Actor::slack(user.as_str()), request_id)
+            .with("code", why.code())
+            .with("message", why.message());
+        self.stores.audit.append(vec![d]).await.map(|_| ())
+    }
+
+    /// Records a rejected callback (bad workspace, app, payload) in the audit trail.
+    pub async fn audit_rejected_callback(&self, user: Option<&str>, code: &str, detail: &str) -> Result<(), StoreError> {
+        let actor = user.map_or_else(|| Actor("slack:unknown".into()), Actor::slack);
+        let d = AuditDraft::new(self.clock.now(), AuditKind::CallbackRejected, actor, None)
+            .with("code", code)
+            .with("message", detail);
+        self.stores.audit.append(vec![d]).await.map(|_| ())
+    }
+
+    /// Checks that `user` may vote on the request now; audits and returns the rejection otherwise.
+    pub async fn authorize(
+        &self,
+        user: &SlackUserId,
+        request_id: &RequestId,
+        clicked: Option<&(String, String)>,
+    ) -> Result<Result<(ApprovalRequest, Policy), Rejection>, StoreError> {
+        let res = self.check(user, request_id, clicked).await?;
+        if let Err(why) = &res {
+            if !matches!(why, Rejection::TryAgain(_)) {
+                let rid = (!matches!(why, Rejection::UnknownRequest)).then_some(*request_id);
+                self.audit(user, rid, AuditKind::VoteRejected, why).await?;
+            }
+        }
+        Ok(res)
+    }
+
+    async fn check(
+        &self,
+        user: &SlackUserId,
+        request_id: &RequestId,
+        clicked: Option<&(String, String)>,
+    ) -> Result<Result<(ApprovalRequest, Policy), Rejection>, StoreError> {
+        let Some(r) = self.stores.requests.get_request(request_id).await? else {
+            return Ok(Err(Rejection::UnknownRequest));
+        };
+        if let Some((channel, ts)) = clicked {
+            let n = &r.notification;
+            if n.channel.as_str() != channel || n.ts.as_deref() != Some(ts.as_str()) {
+                return Ok(Err(Rejection::WrongMessage));
+            }
+        }
+        // Rights are re-checked against the policy as it is now, not as it was when the message went out.
+        let Ok(principal) = Principal::parse(&r.requester.arn) else {
+            return Ok(Err(Rejection::NoPolicy));
+        };
+        let policies = self.stores.policies.list_policies().await?;
+        let Some(policy) = select(&policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
+            return Ok(Err(Rejection::NoPolicy));
+        };
+        let mut in_group = false;
+        if !policy.owners.contains(user) && !policy.approvers.users.contains(user) {
+            for g in &policy.approvers.groups {
+                match self.dispatcher.notifier.group_members(g).await {
+                    Ok(members) if members.contains(user) => {
+                        in_group = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err(Rejection::TryAgain(e.message))),
+                }
+            }
+        }
+        if let Err(e) = policy.approver_check(user, in_group) {
+            return Ok(Err(Rejection::NotApprover(e.to_string())));
+        }
+        if r.status.is_terminal() {
+            return Ok(Err(Rejection::AlreadyDecided(r.status.as_str())));
+        }
+        if self.clock.now() >= r.expires_at {
+            return Ok(Err(Rejection::AlreadyDecided("expired")));
+        }
+        Ok(Ok((r, policy)))
+    }
+
+    /// Authorizes and records one vote: the vote, any status change and the audit records commit together,
+    /// conditionally, so concurrent and repeated clicks give exactly one outcome.
+    pub async fn vote(&self, v: VoteRequest) -> Result<VoteOutcome, StoreError> {
+        if let Err(why) = self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
+            return Ok(VoteOutcome::Rejected(why));
+        }
+        for attempt in 0..VOTE_ATTEMPTS {
+            let Some(r) = self.stores.requests.get_request(&v.request_id).await? else {
+                return Ok(VoteOutcome::Rejected(Rejection::UnknownRequest));
+            };
+            let now = self.clock.now();
+            let t = match &v.decision {
+                Decision::Approve => r.approve(&v.user, now),
+                Decision::Deny { reason } => r.deny(&v.user, reason, now),
+            };
+            let t = match t {
+                Ok(t) => t,
+                Err(TransitionError::DuplicateVote) => return self.duplicate(&v, r).await,
+                Err(TransitionError::AlreadyDecided(s)) => {
+                    let why = Rejection::AlreadyDecided(s.as_str());
+                    self.audit(&v.user, Some(v.request_id), AuditKind::VoteRejected, &why).await?;
+                    return Ok(VoteOutcome::Rejected(why));
+                }
+                Err(TransitionError::Expired | TransitionError::NotYetExpired) => {
+                    let why = Rejection::AlreadyDecided("expired");
+                    self.audit(&v.user, Some(v.request_id), AuditKind::VoteRejected, &why).await?;
+                    return Ok(VoteOutcome::Rejected(why));
+                }
+            };
+            let commit = Commit {
+                expected_version: r.version,
+                request: t.request.clone(),
+                vote: t.vote,
+                events: t.events,
+                guard: Guard::OpenAt(now),
+            };
+            match self.stores.requests.commit(commit).await {
+                Ok(()) => {
+                    let updated = match tokio::time::timeout(self.update_budget, self.dispatcher.deliver(&v.request_id)).await {
+                        Ok(Ok(Some(after))) => after,
+                        Ok(Ok(None)) | Err(_) => t.request,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "message update not recorded; the relay will retry");
+                            t.request
+                        }
+                    };
+                    return Ok(VoteOutcome::Recorded(updated));
+                }
+                Err(StoreError::Conflict(Conflict::DuplicateVote)) => return self.duplicate(&v, r).await,
+                Err(StoreError::Conflict(Conflict::Stale)) => {
+                    // Lost a race: re-read and re-apply. Small jitter spreads retries of many approvers.
+                    let jitter = u64::from(v.user.as_str().bytes().fold(attempt as u8, u8::wrapping_add)) % 20;
+                    tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Other("too much contention on this request".into()))
+    }
+
+    async fn duplicate(&self, v: &VoteRequest, r: ApprovalRequest) -> Result<VoteOutcome, StoreError> {
+        let d = AuditDraft::new(self.clock.now(), AuditKind::VoteDuplicate, Actor::slack(v.user.as_str()), Some(v.request_id));
+        self.stores.audit.append(vec![d]).await?;
+        Ok(VoteOutcome::Duplicate(r))
+    }
+}
