@@ -224,3 +224,59 @@ pub trait Notifier: Send + Sync {
     /// Members of a user group (implementations cache briefly).
     async fn group_members(&self, group: &crate::domain::SlackGroupId) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
 }
+
+/// A secret value: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret store could not be read: callbacks answer 503, never accept.
+    #[error("secret store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The secret exists but is not `{"bot_token": "...", "signing_secret": "..."}`.
+    #[error("secret is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The Slack credentials (bot token, signing secrets by rotation stage).
+#[async_trait]
+pub trait SlackSecrets: Send + Sync {
+    /// Signing secrets to try, in order (`AWSCURRENT` first, then `AWSPREVIOUS` when it exists), labelled
+    /// by stage. With `refresh`, bypasses the cache (implementations rate-limit this).
+    async fn signing_secrets(&self, refresh: bool) -> Result<Vec<(String, SecretString)>, SecretError>;
+    /// The current bot token.
+    async fn bot_token(&self) -> Result<SecretString, SecretError>;
+}
+
+/// Fixed secrets (local mode, tests).
+#[derive(Debug, Clone)]
+pub struct StaticSlackSecrets {
+    pub bot_token: SecretString,
+    pub signing_secrets: Vec<(String, SecretString)>,
+}
+
+#[async_trait]
+impl SlackSecrets for StaticSlackSecrets {
+    async fn signing_secrets(&self, _refresh: bool) -> Result<Vec<(String, SecretString)>, SecretError> {
+        Ok(self.signing_secrets.clone())
+    }
+    async fn bot_token(&self) -> Result<SecretString, SecretError> {
+        Ok(self.bot_token.clone())
+    }
+}
