@@ -18,10 +18,7 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
+    ConfigError { var, problem: problem.into() }
 }
 
 /// Which binary is starting: each needs a slightly different set of variables.
@@ -83,7 +80,11 @@ impl LambdaConfig {
         let slack_secret_id = req("COUNTERSIGN_SLACK_SECRET_ID")?;
         let slack_api_base_url = match opt("COUNTERSIGN_SLACK_API_BASE_URL") {
             None => DEFAULT_SLACK_API_BASE_URL.to_string(),
-            Some(u) if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") => {
+            Some(u)
+                if u.starts_with("https://")
+                    || u.starts_with("http://127.0.0.1")
+                    || u.starts_with("http://localhost") =>
+            {
                 u.trim_end_matches('/').to_string()
             }
             Some(u) => {
@@ -96,7 +97,12 @@ impl LambdaConfig {
         let needs_slack_ids = component == Component::SlackInteractions;
         let slack_team_id = match opt("COUNTERSIGN_SLACK_TEAM_ID") {
             Some(t) if is_slack_id(&t, &['T', 'E']) => Some(t),
-            Some(t) => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", format!("{t:?} is not a Slack team (T…) or enterprise (E…) id"))),
+            Some(t) => {
+                return Err(err(
+                    "COUNTERSIGN_SLACK_TEAM_ID",
+                    format!("{t:?} is not a Slack team (T…) or enterprise (E…) id"),
+                ))
+            }
             None if needs_slack_ids => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", "is required but not set")),
             None => None,
         };
@@ -118,7 +124,13 @@ impl LambdaConfig {
             allowed_accounts.insert(a.to_string());
         }
         let allowed_org_id = match opt("COUNTERSIGN_ALLOWED_ORG_ID") {
-            Some(o) if o.starts_with("o-") && o.len() >= 12 && o[2..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) => Some(o),
+            Some(o)
+                if o.starts_with("o-")
+                    && o.len() >= 12
+                    && o[2..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) =>
+            {
+                Some(o)
+            }
             Some(o) => return Err(err("COUNTERSIGN_ALLOWED_ORG_ID", format!("{o:?} is not an organization id (o-…)"))),
             None => None,
         };

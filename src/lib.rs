@@ -12,6 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod service;
 pub mod ports;
+pub mod service;
 pub mod telemetry;

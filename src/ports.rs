@@ -135,11 +135,7 @@ pub struct Stores {
 impl Stores {
     /// One adapter that implements all three ports.
     pub fn from_one<S: PolicyStore + RequestStore + AuditLog + 'static>(s: Arc<S>) -> Self {
-        Self {
-            policies: s.clone(),
-            requests: s.clone(),
-            audit: s,
-        }
+        Self { policies: s.clone(), requests: s.clone(), audit: s }
     }
 }
 
@@ -222,7 +218,10 @@ pub trait Notifier: Send + Sync {
     /// Posts a reminder in the message's thread.
     async fn remind(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
     /// Members of a user group (implementations cache briefly).
-    async fn group_members(&self, group: &crate::domain::SlackGroupId) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
+    async fn group_members(
+        &self,
+        group: &crate::domain::SlackGroupId,
+    ) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
 }
 
 /// A secret value: never printed by `Debug`.

@@ -39,22 +39,11 @@ pub struct SecretsManagerSlackSecrets {
 
 impl SecretsManagerSlackSecrets {
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
-        Self {
-            client,
-            secret_id,
-            ttl,
-            cache: Mutex::new(None),
-        }
+        Self { client, secret_id, ttl, cache: Mutex::new(None) }
     }
 
     async fn fetch_stage(&self, stage: &str) -> Result<Option<SecretJson>, SecretError> {
-        let out = self
-            .client
-            .get_secret_value()
-            .secret_id(&self.secret_id)
-            .version_stage(stage)
-            .send()
-            .await;
+        let out = self.client.get_secret_value().secret_id(&self.secret_id).version_stage(stage).send().await;
         let out = match out {
             Ok(o) => o,
             Err(SdkError::ServiceError(e)) if stage != "AWSCURRENT" && is_not_found(e.err()) => return Ok(None),

@@ -13,7 +13,10 @@ use super::{exit, CliError, StoreArgs};
 fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
     let meta = std::fs::metadata(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;
     if meta.len() > MAX_POLICY_FILE_BYTES as u64 {
-        return Err(CliError::new(exit::FAILED, format!("{}: larger than {MAX_POLICY_FILE_BYTES} bytes", file.display())));
+        return Err(CliError::new(
+            exit::FAILED,
+            format!("{}: larger than {MAX_POLICY_FILE_BYTES} bytes", file.display()),
+        ));
     }
     let src =
         std::fs::read_to_string(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;

@@ -30,9 +30,8 @@ impl OpenStore {
                     .send()
                     .await
                     .map_err(|e| CliError::failed("cannot determine who you are (sts:GetCallerIdentity)", &e))?;
-                let arn = id
-                    .arn()
-                    .ok_or_else(|| CliError::new(exit::FAILED, "sts:GetCallerIdentity returned no ARN"))?;
+                let arn =
+                    id.arn().ok_or_else(|| CliError::new(exit::FAILED, "sts:GetCallerIdentity returned no ARN"))?;
                 Ok(Actor::aws(arn))
             }
             None => {
@@ -49,14 +48,20 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 
 fn table_names(args: &StoreArgs) -> Result<TableNames, CliError> {
     if let Some(p) = &args.table_prefix {
-        if p.is_empty() || p.len() > 200 || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        if p.is_empty()
+            || p.len() > 200
+            || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
             return Err(CliError::new(exit::USAGE, format!("--table-prefix {p:?}: use letters, digits, _ - .")));
         }
         return Ok(TableNames::with_prefix(p));
     }
     let var = |k: &str| {
         std::env::var(k).map_err(|_| {
-            CliError::new(exit::USAGE, format!("--store dynamodb needs --table-prefix or {k} (and the other table variables)"))
+            CliError::new(
+                exit::USAGE,
+                format!("--store dynamodb needs --table-prefix or {k} (and the other table variables)"),
+            )
         })
     };
     Ok(TableNames {
@@ -73,21 +78,14 @@ pub async fn open(args: &StoreArgs) -> Result<OpenStore, CliError> {
             let conf = aws_config().await;
             let description = format!("DynamoDB tables {}, {}, {}", tables.policies, tables.requests, tables.audit);
             let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&conf), tables);
-            Ok(OpenStore {
-                stores: Stores::from_one(Arc::new(store)),
-                description,
-                aws: Some(conf),
-            })
+            Ok(OpenStore { stores: Stores::from_one(Arc::new(store)), description, aws: Some(conf) })
         }
         StoreKind::Local => {
-            let store = EmbeddedStore::open(&args.data_dir)
-                .map_err(|e| CliError::failed(&format!("cannot open the embedded store in {}", args.data_dir.display()), &e))?;
+            let store = EmbeddedStore::open(&args.data_dir).map_err(|e| {
+                CliError::failed(&format!("cannot open the embedded store in {}", args.data_dir.display()), &e)
+            })?;
             let description = format!("embedded store {}", store.db_path().display());
-            Ok(OpenStore {
-                stores: Stores::from_one(Arc::new(store)),
-                description,
-                aws: None,
-            })
+            Ok(OpenStore { stores: Stores::from_one(Arc::new(store)), description, aws: None })
         }
     }
 }

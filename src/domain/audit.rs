@@ -121,13 +121,7 @@ pub struct AuditDraft {
 
 impl AuditDraft {
     pub fn new(at: Timestamp, kind: AuditKind, actor: Actor, request_id: Option<RequestId>) -> Self {
-        Self {
-            at,
-            kind,
-            actor,
-            request_id,
-            details: BTreeMap::new(),
-        }
+        Self { at, kind, actor, request_id, details: BTreeMap::new() }
     }
 
     #[must_use]
@@ -236,10 +230,7 @@ pub struct ChainVerifier {
 impl ChainVerifier {
     /// Verifies from the genesis record: the first record must be seq 1 with the genesis `prev_hash`.
     pub fn from_genesis() -> Self {
-        Self {
-            prev: Some((0, GENESIS_HASH.to_string())),
-            summary: ChainSummary::default(),
-        }
+        Self { prev: Some((0, GENESIS_HASH.to_string())), summary: ChainSummary::default() }
     }
 
     /// Verifies a segment that may start anywhere: the first record is trusted as the anchor.
@@ -253,16 +244,10 @@ impl ChainVerifier {
         }
         if let Some((prev_seq, prev_hash)) = &self.prev {
             if e.seq <= *prev_seq {
-                return Err(ChainBreak::OutOfOrder {
-                    seq: e.seq,
-                    after: *prev_seq,
-                });
+                return Err(ChainBreak::OutOfOrder { seq: e.seq, after: *prev_seq });
             }
             if e.seq != prev_seq + 1 {
-                return Err(ChainBreak::Missing {
-                    expected: prev_seq + 1,
-                    found: e.seq,
-                });
+                return Err(ChainBreak::Missing { expected: prev_seq + 1, found: e.seq });
             }
             if &e.prev_hash != prev_hash {
                 return Err(ChainBreak::Unlinked { seq: e.seq });
@@ -301,10 +286,7 @@ fn verify_slice(mut v: ChainVerifier, events: &[AuditEvent]) -> Result<ChainSumm
         match v.push(e) {
             Ok(()) => {}
             Err(ChainBreak::Missing { expected, found }) if events[i..].iter().any(|r| r.seq == expected) => {
-                return Err(ChainBreak::OutOfOrder {
-                    seq: expected,
-                    after: found,
-                })
+                return Err(ChainBreak::OutOfOrder { seq: expected, after: found })
             }
             Err(b) => return Err(b),
         }

@@ -18,10 +18,7 @@ pub struct InvalidId {
 }
 
 fn invalid(what: &'static str, problem: impl Into<String>) -> InvalidId {
-    InvalidId {
-        what,
-        problem: problem.into(),
-    }
+    InvalidId { what, problem: problem.into() }
 }
 
 macro_rules! string_newtype {
@@ -88,9 +85,8 @@ fn check_token(s: &str) -> Result<(), String> {
     if !(b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) {
         return Err("must start with a lowercase letter or a digit".into());
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-')))
+    if let Some(c) =
+        s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-')))
     {
         return Err(format!("character {c:?} is not allowed (use a-z 0-9 . _ : -)"));
     }
@@ -192,15 +188,11 @@ impl RequestId {
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        let body = s
-            .strip_prefix(Self::PREFIX)
-            .ok_or_else(|| invalid("request id", "must start with req_"))?;
+        let body = s.strip_prefix(Self::PREFIX).ok_or_else(|| invalid("request id", "must start with req_"))?;
         if body.len() != 26 {
             return Err(invalid("request id", "must be req_ followed by 26 characters"));
         }
-        Ulid::from_string(body)
-            .map(Self)
-            .map_err(|_| invalid("request id", "is not a valid ULID"))
+        Ulid::from_string(body).map(Self).map_err(|_| invalid("request id", "is not a valid ULID"))
     }
 }
 

@@ -169,9 +169,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             'd' => 86_400,
             _ => return Err(format!("{s:?} is not a duration like 90s, 30m, 1h or 2h30m")),
         };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 2h30m"))?;
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 2h30m"))?;
         total = total.saturating_add(n.saturating_mul(unit));
         num.clear();
     }
@@ -314,12 +312,8 @@ pub fn parse_policies(src: &str) -> Result<Vec<Policy>, PolicyErrors> {
         Err(e) => return Err(PolicyErrors(vec![structural_error(src, &e)])),
     };
     let mut errors = Vec::new();
-    let file_err = |field: &str, message: String| PolicyError {
-        policy: None,
-        field: Some(field.into()),
-        line: None,
-        message,
-    };
+    let file_err =
+        |field: &str, message: String| PolicyError { policy: None, field: Some(field.into()), line: None, message };
     if raw.version != 1 {
         errors.push(file_err("version", format!("unsupported version {}; expected 1", raw.version)));
     }
@@ -334,12 +328,7 @@ pub fn parse_policies(src: &str) -> Result<Vec<Policy>, PolicyErrors> {
         let line = lines.get(i).copied();
         let mut errs = Vec::new();
         let policy = validate_policy(rp, &mut |field: &str, message: String| {
-            errs.push(PolicyError {
-                policy: Some(label.clone()),
-                field: Some(field.to_string()),
-                line,
-                message,
-            });
+            errs.push(PolicyError { policy: Some(label.clone()), field: Some(field.to_string()), line, message });
         });
         if let Some(p) = &policy {
             if !seen.insert(p.name.clone()) {
@@ -372,9 +361,9 @@ fn structural_error(src: &str, e: &serde_yaml::Error) -> PolicyError {
     if let Some(rest) = msg.strip_prefix("policies[") {
         if let Some((idx, tail)) = rest.split_once(']') {
             if let Ok(i) = idx.parse::<usize>() {
-                let names: Option<String> = serde_yaml::from_str::<serde_yaml::Value>(src).ok().and_then(|v| {
-                    v.get("policies")?.get(i)?.get("name")?.as_str().map(str::to_string)
-                });
+                let names: Option<String> = serde_yaml::from_str::<serde_yaml::Value>(src)
+                    .ok()
+                    .and_then(|v| v.get("policies")?.get(i)?.get("name")?.as_str().map(str::to_string));
                 policy = Some(names.unwrap_or_else(|| format!("#{}", i + 1)));
                 if let Some(f) = tail.strip_prefix('.') {
                     field = f.split(':').next().map(str::to_string);
@@ -390,12 +379,7 @@ fn structural_error(src: &str, e: &serde_yaml::Error) -> PolicyError {
         Some((m, _)) => m.to_string(),
         None => message,
     };
-    PolicyError {
-        policy,
-        field,
-        line,
-        message,
-    }
+    PolicyError { policy, field, line, message }
 }
 
 fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<Policy> {
@@ -412,23 +396,15 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         if values.is_empty() {
             err(field, "at least one entry is required".into());
         }
-        values
-            .iter()
-            .filter_map(|v| Pattern::parse(v, check).map_err(|e| err(field, e)).ok())
-            .collect()
+        values.iter().filter_map(|v| Pattern::parse(v, check).map_err(|e| err(field, e)).ok()).collect()
     };
     let actions = patterns("actions", &rp.actions, |s| Action::parse(s).map(|_| ()).map_err(|e| e.problem));
     let environments =
         patterns("environments", &rp.environments, |s| Environment::parse(s).map(|_| ()).map_err(|e| e.problem));
-    let resources = patterns(
-        "resources",
-        rp.resources.as_deref().unwrap_or(&["*".to_string()]),
-        |s| Resource::parse(s).map(|_| ()).map_err(|e| e.problem),
-    );
-    let raw_approvers = rp.approvers.unwrap_or(RawApprovers {
-        users: vec![],
-        groups: vec![],
+    let resources = patterns("resources", rp.resources.as_deref().unwrap_or(&["*".to_string()]), |s| {
+        Resource::parse(s).map(|_| ()).map_err(|e| e.problem)
     });
+    let raw_approvers = rp.approvers.unwrap_or(RawApprovers { users: vec![], groups: vec![] });
     let users: Vec<SlackUserId> = raw_approvers
         .users
         .iter()
@@ -455,10 +431,19 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     if rp.required_approvals > MAX_REQUIRED_APPROVALS {
         err("required_approvals", format!("must be 0 to {MAX_REQUIRED_APPROVALS}, got {}", rp.required_approvals));
     }
-    if rp.required_approvals > 0 && users.is_empty() && groups.is_empty() && raw_approvers.users.is_empty() && raw_approvers.groups.is_empty() {
+    if rp.required_approvals > 0
+        && users.is_empty()
+        && groups.is_empty()
+        && raw_approvers.users.is_empty()
+        && raw_approvers.groups.is_empty()
+    {
         err("approvers", "required_approvals > 0 but no approvers are listed: nobody could ever approve".into());
     }
-    if groups.is_empty() && raw_approvers.groups.is_empty() && !users.is_empty() && (rp.required_approvals as usize) > users.len() {
+    if groups.is_empty()
+        && raw_approvers.groups.is_empty()
+        && !users.is_empty()
+        && (rp.required_approvals as usize) > users.len()
+    {
         err(
             "required_approvals",
             format!("{} approvals required but only {} approver(s) listed", rp.required_approvals, users.len()),

@@ -90,9 +90,7 @@ pub struct Principal {
 fn valid_iam_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-'))
 }
 
 /// Session names: `[\w+=,.@-]{2,64}`.
@@ -127,14 +125,9 @@ impl Principal {
             return Err(malformed("longer than 2048 characters"));
         }
         let mut parts = arn.splitn(6, ':');
-        let (Some(prefix), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(prefix), Some(partition), Some(service), Some(region), Some(account), Some(resource)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(malformed("expected arn:PARTITION:SERVICE::ACCOUNT:RESOURCE"));
         };
         if prefix != "arn" {
@@ -173,9 +166,8 @@ impl Principal {
                 let rest = r
                     .strip_prefix("assumed-role/")
                     .ok_or_else(|| malformed("STS principals must be assumed-role/ROLE/SESSION"))?;
-                let (role, session) = rest
-                    .split_once('/')
-                    .ok_or_else(|| malformed("assumed-role ARN has no session name"))?;
+                let (role, session) =
+                    rest.split_once('/').ok_or_else(|| malformed("assumed-role ARN has no session name"))?;
                 if !valid_session_name(session) {
                     return Err(malformed(format!("session name {session:?} is not valid")));
                 }
@@ -199,13 +191,7 @@ impl Principal {
     /// The identity policies match on: `arn:PARTITION:iam::ACCOUNT:role/NAME` (no path, no session).
     /// IAM role and user names are unique within an account whatever their path, so this is exact.
     pub fn identity(&self) -> String {
-        format!(
-            "arn:{}:iam::{}:{}/{}",
-            self.partition.as_str(),
-            self.account,
-            self.kind.as_str(),
-            self.name
-        )
+        format!("arn:{}:iam::{}:{}/{}", self.partition.as_str(), self.account, self.kind.as_str(), self.name)
     }
 }
 
@@ -247,25 +233,14 @@ impl PrincipalPattern {
             _ if stars == 0 => (p.name.clone(), false),
             _ => return Err("a wildcard is only allowed once, at the end of the name (role/ci-*)".into()),
         };
-        Ok(Self {
-            partition: p.partition,
-            account: p.account,
-            kind: p.kind,
-            name,
-            prefix,
-            source: s.to_string(),
-        })
+        Ok(Self { partition: p.partition, account: p.account, kind: p.kind, name, prefix, source: s.to_string() })
     }
 
     pub fn matches(&self, p: &Principal) -> bool {
         self.partition == p.partition
             && self.account == p.account
             && self.kind == p.kind
-            && if self.prefix {
-                p.name.starts_with(&self.name)
-            } else {
-                p.name == self.name
-            }
+            && if self.prefix { p.name.starts_with(&self.name) } else { p.name == self.name }
     }
 }
 
@@ -280,20 +255,14 @@ mod tests {
             Ok("arn:aws:iam::111122223333:role/github-deploy"),
         ),
         ("arn:aws:iam::111122223333:role/github-deploy", Ok("arn:aws:iam::111122223333:role/github-deploy")),
-        (
-            "arn:aws:iam::111122223333:role/service-role/ci/deployer",
-            Ok("arn:aws:iam::111122223333:role/deployer"),
-        ),
+        ("arn:aws:iam::111122223333:role/service-role/ci/deployer", Ok("arn:aws:iam::111122223333:role/deployer")),
         (
             "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_AdminAccess_0123456789abcdef/alice@example.com",
             Ok("arn:aws:iam::111122223333:role/AWSReservedSSO_AdminAccess_0123456789abcdef"),
         ),
         ("arn:aws:iam::111122223333:user/ci/bot", Ok("arn:aws:iam::111122223333:user/bot")),
         ("arn:aws:iam::111122223333:user/bot", Ok("arn:aws:iam::111122223333:user/bot")),
-        (
-            "arn:aws-us-gov:sts::111122223333:assumed-role/deploy/s1",
-            Ok("arn:aws-us-gov:iam::111122223333:role/deploy"),
-        ),
+        ("arn:aws-us-gov:sts::111122223333:assumed-role/deploy/s1", Ok("arn:aws-us-gov:iam::111122223333:role/deploy")),
         ("arn:aws-cn:iam::111122223333:role/deploy", Ok("arn:aws-cn:iam::111122223333:role/deploy")),
         ("arn:aws:iam::111122223333:root", Err("the account root user")),
         ("arn:aws:sts::111122223333:federated-user/bob", Err("federated users")),
@@ -304,7 +273,10 @@ mod tests {
         ("arn:aws:iam::111122223333:group/admins", Err("malformed ARN: IAM principals")),
         ("", Err("malformed ARN: expected")),
         ("aws:iam::111122223333:role/x:y", Err("malformed ARN")),
-        ("arn:aws:iam:us-east-1:111122223333:role/deploy", Err("malformed ARN: IAM and STS principal ARNs have no region")),
+        (
+            "arn:aws:iam:us-east-1:111122223333:role/deploy",
+            Err("malformed ARN: IAM and STS principal ARNs have no region"),
+        ),
         ("arn:aws:iam::111122223333:role/de ploy", Err("malformed ARN: role name")),
         ("arn:aws:sts::111122223333:assumed-role/deploy/x", Err("malformed ARN: session name")),
     ];

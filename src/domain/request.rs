@@ -259,10 +259,7 @@ impl ApprovalRequest {
             return Err(TransitionError::DuplicateVote);
         }
         let mut r = self.next();
-        r.approvals.push(Approval {
-            user_id: user.clone(),
-            at: now,
-        });
+        r.approvals.push(Approval { user_id: user.clone(), at: now });
         r.notification.update_pending = true;
         let actor = Actor::slack(user.as_str());
         let mut events = vec![self
@@ -292,11 +289,7 @@ impl ApprovalRequest {
             return Err(TransitionError::DuplicateVote);
         }
         let mut r = self.next();
-        r.denial = Some(Denial {
-            user_id: user.clone(),
-            reason: reason.to_string(),
-            at: now,
-        });
+        r.denial = Some(Denial { user_id: user.clone(), reason: reason.to_string(), at: now });
         r.decided(Status::Denied, now);
         let actor = Actor::slack(user.as_str());
         Ok(Transition {
@@ -372,10 +365,7 @@ pub mod tests {
             reason: Some("release".into()),
             details: BTreeMap::new(),
             requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-            policy: PolicyRef {
-                name: PolicyName::parse("deploy-production").unwrap(),
-                version: "abc".into(),
-            },
+            policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "abc".into() },
             required_approvals: required,
             approvals: vec![],
             denial: None,
@@ -413,7 +403,10 @@ pub mod tests {
         let t2 = t1.request.approve(&u("UBOB0001"), T0.plus_seconds(2)).unwrap();
         assert_eq!(t2.request.status, Status::Approved);
         assert_eq!(t2.request.decided_at, Some(T0.plus_seconds(2)));
-        assert_eq!(t2.events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![AuditKind::VoteApprove, AuditKind::RequestApproved]);
+        assert_eq!(
+            t2.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![AuditKind::VoteApprove, AuditKind::RequestApproved]
+        );
         assert_eq!(t2.request.version, 3);
     }
 

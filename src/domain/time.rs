@@ -94,10 +94,7 @@ mod tests {
         let s = t.to_rfc3339();
         assert_eq!(s, "2026-11-25T15:44:22.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&s), Ok(t));
-        assert_eq!(
-            Timestamp::parse_rfc3339("2026-11-25T16:44:22.123456+01:00"),
-            Ok(t)
-        );
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-25T16:44:22.123456+01:00"), Ok(t));
     }
 
     #[test]

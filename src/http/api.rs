@@ -104,18 +104,12 @@ impl From<&ApprovalRequest> for RequestView {
                 principal: r.requester.principal.clone(),
                 session: r.requester.session.clone(),
             },
-            policy: PolicyView {
-                name: r.policy.name.to_string(),
-                version: r.policy.version.clone(),
-            },
+            policy: PolicyView { name: r.policy.name.to_string(), version: r.policy.version.clone() },
             required_approvals: r.required_approvals,
             approvals: r
                 .approvals
                 .iter()
-                .map(|a| ApprovalView {
-                    user_id: a.user_id.to_string(),
-                    at: a.at.to_rfc3339(),
-                })
+                .map(|a| ApprovalView { user_id: a.user_id.to_string(), at: a.at.to_rfc3339() })
                 .collect(),
             denial: r.denial.as_ref().map(|d| DenialView {
                 user_id: d.user_id.to_string(),
@@ -139,15 +133,7 @@ fn view(status: StatusCode, r: &ApprovalRequest) -> Response {
     (status, Json(RequestView::from(r))).into_response()
 }
 
-const FIELDS: &[&str] = &[
-    "action",
-    "environment",
-    "resource",
-    "reason",
-    "details",
-    "idempotency_key",
-    "ttl_seconds",
-];
+const FIELDS: &[&str] = &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds"];
 
 fn field_name(k: &str) -> Option<&'static str> {
     FIELDS.iter().copied().find(|f| *f == k)
@@ -156,8 +142,8 @@ fn field_name(k: &str) -> Option<&'static str> {
 /// Parses the body by hand so every error names its field, and unknown fields (such as `channel` or
 /// `approvers`, which only policies may set) are refused.
 pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid(None, format!("body is not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(None, format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = v else {
         return Err(ApiError::invalid(None, "body must be a JSON object"));
     };
@@ -191,14 +177,14 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid(Some("details"), "details must be an object of strings")),
     };
-    let ttl_seconds = match obj.get("ttl_seconds") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .ok_or_else(|| ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a whole number of seconds"))?,
-        ),
-        Some(_) => return Err(ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a number")),
-    };
+    let ttl_seconds =
+        match obj.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a whole number of seconds")
+            })?),
+            Some(_) => return Err(ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a number")),
+        };
     Ok(NewRequest {
         action: string("action", true)?.unwrap_or_default(),
         environment: string("environment", true)?.unwrap_or_default(),
@@ -240,10 +226,7 @@ async fn create(State(svc): State<RequestService>, Identity(caller): Identity, r
         Ok(i) => i,
         Err(e) => {
             // Refusals are audited like any other "no".
-            let re = crate::service::requests::RequestError::Invalid {
-                field: e.field,
-                message: e.message.clone(),
-            };
+            let re = crate::service::requests::RequestError::Invalid { field: e.field, message: e.message.clone() };
             return match svc.refuse_unparsed(&caller, re).await {
                 Some(unavailable) => ApiError::from(unavailable).into_response(),
                 None => e.into_response(),
@@ -267,7 +250,10 @@ async fn read(
         None => None,
         Some(w) => match w.parse::<u64>() {
             Ok(n) => Some(n),
-            Err(_) => return ApiError::invalid(Some("wait"), "wait must be a whole number of seconds (0 to 20)").into_response(),
+            Err(_) => {
+                return ApiError::invalid(Some("wait"), "wait must be a whole number of seconds (0 to 20)")
+                    .into_response()
+            }
         },
     };
     match svc.get(&caller, &id, wait).await {
@@ -282,7 +268,6 @@ async fn cancel(State(svc): State<RequestService>, Identity(caller): Identity, P
         Err(e) => ApiError::from(e).into_response(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -21,19 +21,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
+        Self { status, code, message: message.into(), field: None }
     }
 
     pub fn invalid(field: Option<&'static str>, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-        }
+        Self { field, ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", message) }
     }
 }
 
@@ -65,12 +57,7 @@ impl From<RequestError> for ApiError {
         } else {
             e.to_string()
         };
-        Self {
-            status,
-            code: e.code(),
-            message,
-            field: e.field(),
-        }
+        Self { status, code: e.code(), message, field: e.field() }
     }
 }
 
@@ -82,8 +69,7 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         resp
     }

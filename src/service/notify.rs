@@ -44,7 +44,9 @@ impl Dispatcher {
         let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
         let same: Vec<&ApprovalRequest> = earlier
             .iter()
-            .filter(|o| o.id != r.id && o.action == r.action && o.environment == r.environment && o.created_at <= r.created_at)
+            .filter(|o| {
+                o.id != r.id && o.action == r.action && o.environment == r.environment && o.created_at <= r.created_at
+            })
             .collect();
         let last = same.iter().max_by_key(|o| (o.created_at, o.id));
         Ok(History {
@@ -61,10 +63,8 @@ impl Dispatcher {
             let Some(r) = self.stores.requests.get_request(id).await? else {
                 return Ok(None);
             };
-            let posted = r.notification.ts.clone().map(|ts| PostedMessage {
-                channel: r.notification.channel.to_string(),
-                ts,
-            });
+            let posted =
+                r.notification.ts.clone().map(|ts| PostedMessage { channel: r.notification.channel.to_string(), ts });
             if posted.is_some() && !r.notification.update_pending {
                 return Ok(Some(r));
             }
@@ -132,9 +132,14 @@ impl Dispatcher {
                             n.next_attempt_at = Some(next_attempt(now, n.attempts, e.retry_after));
                             if is_post {
                                 n.state = NotificationState::Retrying;
-                                Some(vec![AuditDraft::new(now, AuditKind::SlackPostFailed, Actor::system("slack"), Some(cur.id))
-                                    .with("attempt", n.attempts.to_string())
-                                    .with("error", e.message.clone())])
+                                Some(vec![AuditDraft::new(
+                                    now,
+                                    AuditKind::SlackPostFailed,
+                                    Actor::system("slack"),
+                                    Some(cur.id),
+                                )
+                                .with("attempt", n.attempts.to_string())
+                                .with("error", e.message.clone())])
                             } else {
                                 Some(vec![])
                             }

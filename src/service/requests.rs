@@ -105,10 +105,7 @@ impl From<StoreError> for RequestError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
-    RequestError::Invalid {
-        field: Some(field),
-        message: format!("{field}: {}", message.into()),
-    }
+    RequestError::Invalid { field: Some(field), message: format!("{field}: {}", message.into()) }
 }
 
 /// Settings of the request API (from `LambdaConfig` or local mode's config).
@@ -146,12 +143,8 @@ struct Validated {
 fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
     let action = Action::parse(&input.action).map_err(|e| invalid("action", e.problem))?;
     let environment = Environment::parse(&input.environment).map_err(|e| invalid("environment", e.problem))?;
-    let resource = input
-        .resource
-        .as_deref()
-        .map(Resource::parse)
-        .transpose()
-        .map_err(|e| invalid("resource", e.problem))?;
+    let resource =
+        input.resource.as_deref().map(Resource::parse).transpose().map_err(|e| invalid("resource", e.problem))?;
     let reason = match input.reason.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(r) if r.chars().count() > MAX_REASON_CHARS => {
@@ -182,14 +175,7 @@ fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
         .map(IdempotencyKey::parse)
         .transpose()
         .map_err(|e| invalid("idempotency_key", e.problem))?;
-    Ok(Validated {
-        action,
-        environment,
-        resource,
-        reason,
-        details: input.details.clone(),
-        idempotency_key,
-    })
+    Ok(Validated { action, environment, resource, reason, details: input.details.clone(), idempotency_key })
 }
 
 /// SHA-256 over the canonical JSON of the body (sorted details): equal bodies, equal hashes.
@@ -239,7 +225,10 @@ impl RequestService {
         })?;
         let s = &self.settings;
         if !s.allowed_accounts.is_empty() && !s.allowed_accounts.contains(&p.account) {
-            return Err(RequestError::AccountNotAllowed(format!("account {} is not allowed to call this API", p.account)));
+            return Err(RequestError::AccountNotAllowed(format!(
+                "account {} is not allowed to call this API",
+                p.account
+            )));
         }
         if let Some(org) = &s.allowed_org_id {
             if caller.principal_org_id.as_deref() != Some(org.as_str()) {
@@ -263,19 +252,18 @@ impl RequestService {
         let principal = self.identify(caller)?;
         let v = validate(input)?;
         let policies = self.stores.policies.list_policies().await?;
-        let policy = select(&policies, &principal, &v.action, &v.environment, v.resource.as_ref()).ok_or_else(|| {
-            RequestError::NoMatchingPolicy(format!(
-                "no policy allows {} to request {} in {}{}",
-                principal.identity(),
-                v.action,
-                v.environment,
-                v.resource.as_ref().map(|r| format!(" on {r}")).unwrap_or_default()
-            ))
-        })?;
+        let policy =
+            select(&policies, &principal, &v.action, &v.environment, v.resource.as_ref()).ok_or_else(|| {
+                RequestError::NoMatchingPolicy(format!(
+                    "no policy allows {} to request {} in {}{}",
+                    principal.identity(),
+                    v.action,
+                    v.environment,
+                    v.resource.as_ref().map(|r| format!(" on {r}")).unwrap_or_default()
+                ))
+            })?;
         if policy.require_reason && v.reason.is_none() {
-            return Err(RequestError::ReasonRequired {
-                policy: policy.name.to_string(),
-            });
+            return Err(RequestError::ReasonRequired { policy: policy.name.to_string() });
         }
         let ttl = match input.ttl_seconds {
             None => policy.max_ttl,
@@ -289,10 +277,8 @@ impl RequestService {
         };
         let now = self.now();
         let auto = policy.required_approvals == 0;
-        let channel = SlackChannelId::parse(policy.channel.as_str()).map_err(|e| RequestError::Invalid {
-            field: None,
-            message: e.to_string(),
-        })?;
+        let channel = SlackChannelId::parse(policy.channel.as_str())
+            .map_err(|e| RequestError::Invalid { field: None, message: e.to_string() })?;
         let request = ApprovalRequest {
             id: RequestId::generate(),
             status: if auto { Status::Approved } else { Status::Pending },
@@ -302,10 +288,7 @@ impl RequestService {
             reason: v.reason,
             details: v.details,
             requester: Requester::from_principal(&principal, caller.access_key.clone()),
-            policy: PolicyRef {
-                name: policy.name.clone(),
-                version: policy.version(),
-            },
+            policy: PolicyRef { name: policy.name.clone(), version: policy.version() },
             required_approvals: policy.required_approvals,
             approvals: vec![],
             denial: None,
@@ -331,10 +314,7 @@ impl RequestService {
             CreateOutcome::Existing(existing) => {
                 if existing.body_hash == request.body_hash {
                     let existing = self.show(existing);
-                    return Ok(Submitted {
-                        request: existing,
-                        created: false,
-                    });
+                    return Ok(Submitted { request: existing, created: false });
                 }
                 return Err(RequestError::IdempotencyConflict);
             }
@@ -348,10 +328,7 @@ impl RequestService {
         }
         // Durable first; the post happens after. A failed post leaves the request pending and queued.
         let after = self.dispatcher.deliver(&request.id).await.unwrap_or(None);
-        Ok(Submitted {
-            request: self.show(after.unwrap_or(request)),
-            created: true,
-        })
+        Ok(Submitted { request: self.show(after.unwrap_or(request)), created: true })
     }
 
     /// What a reader sees: a pending request past its expiry reads `expired`.
@@ -441,11 +418,7 @@ mod tests {
 
     #[test]
     fn body_hash_ignores_nothing_but_is_stable() {
-        let mut a = NewRequest {
-            action: "deploy".into(),
-            environment: "production".into(),
-            ..Default::default()
-        };
+        let mut a = NewRequest { action: "deploy".into(), environment: "production".into(), ..Default::default() };
         let h1 = body_hash(&a);
         assert_eq!(h1, body_hash(&a.clone()));
         a.reason = Some("x".into());
@@ -454,11 +427,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut i = NewRequest {
-            action: "deploy".into(),
-            environment: "production".into(),
-            ..Default::default()
-        };
+        let mut i = NewRequest { action: "deploy".into(), environment: "production".into(), ..Default::default() };
         i.details = (0..21).map(|n| (format!("k{n}"), "v".to_string())).collect();
         assert_eq!(validate(&i).err().unwrap().field(), Some("details"));
         i.details.clear();

@@ -86,7 +86,13 @@ pub struct VoteService {
 }
 
 impl VoteService {
-    async fn audit(&self, user: &SlackUserId, request_id: Option<RequestId>, kind: AuditKind, why: &Rejection) -> Result<(), StoreError> {
+    async fn audit(
+        &self,
+        user: &SlackUserId,
+        request_id: Option<RequestId>,
+        kind: AuditKind,
+        why: &Rejection,
+    ) -> Result<(), StoreError> {
         let d = AuditDraft::new(self.clock.now(), kind, Actor::slack(user.as_str()), request_id)
             .with("code", why.code())
             .with("message", why.message());
@@ -94,7 +100,12 @@ impl VoteService {
     }
 
     /// Records a rejected callback (bad workspace, app, payload) in the audit trail.
-    pub async fn audit_rejected_callback(&self, user: Option<&str>, code: &str, detail: &str) -> Result<(), StoreError> {
+    pub async fn audit_rejected_callback(
+        &self,
+        user: Option<&str>,
+        code: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         let actor = user.map_or_else(|| Actor("slack:unknown".into()), Actor::slack);
         let d = AuditDraft::new(self.clock.now(), AuditKind::CallbackRejected, actor, None)
             .with("code", code)
@@ -139,7 +150,8 @@ impl VoteService {
             return Ok(Err(Rejection::NoPolicy));
         };
         let policies = self.stores.policies.list_policies().await?;
-        let Some(policy) = select(&policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
+        let Some(policy) = select(&policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned()
+        else {
             return Ok(Err(Rejection::NoPolicy));
         };
         let mut in_group = false;
@@ -205,14 +217,15 @@ impl VoteService {
             };
             match self.stores.requests.commit(commit).await {
                 Ok(()) => {
-                    let updated = match tokio::time::timeout(self.update_budget, self.dispatcher.deliver(&v.request_id)).await {
-                        Ok(Ok(Some(after))) => after,
-                        Ok(Ok(None)) | Err(_) => t.request,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "message update not recorded; the relay will retry");
-                            t.request
-                        }
-                    };
+                    let updated =
+                        match tokio::time::timeout(self.update_budget, self.dispatcher.deliver(&v.request_id)).await {
+                            Ok(Ok(Some(after))) => after,
+                            Ok(Ok(None)) | Err(_) => t.request,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "message update not recorded; the relay will retry");
+                                t.request
+                            }
+                        };
                     return Ok(VoteOutcome::Recorded(updated));
                 }
                 Err(StoreError::Conflict(Conflict::DuplicateVote)) => return self.duplicate(&v, r).await,
@@ -228,7 +241,12 @@ impl VoteService {
     }
 
     async fn duplicate(&self, v: &VoteRequest, r: ApprovalRequest) -> Result<VoteOutcome, StoreError> {
-        let d = AuditDraft::new(self.clock.now(), AuditKind::VoteDuplicate, Actor::slack(v.user.as_str()), Some(v.request_id));
+        let d = AuditDraft::new(
+            self.clock.now(),
+            AuditKind::VoteDuplicate,
+            Actor::slack(v.user.as_str()),
+            Some(v.request_id),
+        );
         self.stores.audit.append(vec![d]).await?;
         Ok(VoteOutcome::Duplicate(r))
     }

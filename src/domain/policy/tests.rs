@@ -95,7 +95,10 @@ fn rejects_assumed_role_principal() {
 
 #[test]
 fn rejects_wildcard_in_middle_of_action() {
-    assert_error(&GOOD.replace("[deploy]", "[\"d*y\"]"), "field actions: \"d*y\": a wildcard is only allowed once, at the end");
+    assert_error(
+        &GOOD.replace("[deploy]", "[\"d*y\"]"),
+        "field actions: \"d*y\": a wildcard is only allowed once, at the end",
+    );
 }
 
 #[test]
@@ -116,7 +119,10 @@ fn rejects_owner_listed_as_approver() {
 
 #[test]
 fn rejects_quorum_larger_than_the_approver_list() {
-    assert_error(&GOOD.replace("required_approvals: 1", "required_approvals: 3"), "3 approvals required but only 2 approver(s) listed");
+    assert_error(
+        &GOOD.replace("required_approvals: 1", "required_approvals: 3"),
+        "3 approvals required but only 2 approver(s) listed",
+    );
 }
 
 #[test]
@@ -144,7 +150,8 @@ fn rejects_zero_max_pending() {
 
 #[test]
 fn reports_every_error_not_just_the_first() {
-    let src = GOOD.replace("name: p", "name: P!").replace("[production]", "[PROD]").replace("max_ttl: 1h", "max_ttl: x");
+    let src =
+        GOOD.replace("name: p", "name: P!").replace("[production]", "[PROD]").replace("max_ttl: 1h", "max_ttl: x");
     assert_eq!(errors_of(&src).len(), 3);
 }
 
