@@ -318,6 +318,27 @@ pub async fn max_pending_is_enforced_per_principal_and_policy<S: Store>(sut: Sut
     );
 }
 
+pub async fn a_retry_returns_the_existing_request_even_at_max_pending<S: Store>(sut: Sut<S>) {
+    let s = &*sut.store;
+    let key = IdempotencyKey::parse("deploy-43").unwrap();
+    let mut first = deploy_request(1, T0);
+    first.idempotency_key = Some(key.clone());
+    assert_eq!(
+        s.create_request(&first, first.creation_events(), 1)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    let mut retry = deploy_request(1, T0.plus_seconds(1));
+    retry.idempotency_key = Some(key);
+    assert_eq!(
+        s.create_request(&retry, retry.creation_events(), 1)
+            .await
+            .unwrap(),
+        CreateOutcome::Existing(first)
+    );
+}
+
 pub async fn duplicate_vote_counts_once_under_20_concurrent_tasks<S: Store>(sut: Sut<S>) {
     let r = deploy_request(2, T0);
     create(&*sut.store, &r).await;
@@ -942,6 +963,7 @@ macro_rules! conformance {
         conformance!(@tests $store, $sut, { $($extra)* }, [
             create_with_a_used_idempotency_key_returns_the_existing_request,
             max_pending_is_enforced_per_principal_and_policy,
+            a_retry_returns_the_existing_request_even_at_max_pending,
             duplicate_vote_counts_once_under_20_concurrent_tasks,
             only_one_of_20_concurrent_approvals_decides,
             quorum_of_2_under_20_concurrent_approvals_approves_exactly_once,
