@@ -1,1 +1,3 @@
-//! Adapters
+//! Adapters: the ports implemented against the outside world. Adapters never use each other.
+
+pub mod dynamodb;
