@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{
-    ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote,
-};
+use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote};
 
 /// Failures of a store. `Unavailable` is retryable and maps to `503` + `Retry-After`; `Conflict` means a
 /// conditional write lost and the caller must re-read; `Corrupt` is an item that no longer parses.
@@ -103,11 +101,7 @@ pub trait RequestStore: Send + Sync {
     async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
 
     /// Requests whose Slack message must still be posted or updated, due at or before `now`.
-    async fn list_notification_due(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<ApprovalRequest>, StoreError>;
+    async fn list_notification_due(&self, now: Timestamp, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
 
     /// Requests of one principal (identity) created at or after `since`, newest first.
     async fn list_by_principal(

@@ -120,12 +120,7 @@ pub struct AuditDraft {
 }
 
 impl AuditDraft {
-    pub fn new(
-        at: Timestamp,
-        kind: AuditKind,
-        actor: Actor,
-        request_id: Option<RequestId>,
-    ) -> Self {
+    pub fn new(at: Timestamp, kind: AuditKind, actor: Actor, request_id: Option<RequestId>) -> Self {
         Self {
             at,
             kind,
@@ -305,9 +300,7 @@ fn verify_slice(mut v: ChainVerifier, events: &[AuditEvent]) -> Result<ChainSumm
     for (i, e) in events.iter().enumerate() {
         match v.push(e) {
             Ok(()) => {}
-            Err(ChainBreak::Missing { expected, found })
-                if events[i..].iter().any(|r| r.seq == expected) =>
-            {
+            Err(ChainBreak::Missing { expected, found }) if events[i..].iter().any(|r| r.seq == expected) => {
                 return Err(ChainBreak::OutOfOrder {
                     seq: expected,
                     after: found,
@@ -379,29 +372,17 @@ mod tests {
     fn deletion_is_named() {
         let mut c = chain(5);
         c.remove(1);
-        assert_eq!(
-            verify_chain(&c),
-            Err(ChainBreak::Missing {
-                expected: 2,
-                found: 3
-            })
-        );
+        assert_eq!(verify_chain(&c), Err(ChainBreak::Missing { expected: 2, found: 3 }));
     }
 
     #[test]
     fn reordering_is_named() {
         let mut c = chain(5);
         c.swap(1, 2);
-        assert_eq!(
-            verify_chain(&c),
-            Err(ChainBreak::OutOfOrder { seq: 2, after: 3 })
-        );
+        assert_eq!(verify_chain(&c), Err(ChainBreak::OutOfOrder { seq: 2, after: 3 }));
         let mut c = chain(5);
         c.swap(3, 1);
-        assert_eq!(
-            verify_chain(&c),
-            Err(ChainBreak::OutOfOrder { seq: 2, after: 4 })
-        );
+        assert_eq!(verify_chain(&c), Err(ChainBreak::OutOfOrder { seq: 2, after: 4 }));
         let mut c = chain(3);
         c.swap(1, 2);
         c.insert(1, c[2].clone());
@@ -410,14 +391,9 @@ mod tests {
 
     #[test]
     fn canonical_encoding_is_stable() {
-        let e = AuditDraft::new(
-            Timestamp::from_unix_millis(0),
-            AuditKind::PolicyChanged,
-            Actor::cli("me"),
-            None,
-        )
-        .with("policy", "p")
-        .seal(1, GENESIS_HASH);
+        let e = AuditDraft::new(Timestamp::from_unix_millis(0), AuditKind::PolicyChanged, Actor::cli("me"), None)
+            .with("policy", "p")
+            .seal(1, GENESIS_HASH);
         assert_eq!(
             String::from_utf8(e.canonical_bytes()).unwrap(),
             format!(

@@ -83,20 +83,16 @@ fn check_token(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if b.len() > 64 {
-        return Err(format!(
-            "must be at most 64 characters, got {}",
-            s.chars().count()
-        ));
+        return Err(format!("must be at most 64 characters, got {}", s.chars().count()));
     }
     if !(b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) {
         return Err("must start with a lowercase letter or a digit".into());
     }
-    if let Some(c) = s.chars().find(|c| {
-        !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-'))
-    }) {
-        return Err(format!(
-            "character {c:?} is not allowed (use a-z 0-9 . _ : -)"
-        ));
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!("character {c:?} is not allowed (use a-z 0-9 . _ : -)"));
     }
     Ok(())
 }
@@ -200,10 +196,7 @@ impl RequestId {
             .strip_prefix(Self::PREFIX)
             .ok_or_else(|| invalid("request id", "must start with req_"))?;
         if body.len() != 26 {
-            return Err(invalid(
-                "request id",
-                "must be req_ followed by 26 characters",
-            ));
+            return Err(invalid("request id", "must be req_ followed by 26 characters"));
         }
         Ulid::from_string(body)
             .map(Self)
@@ -252,13 +245,7 @@ mod tests {
 
     #[test]
     fn request_id_rejects_other_shapes() {
-        for bad in [
-            "",
-            "req_",
-            "01JD0000000000000000000000",
-            "req_zzzz",
-            "REQ_01JD0000000000000000000000",
-        ] {
+        for bad in ["", "req_", "01JD0000000000000000000000", "req_zzzz", "REQ_01JD0000000000000000000000"] {
             assert!(RequestId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -269,15 +256,7 @@ mod tests {
             assert!(Action::parse(good).is_ok(), "{good}");
         }
         let long = "a".repeat(65);
-        for bad in [
-            "",
-            "Deploy",
-            "-x",
-            "de ploy",
-            "déploy",
-            long.as_str(),
-            "a/b",
-        ] {
+        for bad in ["", "Deploy", "-x", "de ploy", "déploy", long.as_str(), "a/b"] {
             assert!(Environment::parse(bad).is_err(), "{bad}");
         }
     }

@@ -7,9 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ids::{
-    Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId,
-};
+use super::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
 use super::principal::{Principal, PrincipalPattern};
 
 /// Bounds on `max_ttl`.
@@ -44,9 +42,7 @@ impl Pattern {
                 check(s).map_err(|e| format!("{s:?}: {e}"))?;
                 Ok(Self(s.to_string()))
             }
-            _ => Err(format!(
-                "{s:?}: a wildcard is only allowed once, at the end"
-            )),
+            _ => Err(format!("{s:?}: a wildcard is only allowed once, at the end")),
         }
     }
 
@@ -97,18 +93,10 @@ impl Policy {
 
     fn principal_patterns(&self) -> impl Iterator<Item = PrincipalPattern> + '_ {
         // Validated at parse time, so every entry parses.
-        self.principals
-            .iter()
-            .filter_map(|p| PrincipalPattern::parse(p).ok())
+        self.principals.iter().filter_map(|p| PrincipalPattern::parse(p).ok())
     }
 
-    pub fn matches(
-        &self,
-        who: &Principal,
-        action: &Action,
-        env: &Environment,
-        resource: Option<&Resource>,
-    ) -> bool {
+    pub fn matches(&self, who: &Principal, action: &Action, env: &Environment, resource: Option<&Resource>) -> bool {
         self.principal_patterns().any(|p| p.matches(who))
             && self.actions.iter().any(|p| p.matches(action.as_str()))
             && self.environments.iter().any(|p| p.matches(env.as_str()))
@@ -120,11 +108,7 @@ impl Policy {
 
     /// May this Slack user vote on a request governed by this policy? `groups_of_user` are the approver
     /// groups of this policy the user belongs to (looked up by the caller). Owners never may.
-    pub fn approver_check(
-        &self,
-        user: &SlackUserId,
-        in_approver_group: bool,
-    ) -> Result<(), NotApprover> {
+    pub fn approver_check(&self, user: &SlackUserId, in_approver_group: bool) -> Result<(), NotApprover> {
         if self.owners.contains(user) {
             return Err(NotApprover::Owner);
         }
@@ -136,11 +120,7 @@ impl Policy {
 
     /// Sort key for "strictest wins": most approvals, then shortest max_ttl, then name.
     fn strictness_key(&self) -> (std::cmp::Reverse<u32>, u64, &str) {
-        (
-            std::cmp::Reverse(self.required_approvals),
-            self.max_ttl,
-            self.name.as_str(),
-        )
+        (std::cmp::Reverse(self.required_approvals), self.max_ttl, self.name.as_str())
     }
 }
 
@@ -187,11 +167,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not a duration like 90s, 30m, 1h or 2h30m"
-                ))
-            }
+            _ => return Err(format!("{s:?} is not a duration like 90s, 30m, 1h or 2h30m")),
         };
         let n: u64 = num
             .parse()
@@ -200,20 +176,13 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!(
-            "{s:?} is missing a unit after {num} (s, m, h or d)"
-        ));
+        return Err(format!("{s:?} is missing a unit after {num} (s, m, h or d)"));
     }
     Ok(total)
 }
 
 pub fn format_duration(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs % 86_400 / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
     let mut out = String::new();
     for (n, u) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
         if n > 0 {
@@ -352,26 +321,16 @@ pub fn parse_policies(src: &str) -> Result<Vec<Policy>, PolicyErrors> {
         message,
     };
     if raw.version != 1 {
-        errors.push(file_err(
-            "version",
-            format!("unsupported version {}; expected 1", raw.version),
-        ));
+        errors.push(file_err("version", format!("unsupported version {}; expected 1", raw.version)));
     }
     if raw.policies.len() > MAX_POLICIES {
-        errors.push(file_err(
-            "policies",
-            format!("at most {MAX_POLICIES} policies per file"),
-        ));
+        errors.push(file_err("policies", format!("at most {MAX_POLICIES} policies per file")));
     }
     let lines = policy_lines(src);
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (i, rp) in raw.policies.into_iter().enumerate() {
-        let label = if rp.name.is_empty() {
-            format!("#{}", i + 1)
-        } else {
-            rp.name.clone()
-        };
+        let label = if rp.name.is_empty() { format!("#{}", i + 1) } else { rp.name.clone() };
         let line = lines.get(i).copied();
         let mut errs = Vec::new();
         let policy = validate_policy(rp, &mut |field: &str, message: String| {
@@ -413,15 +372,9 @@ fn structural_error(src: &str, e: &serde_yaml::Error) -> PolicyError {
     if let Some(rest) = msg.strip_prefix("policies[") {
         if let Some((idx, tail)) = rest.split_once(']') {
             if let Ok(i) = idx.parse::<usize>() {
-                let names: Option<String> = serde_yaml::from_str::<serde_yaml::Value>(src)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("policies")?
-                            .get(i)?
-                            .get("name")?
-                            .as_str()
-                            .map(str::to_string)
-                    });
+                let names: Option<String> = serde_yaml::from_str::<serde_yaml::Value>(src).ok().and_then(|v| {
+                    v.get("policies")?.get(i)?.get("name")?.as_str().map(str::to_string)
+                });
                 policy = Some(names.unwrap_or_else(|| format!("#{}", i + 1)));
                 if let Some(f) = tail.strip_prefix('.') {
                     field = f.split(':').next().map(str::to_string);
@@ -446,36 +399,27 @@ fn structural_error(src: &str, e: &serde_yaml::Error) -> PolicyError {
 }
 
 fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<Policy> {
-    let name = PolicyName::parse(&rp.name)
-        .map_err(|e| err("name", e.problem))
-        .ok();
+    let name = PolicyName::parse(&rp.name).map_err(|e| err("name", e.problem)).ok();
     if rp.principals.is_empty() {
-        err(
-            "principals",
-            "at least one principal ARN is required".into(),
-        );
+        err("principals", "at least one principal ARN is required".into());
     }
     for p in &rp.principals {
         if let Err(e) = PrincipalPattern::parse(p) {
             err("principals", format!("{p:?}: {e}"));
         }
     }
-    let mut patterns =
-        |field: &str, values: &[String], check: fn(&str) -> Result<(), String>| -> Vec<Pattern> {
-            if values.is_empty() {
-                err(field, "at least one entry is required".into());
-            }
-            values
-                .iter()
-                .filter_map(|v| Pattern::parse(v, check).map_err(|e| err(field, e)).ok())
-                .collect()
-        };
-    let actions = patterns("actions", &rp.actions, |s| {
-        Action::parse(s).map(|_| ()).map_err(|e| e.problem)
-    });
-    let environments = patterns("environments", &rp.environments, |s| {
-        Environment::parse(s).map(|_| ()).map_err(|e| e.problem)
-    });
+    let mut patterns = |field: &str, values: &[String], check: fn(&str) -> Result<(), String>| -> Vec<Pattern> {
+        if values.is_empty() {
+            err(field, "at least one entry is required".into());
+        }
+        values
+            .iter()
+            .filter_map(|v| Pattern::parse(v, check).map_err(|e| err(field, e)).ok())
+            .collect()
+    };
+    let actions = patterns("actions", &rp.actions, |s| Action::parse(s).map(|_| ()).map_err(|e| e.problem));
+    let environments =
+        patterns("environments", &rp.environments, |s| Environment::parse(s).map(|_| ()).map_err(|e| e.problem));
     let resources = patterns(
         "resources",
         rp.resources.as_deref().unwrap_or(&["*".to_string()]),
@@ -488,77 +432,39 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     let users: Vec<SlackUserId> = raw_approvers
         .users
         .iter()
-        .filter_map(|u| {
-            SlackUserId::parse(u)
-                .map_err(|e| err("approvers.users", format!("{u:?}: {e}")))
-                .ok()
-        })
+        .filter_map(|u| SlackUserId::parse(u).map_err(|e| err("approvers.users", format!("{u:?}: {e}"))).ok())
         .collect();
     let groups: Vec<SlackGroupId> = raw_approvers
         .groups
         .iter()
-        .filter_map(|g| {
-            SlackGroupId::parse(g)
-                .map_err(|e| err("approvers.groups", format!("{g:?}: {e}")))
-                .ok()
-        })
+        .filter_map(|g| SlackGroupId::parse(g).map_err(|e| err("approvers.groups", format!("{g:?}: {e}"))).ok())
         .collect();
     let owners: Vec<SlackUserId> = rp
         .owners
         .iter()
-        .filter_map(|u| {
-            SlackUserId::parse(u)
-                .map_err(|e| err("owners", format!("{u:?}: {e}")))
-                .ok()
-        })
+        .filter_map(|u| SlackUserId::parse(u).map_err(|e| err("owners", format!("{u:?}: {e}"))).ok())
         .collect();
     for o in &owners {
         if users.contains(o) {
             err(
                 "approvers.users",
-                format!(
-                    "{o} is also an owner: owners can never approve, so remove them from approvers"
-                ),
+                format!("{o} is also an owner: owners can never approve, so remove them from approvers"),
             );
         }
     }
     if rp.required_approvals > MAX_REQUIRED_APPROVALS {
+        err("required_approvals", format!("must be 0 to {MAX_REQUIRED_APPROVALS}, got {}", rp.required_approvals));
+    }
+    if rp.required_approvals > 0 && users.is_empty() && groups.is_empty() && raw_approvers.users.is_empty() && raw_approvers.groups.is_empty() {
+        err("approvers", "required_approvals > 0 but no approvers are listed: nobody could ever approve".into());
+    }
+    if groups.is_empty() && raw_approvers.groups.is_empty() && !users.is_empty() && (rp.required_approvals as usize) > users.len() {
         err(
             "required_approvals",
-            format!(
-                "must be 0 to {MAX_REQUIRED_APPROVALS}, got {}",
-                rp.required_approvals
-            ),
+            format!("{} approvals required but only {} approver(s) listed", rp.required_approvals, users.len()),
         );
     }
-    if rp.required_approvals > 0
-        && users.is_empty()
-        && groups.is_empty()
-        && raw_approvers.users.is_empty()
-        && raw_approvers.groups.is_empty()
-    {
-        err(
-            "approvers",
-            "required_approvals > 0 but no approvers are listed: nobody could ever approve".into(),
-        );
-    }
-    if groups.is_empty()
-        && raw_approvers.groups.is_empty()
-        && !users.is_empty()
-        && (rp.required_approvals as usize) > users.len()
-    {
-        err(
-            "required_approvals",
-            format!(
-                "{} approvals required but only {} approver(s) listed",
-                rp.required_approvals,
-                users.len()
-            ),
-        );
-    }
-    let channel = SlackChannelId::parse(&rp.channel)
-        .map_err(|e| err("channel", e.to_string()))
-        .ok();
+    let channel = SlackChannelId::parse(&rp.channel).map_err(|e| err("channel", e.to_string())).ok();
     let max_ttl = match &rp.max_ttl {
         serde_yaml::Value::String(s) => parse_duration(s).map_err(|e| err("max_ttl", e)).ok(),
         serde_yaml::Value::Number(n) => n.as_u64().or_else(|| {
@@ -572,18 +478,12 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     };
     if let Some(t) = max_ttl {
         if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&t) {
-            err(
-                "max_ttl",
-                format!("must be between 1m and 7d, got {}", format_duration(t)),
-            );
+            err("max_ttl", format!("must be between 1m and 7d, got {}", format_duration(t)));
         }
     }
     let max_pending = rp.max_pending.unwrap_or(DEFAULT_MAX_PENDING);
     if !(1..=MAX_PENDING_LIMIT).contains(&max_pending) {
-        err(
-            "max_pending",
-            format!("must be 1 to {MAX_PENDING_LIMIT}, got {max_pending}"),
-        );
+        err("max_pending", format!("must be 1 to {MAX_PENDING_LIMIT}, got {max_pending}"));
     }
     if rp.description.chars().count() > 500 {
         err("description", "must be at most 500 characters".into());

@@ -90,9 +90,9 @@ pub struct Principal {
 fn valid_iam_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-')
-        })
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-'))
 }
 
 /// Session names: `[\w+=,.@-]{2,64}`.
@@ -110,13 +110,8 @@ fn split_path(rest: &str) -> Result<(Option<String>, &str), PrincipalError> {
         None => Ok((None, rest)),
         Some(i) => {
             let path = &rest[..=i];
-            if path
-                .split('/')
-                .any(|seg| seg.chars().any(|c| !('\u{21}'..='\u{7e}').contains(&c)))
-            {
-                return Err(malformed(
-                    "IAM path contains characters outside ASCII 0x21-0x7E",
-                ));
+            if path.split('/').any(|seg| seg.chars().any(|c| !('\u{21}'..='\u{7e}').contains(&c))) {
+                return Err(malformed("IAM path contains characters outside ASCII 0x21-0x7E"));
             }
             if path.contains("//") {
                 return Err(malformed("IAM path has an empty segment"));
@@ -132,35 +127,23 @@ impl Principal {
             return Err(malformed("longer than 2048 characters"));
         }
         let mut parts = arn.splitn(6, ':');
-        let (
-            Some(prefix),
-            Some(partition),
-            Some(service),
-            Some(region),
-            Some(account),
-            Some(resource),
-        ) = (
+        let (Some(prefix), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
-        )
-        else {
-            return Err(malformed(
-                "expected arn:PARTITION:SERVICE::ACCOUNT:RESOURCE",
-            ));
+        ) else {
+            return Err(malformed("expected arn:PARTITION:SERVICE::ACCOUNT:RESOURCE"));
         };
         if prefix != "arn" {
             return Err(malformed("does not start with arn:"));
         }
-        let partition = Partition::parse(partition)
-            .ok_or_else(|| PrincipalError::UnsupportedPartition(partition.to_string()))?;
+        let partition =
+            Partition::parse(partition).ok_or_else(|| PrincipalError::UnsupportedPartition(partition.to_string()))?;
         if service != "iam" && service != "sts" {
-            return Err(malformed(format!(
-                "service {service:?}: IAM and STS principals only"
-            )));
+            return Err(malformed(format!("service {service:?}: IAM and STS principals only")));
         }
         if !region.is_empty() {
             return Err(malformed("IAM and STS principal ARNs have no region"));
@@ -171,10 +154,7 @@ impl Principal {
         let account = account.to_string();
         let base = |kind, name: &str, path, session| -> Result<Self, PrincipalError> {
             if !valid_iam_name(name) {
-                return Err(malformed(format!(
-                    "{} name {name:?} is not a valid IAM name",
-                    kind_str(kind)
-                )));
+                return Err(malformed(format!("{} name {name:?} is not a valid IAM name", kind_str(kind))));
             }
             Ok(Self {
                 arn: arn.to_string(),
@@ -259,19 +239,13 @@ impl PrincipalPattern {
             Err(e) => return Err(e.to_string()),
         };
         if p.session.is_some() {
-            return Err(
-                "use the role ARN (arn:…:iam::ACCOUNT:role/NAME), not an assumed-role ARN".into(),
-            );
+            return Err("use the role ARN (arn:…:iam::ACCOUNT:role/NAME), not an assumed-role ARN".into());
         }
         let stars = s.matches('*').count();
         let (name, prefix) = match p.name.strip_suffix("WILDCARDx") {
             Some(stem) if stars == 1 && !stem.contains("WILDCARDx") => (stem.to_string(), true),
             _ if stars == 0 => (p.name.clone(), false),
-            _ => {
-                return Err(
-                    "a wildcard is only allowed once, at the end of the name (role/ci-*)".into(),
-                )
-            }
+            _ => return Err("a wildcard is only allowed once, at the end of the name (role/ci-*)".into()),
         };
         Ok(Self {
             partition: p.partition,
@@ -341,10 +315,7 @@ mod tests {
             match (Principal::parse(arn), want) {
                 (Ok(p), Ok(id)) => assert_eq!(&p.identity(), id, "{arn}"),
                 (Err(e), Err(prefix)) => {
-                    assert!(
-                        e.to_string().starts_with(prefix),
-                        "{arn}: got {e:?}, wanted {prefix:?}"
-                    )
+                    assert!(e.to_string().starts_with(prefix), "{arn}: got {e:?}, wanted {prefix:?}")
                 }
                 (got, _) => panic!("{arn}: got {got:?}, wanted {want:?}"),
             }
@@ -354,8 +325,7 @@ mod tests {
     #[test]
     fn session_name_is_kept_for_display_but_not_in_identity() {
         let a = Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/run-1").unwrap();
-        let b = Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/admin-approved")
-            .unwrap();
+        let b = Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/admin-approved").unwrap();
         assert_eq!(a.identity(), b.identity());
         assert_eq!(a.session.as_deref(), Some("run-1"));
     }
@@ -364,12 +334,10 @@ mod tests {
     fn patterns_match_on_account_kind_and_name_only() {
         let pat = PrincipalPattern::parse("arn:aws:iam::111122223333:role/ci-*").unwrap();
         let ok = Principal::parse("arn:aws:sts::111122223333:assumed-role/ci-deploy/s1").unwrap();
-        let other_acct =
-            Principal::parse("arn:aws:sts::444455556666:assumed-role/ci-deploy/s1").unwrap();
+        let other_acct = Principal::parse("arn:aws:sts::444455556666:assumed-role/ci-deploy/s1").unwrap();
         let user = Principal::parse("arn:aws:iam::111122223333:user/ci-deploy").unwrap();
         let other_part = Principal::parse("arn:aws-cn:iam::111122223333:role/ci-deploy").unwrap();
-        let spoof =
-            Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/ci-deploy").unwrap();
+        let spoof = Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/ci-deploy").unwrap();
         assert!(pat.matches(&ok));
         assert!(!pat.matches(&other_acct));
         assert!(!pat.matches(&user));

@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{Actor, AuditDraft, AuditKind};
-use super::ids::{
-    Action, Environment, IdempotencyKey, PolicyName, RequestId, Resource, SlackChannelId,
-    SlackUserId,
-};
+use super::ids::{Action, Environment, IdempotencyKey, PolicyName, RequestId, Resource, SlackChannelId, SlackUserId};
 use super::principal::Principal;
 use super::time::Timestamp;
 
@@ -192,8 +189,7 @@ impl ApprovalRequest {
     }
 
     pub fn has_voted(&self, user: &SlackUserId) -> bool {
-        self.approvals.iter().any(|a| &a.user_id == user)
-            || self.denial.as_ref().is_some_and(|d| &d.user_id == user)
+        self.approvals.iter().any(|a| &a.user_id == user) || self.denial.as_ref().is_some_and(|d| &d.user_id == user)
     }
 
     fn next(&self) -> Self {
@@ -232,21 +228,13 @@ impl ApprovalRequest {
         }
         let mut events = vec![created];
         if self.status == Status::Approved {
-            events.push(self.draft(
-                self.created_at,
-                AuditKind::RequestAutoApproved,
-                Actor::system("policy"),
-            ));
+            events.push(self.draft(self.created_at, AuditKind::RequestAutoApproved, Actor::system("policy")));
         }
         events
     }
 
     /// An authorized approver approves. Reaching `required_approvals` approves the request.
-    pub fn approve(
-        &self,
-        user: &SlackUserId,
-        now: Timestamp,
-    ) -> Result<Transition, TransitionError> {
+    pub fn approve(&self, user: &SlackUserId, now: Timestamp) -> Result<Transition, TransitionError> {
         self.ensure_open(now)?;
         if self.has_voted(user) {
             return Err(TransitionError::DuplicateVote);
@@ -258,10 +246,9 @@ impl ApprovalRequest {
         });
         r.notification.update_pending = true;
         let actor = Actor::slack(user.as_str());
-        let mut events = vec![self.draft(now, AuditKind::VoteApprove, actor.clone()).with(
-            "approvals",
-            format!("{}/{}", r.approvals.len(), r.required_approvals),
-        )];
+        let mut events = vec![self
+            .draft(now, AuditKind::VoteApprove, actor.clone())
+            .with("approvals", format!("{}/{}", r.approvals.len(), r.required_approvals))];
         if r.approvals.len() as u64 >= u64::from(r.required_approvals) {
             r.decided(Status::Approved, now);
             events.push(self.draft(now, AuditKind::RequestApproved, actor));
@@ -280,12 +267,7 @@ impl ApprovalRequest {
     }
 
     /// An authorized approver denies: one deny is final.
-    pub fn deny(
-        &self,
-        user: &SlackUserId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Transition, TransitionError> {
+    pub fn deny(&self, user: &SlackUserId, reason: &str, now: Timestamp) -> Result<Transition, TransitionError> {
         self.ensure_open(now)?;
         if self.has_voted(user) {
             return Err(TransitionError::DuplicateVote);
@@ -308,10 +290,8 @@ impl ApprovalRequest {
             }),
             request: r,
             events: vec![
-                self.draft(now, AuditKind::VoteDeny, actor.clone())
-                    .with("reason", reason),
-                self.draft(now, AuditKind::RequestDenied, actor)
-                    .with("reason", reason),
+                self.draft(now, AuditKind::VoteDeny, actor.clone()).with("reason", reason),
+                self.draft(now, AuditKind::RequestDenied, actor).with("reason", reason),
             ],
         })
     }
@@ -341,10 +321,7 @@ impl ApprovalRequest {
         Ok(Transition {
             events: vec![self
                 .draft(now, AuditKind::RequestExpired, Actor::system("sweeper"))
-                .with(
-                    "approvals",
-                    format!("{}/{}", self.approvals.len(), self.required_approvals),
-                )],
+                .with("approvals", format!("{}/{}", self.approvals.len(), self.required_approvals))],
             request: r,
             vote: None,
         })
@@ -366,15 +343,10 @@ pub mod tests {
     use super::*;
 
     pub fn sample(required: u32, now: Timestamp) -> ApprovalRequest {
-        let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42")
-            .unwrap();
+        let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
         ApprovalRequest {
             id: RequestId::from_parts(now.unix_millis() as u64, 7),
-            status: if required == 0 {
-                Status::Approved
-            } else {
-                Status::Pending
-            },
+            status: if required == 0 { Status::Approved } else { Status::Pending },
             action: Action::parse("deploy").unwrap(),
             environment: Environment::parse("production").unwrap(),
             resource: Some(Resource::parse("service/payments").unwrap()),
@@ -417,20 +389,11 @@ pub mod tests {
         let t1 = r.approve(&u("UALICE01"), T0.plus_seconds(1)).unwrap();
         assert_eq!(t1.request.status, Status::Pending);
         assert_eq!(t1.events.len(), 1);
-        assert_eq!(
-            t1.request.approve(&u("UALICE01"), T0),
-            Err(TransitionError::DuplicateVote)
-        );
-        let t2 = t1
-            .request
-            .approve(&u("UBOB0001"), T0.plus_seconds(2))
-            .unwrap();
+        assert_eq!(t1.request.approve(&u("UALICE01"), T0), Err(TransitionError::DuplicateVote));
+        let t2 = t1.request.approve(&u("UBOB0001"), T0.plus_seconds(2)).unwrap();
         assert_eq!(t2.request.status, Status::Approved);
         assert_eq!(t2.request.decided_at, Some(T0.plus_seconds(2)));
-        assert_eq!(
-            t2.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
-            vec![AuditKind::VoteApprove, AuditKind::RequestApproved]
-        );
+        assert_eq!(t2.events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![AuditKind::VoteApprove, AuditKind::RequestApproved]);
         assert_eq!(t2.request.version, 3);
     }
 
@@ -446,33 +409,18 @@ pub mod tests {
     fn terminal_states_never_change() {
         let r = sample(1, T0);
         let approved = r.approve(&u("UALICE01"), T0).unwrap().request;
-        assert_eq!(
-            approved.deny(&u("UBOB0001"), "x", T0),
-            Err(TransitionError::AlreadyDecided(Status::Approved))
-        );
-        assert_eq!(
-            approved.cancel("arn", T0),
-            Err(TransitionError::AlreadyDecided(Status::Approved))
-        );
-        assert_eq!(
-            approved.expire(T0.plus_seconds(99_999)),
-            Err(TransitionError::AlreadyDecided(Status::Approved))
-        );
+        assert_eq!(approved.deny(&u("UBOB0001"), "x", T0), Err(TransitionError::AlreadyDecided(Status::Approved)));
+        assert_eq!(approved.cancel("arn", T0), Err(TransitionError::AlreadyDecided(Status::Approved)));
+        assert_eq!(approved.expire(T0.plus_seconds(99_999)), Err(TransitionError::AlreadyDecided(Status::Approved)));
     }
 
     #[test]
     fn expired_request_cannot_be_approved_even_before_the_sweeper() {
         let r = sample(1, T0);
         let late = r.expires_at;
-        assert_eq!(
-            r.approve(&u("UALICE01"), late),
-            Err(TransitionError::Expired)
-        );
+        assert_eq!(r.approve(&u("UALICE01"), late), Err(TransitionError::Expired));
         assert_eq!(r.effective_status(late), Status::Expired);
-        assert_eq!(
-            r.expire(late.plus_millis(-1)),
-            Err(TransitionError::NotYetExpired)
-        );
+        assert_eq!(r.expire(late.plus_millis(-1)), Err(TransitionError::NotYetExpired));
         assert_eq!(r.expire(late).unwrap().request.status, Status::Expired);
     }
 
@@ -480,9 +428,6 @@ pub mod tests {
     fn auto_approved_creation_is_audited() {
         let r = sample(0, T0);
         let kinds: Vec<_> = r.creation_events().iter().map(|e| e.kind).collect();
-        assert_eq!(
-            kinds,
-            vec![AuditKind::RequestCreated, AuditKind::RequestAutoApproved]
-        );
+        assert_eq!(kinds, vec![AuditKind::RequestCreated, AuditKind::RequestAutoApproved]);
     }
 }

@@ -42,12 +42,9 @@ impl Timestamp {
 
     /// Parses RFC 3339 (any offset, any precision; sub-millisecond digits are dropped).
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
-        let t =
-            OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+        let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
         let ms = t.unix_timestamp_nanos().div_euclid(1_000_000);
-        i64::try_from(ms)
-            .map(Self)
-            .map_err(|_| "time out of range".to_string())
+        i64::try_from(ms).map(Self).map_err(|_| "time out of range".to_string())
     }
 
     pub fn to_rfc3339(self) -> String {
