@@ -1054,3 +1054,5 @@ conformance!(embedded, crate::harness::embedded_sut, {
         assert_eq!(store.list_pending(10).await.unwrap().len(), 1);
     }
 });
+
+conformance!(dynamodb, crate::harness::dynamo_sut, {});

@@ -1,9 +1,16 @@
 //! Builds the stores under test, each on fresh storage, and the raw access tests use to tamper with them.
+//!
+//! DynamoDB tests need an emulator: `AWS_ENDPOINT_URL=http://127.0.0.1:PORT` (moto's server; use
+//! `scripts/moto_serial.py`, since moto's threaded server does not isolate concurrent transactions).
+//! Without it they print a notice and pass, except under `CI=true`, where they fail.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
 use countersign::adapters::embedded::EmbeddedStore;
 use countersign::ports::{AuditLog, PolicyStore, RequestStore};
 
@@ -122,5 +129,148 @@ impl Tamper for SqliteTamper {
         Self::set_doc(&tx, a, &doc_b);
         Self::set_doc(&tx, b, &doc_a);
         tx.commit().expect("commit swap");
+    }
+}
+
+// ---- DynamoDB ----
+
+/// A DynamoDB store on fresh tables (unique prefix) in the emulator at `AWS_ENDPOINT_URL`, with dummy
+/// credentials so the tests can never reach a real account. `None` when no emulator is configured; in
+/// CI (`CI=true`) that is a failure instead, so the DynamoDB tests cannot silently skip.
+pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, TableNames)> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok()
+        .filter(|e| !e.is_empty());
+    let Some(endpoint) = endpoint else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but AWS_ENDPOINT_URL is unset: the DynamoDB conformance tests need the emulator"
+        );
+        eprintln!(
+            "AWS_ENDPOINT_URL is unset: skipping a DynamoDB test (start moto_server and set it to run them)"
+        );
+        return None;
+    };
+    let host = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    assert!(
+        matches!(host, "127.0.0.1" | "localhost"),
+        "AWS_ENDPOINT_URL must point at a local emulator (127.0.0.1 or localhost), not {endpoint}"
+    );
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string());
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(region))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "countersign-tests",
+        ))
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let prefix = format!("cs-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let tables = TableNames::with_prefix(&prefix);
+    create_tables(&client, &tables)
+        .await
+        .expect("create DynamoDB tables");
+    let store = DynamoStore::new(client.clone(), tables.clone());
+    Some((Arc::new(store), client, tables))
+}
+
+pub async fn dynamo_sut() -> Option<Sut<DynamoStore>> {
+    let (store, client, tables) = dynamo().await?;
+    Some(Sut {
+        store,
+        tamper: Box::new(DynamoTamper {
+            client,
+            table: tables.audit,
+        }),
+        _keep: Box::new(()),
+    })
+}
+
+/// Raw access to the audit table through the SDK, bypassing the adapter (and the IAM policy that forbids
+/// updates and deletes in production).
+pub struct DynamoTamper {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoTamper {
+    fn key(seq: u64) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (
+                keys::PK.to_string(),
+                AttributeValue::S(keys::CHAIN_PK.to_string()),
+            ),
+            (keys::SEQ.to_string(), AttributeValue::N(seq.to_string())),
+        ])
+    }
+
+    async fn item(&self, seq: u64) -> HashMap<String, AttributeValue> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(seq)))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("GetItem audit record")
+            .item
+            .expect("audit record exists")
+    }
+
+    fn doc(item: &HashMap<String, AttributeValue>) -> String {
+        item.get(keys::DOC)
+            .and_then(|v| v.as_s().ok())
+            .expect("audit record has a doc")
+            .clone()
+    }
+
+    async fn put(&self, mut item: HashMap<String, AttributeValue>, doc: String) {
+        item.insert(keys::DOC.to_string(), AttributeValue::S(doc));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("PutItem audit record");
+    }
+}
+
+#[async_trait]
+impl Tamper for DynamoTamper {
+    async fn edit_audit(&self, seq: u64) {
+        let item = self.item(seq).await;
+        let doc = edited(&Self::doc(&item));
+        self.put(item, doc).await;
+    }
+
+    async fn delete_audit(&self, seq: u64) {
+        self.item(seq).await;
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(seq)))
+            .send()
+            .await
+            .expect("DeleteItem audit record");
+    }
+
+    async fn swap_audit(&self, a: u64, b: u64) {
+        let (item_a, item_b) = (self.item(a).await, self.item(b).await);
+        let (doc_a, doc_b) = (Self::doc(&item_a), Self::doc(&item_b));
+        self.put(item_a, doc_b).await;
+        self.put(item_b, doc_a).await;
     }
 }
