@@ -18,18 +18,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::domain::audit::seal_after;
 use crate::domain::request::NotificationState;
-use crate::domain::{
-    ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp,
-};
-use crate::ports::{
-    AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError,
-};
+use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp};
+use crate::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "countersign.db";
@@ -108,9 +102,7 @@ impl EmbeddedStore {
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path).sql()?;
         conn.busy_timeout(BUSY_TIMEOUT).sql()?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .sql()?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).sql()?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Other(format!(
                 "{} could not be switched to WAL (journal_mode is {mode})",
@@ -120,10 +112,7 @@ impl EmbeddedStore {
         conn.pragma_update(None, "synchronous", "FULL").sql()?;
         conn.pragma_update(None, "foreign_keys", "ON").sql()?;
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
     }
 
     /// The database file.
@@ -142,9 +131,7 @@ impl EmbeddedStore {
             // A panic while the lock was held dropped its transaction, which rolled back: the connection
             // is still consistent, so a poisoned lock is safe to take over.
             let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            let tx = guard
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .sql()?;
+            let tx = guard.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
             let out = f(&tx)?;
             tx.commit().sql()?;
             Ok(out)
@@ -155,14 +142,10 @@ impl EmbeddedStore {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .sql()?;
-    let applied: i64 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .sql()?;
-    let applied = usize::try_from(applied)
-        .map_err(|_| StoreError::Corrupt(format!("schema version {applied} is negative")))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
+    let applied: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).sql()?;
+    let applied =
+        usize::try_from(applied).map_err(|_| StoreError::Corrupt(format!("schema version {applied} is negative")))?;
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Other(format!(
             "the database has schema version {applied}, newer than this countersign knows ({}): upgrade countersign",
@@ -226,22 +209,15 @@ fn parse_request(id: &str, doc: &str) -> Result<ApprovalRequest, StoreError> {
     let r: ApprovalRequest =
         serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("request {id}: {e}")))?;
     if r.id.to_string() != id {
-        return Err(StoreError::Corrupt(format!(
-            "request row {id} holds request {}",
-            r.id
-        )));
+        return Err(StoreError::Corrupt(format!("request row {id} holds request {}", r.id)));
     }
     Ok(r)
 }
 
 fn parse_policy(name: &str, doc: &str) -> Result<Policy, StoreError> {
-    let p: Policy = serde_json::from_str(doc)
-        .map_err(|e| StoreError::Corrupt(format!("policy {name}: {e}")))?;
+    let p: Policy = serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("policy {name}: {e}")))?;
     if p.name.as_str() != name {
-        return Err(StoreError::Corrupt(format!(
-            "policy row {name} holds policy {}",
-            p.name
-        )));
+        return Err(StoreError::Corrupt(format!("policy row {name} holds policy {}", p.name)));
     }
     Ok(p)
 }
@@ -249,8 +225,7 @@ fn parse_policy(name: &str, doc: &str) -> Result<Policy, StoreError> {
 /// The record as stored. Its position (`seq` column) is not checked against its own `seq`: a record moved
 /// by tampering must come back where it now is, so that chain verification names it.
 fn parse_audit(position: i64, doc: &str) -> Result<AuditEvent, StoreError> {
-    serde_json::from_str(doc)
-        .map_err(|e| StoreError::Corrupt(format!("audit record at seq {position}: {e}")))
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("audit record at seq {position}: {e}")))
 }
 
 fn collect<T>(
@@ -267,8 +242,7 @@ fn collect<T>(
 /// When the relay owes Slack a post or an update: not yet posted, or the message is stale.
 fn notification_due(r: &ApprovalRequest) -> Option<Timestamp> {
     let n = &r.notification;
-    (n.state != NotificationState::Posted || n.update_pending)
-        .then(|| n.next_attempt_at.unwrap_or(r.created_at))
+    (n.state != NotificationState::Posted || n.update_pending).then(|| n.next_attempt_at.unwrap_or(r.created_at))
 }
 
 /// The indexed columns of a request, derived from the request itself so they can never disagree.
@@ -303,10 +277,8 @@ impl RequestRow {
 // ---- operations inside a transaction ----
 
 fn get_request_tx(tx: &Transaction<'_>, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
-    let doc: Option<String> = tx
-        .query_row("SELECT doc FROM requests WHERE id = ?1", [id], |r| r.get(0))
-        .optional()
-        .sql()?;
+    let doc: Option<String> =
+        tx.query_row("SELECT doc FROM requests WHERE id = ?1", [id], |r| r.get(0)).optional().sql()?;
     doc.map(|d| parse_request(id, &d)).transpose()
 }
 
@@ -316,23 +288,13 @@ fn query_requests(
     params: impl rusqlite::Params,
 ) -> Result<Vec<ApprovalRequest>, StoreError> {
     let mut stmt = tx.prepare_cached(sql).sql()?;
-    let rows = stmt
-        .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))
-        .sql()?;
+    let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?))).sql()?;
     collect(rows, parse_request)
 }
 
-fn query_audit(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<AuditEvent>, StoreError> {
+fn query_audit(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AuditEvent>, StoreError> {
     let mut stmt = tx.prepare_cached(sql).sql()?;
-    let rows = stmt
-        .query_map(params, |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })
-        .sql()?;
+    let rows = stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).sql()?;
     rows.map(|row| {
         let (position, doc) = row.sql()?;
         parse_audit(position, &doc)
@@ -342,15 +304,10 @@ fn query_audit(
 
 fn last_audit_tx(tx: &Transaction<'_>) -> Result<Option<(i64, AuditEvent)>, StoreError> {
     let row: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .sql()?;
-    row.map(|(position, doc)| parse_audit(position, &doc).map(|e| (position, e)))
-        .transpose()
+    row.map(|(position, doc)| parse_audit(position, &doc).map(|e| (position, e))).transpose()
 }
 
 /// Seals `drafts` after the last record and inserts them. Refuses to extend a chain whose tail record is
@@ -372,9 +329,7 @@ fn append_tx(tx: &Transaction<'_>, drafts: Vec<AuditDraft>) -> Result<Vec<AuditE
         }
     };
     let events = seal_after(last, drafts);
-    let mut stmt = tx
-        .prepare_cached("INSERT INTO audit (seq, doc, request_id, at) VALUES (?1, ?2, ?3, ?4)")
-        .sql()?;
+    let mut stmt = tx.prepare_cached("INSERT INTO audit (seq, doc, request_id, at) VALUES (?1, ?2, ?3, ?4)").sql()?;
     for e in &events {
         stmt.execute(params![
             to_i64(e.seq, "audit seq")?,
@@ -394,10 +349,7 @@ fn create_request_tx(
     max_pending: u32,
 ) -> Result<CreateOutcome, StoreError> {
     if request.version != 1 {
-        return Err(StoreError::Other(format!(
-            "a new request must have version 1, not {}",
-            request.version
-        )));
+        return Err(StoreError::Other(format!("a new request must have version 1, not {}", request.version)));
     }
     let row = RequestRow::of(request)?;
     if let Some(key) = &request.idempotency_key {
@@ -432,18 +384,10 @@ fn create_request_tx(
             return Ok(CreateOutcome::TooManyPending);
         }
     }
-    let taken: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1)",
-            [&row.id],
-            |r| r.get(0),
-        )
-        .sql()?;
+    let taken: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1)", [&row.id], |r| r.get(0)).sql()?;
     if taken {
-        return Err(StoreError::Other(format!(
-            "request id {} already exists",
-            row.id
-        )));
+        return Err(StoreError::Other(format!("request id {} already exists", row.id)));
     }
     tx.execute(
         "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due)
@@ -491,11 +435,9 @@ fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
     }
     let row = RequestRow::of(&c.request)?;
     let stored: Option<(String, i64, i64)> = tx
-        .query_row(
-            "SELECT status, version, expires_at FROM requests WHERE id = ?1",
-            [&row.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .query_row("SELECT status, version, expires_at FROM requests WHERE id = ?1", [&row.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()
         .sql()?;
     // A second vote by the same user is reported as such even when the request also changed meanwhile.
@@ -563,9 +505,7 @@ fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
 impl PolicyStore for EmbeddedStore {
     async fn list_policies(&self) -> Result<Vec<Policy>, StoreError> {
         self.run(|tx| {
-            let mut stmt = tx
-                .prepare_cached("SELECT name, doc FROM policies ORDER BY name")
-                .sql()?;
+            let mut stmt = tx.prepare_cached("SELECT name, doc FROM policies ORDER BY name").sql()?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).sql()?;
             collect(rows, parse_policy)
         })
@@ -575,12 +515,8 @@ impl PolicyStore for EmbeddedStore {
     async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError> {
         let name = name.to_string();
         self.run(move |tx| {
-            let doc: Option<String> = tx
-                .query_row("SELECT doc FROM policies WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .sql()?;
+            let doc: Option<String> =
+                tx.query_row("SELECT doc FROM policies WHERE name = ?1", [&name], |r| r.get(0)).optional().sql()?;
             doc.map(|d| parse_policy(&name, &d)).transpose()
         })
         .await
@@ -606,8 +542,7 @@ impl PolicyStore for EmbeddedStore {
     async fn delete_policy(&self, name: &PolicyName, event: AuditDraft) -> Result<(), StoreError> {
         let name = name.to_string();
         self.run(move |tx| {
-            tx.execute("DELETE FROM policies WHERE name = ?1", [&name])
-                .sql()?;
+            tx.execute("DELETE FROM policies WHERE name = ?1", [&name]).sql()?;
             append_tx(tx, vec![event])?;
             Ok(())
         })
@@ -624,8 +559,7 @@ impl RequestStore for EmbeddedStore {
         max_pending: u32,
     ) -> Result<CreateOutcome, StoreError> {
         let request = request.clone();
-        self.run(move |tx| create_request_tx(tx, &request, events, max_pending))
-            .await
+        self.run(move |tx| create_request_tx(tx, &request, events, max_pending)).await
     }
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
@@ -649,11 +583,7 @@ impl RequestStore for EmbeddedStore {
         .await
     }
 
-    async fn list_notification_due(
-        &self,
-        now: Timestamp,
-        limit_n: usize,
-    ) -> Result<Vec<ApprovalRequest>, StoreError> {
+    async fn list_notification_due(&self, now: Timestamp, limit_n: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
         self.run(move |tx| {
             query_requests(
                 tx,
@@ -690,35 +620,20 @@ impl AuditLog for EmbeddedStore {
         self.run(move |tx| append_tx(tx, events)).await
     }
 
-    async fn read_from(
-        &self,
-        from_seq: u64,
-        limit_n: usize,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn read_from(&self, from_seq: u64, limit_n: usize) -> Result<Vec<AuditEvent>, StoreError> {
         // Past i64::MAX there is nothing to read.
         let Ok(from) = i64::try_from(from_seq) else {
             return Ok(Vec::new());
         };
         self.run(move |tx| {
-            query_audit(
-                tx,
-                "SELECT seq, doc FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-                [from, limit(limit_n)],
-            )
+            query_audit(tx, "SELECT seq, doc FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2", [from, limit(limit_n)])
         })
         .await
     }
 
     async fn for_request(&self, id: &RequestId) -> Result<Vec<AuditEvent>, StoreError> {
         let id = id.to_string();
-        self.run(move |tx| {
-            query_audit(
-                tx,
-                "SELECT seq, doc FROM audit WHERE request_id = ?1 ORDER BY seq",
-                [id],
-            )
-        })
-        .await
+        self.run(move |tx| query_audit(tx, "SELECT seq, doc FROM audit WHERE request_id = ?1 ORDER BY seq", [id])).await
     }
 
     async fn last(&self) -> Result<Option<AuditEvent>, StoreError> {
@@ -734,13 +649,8 @@ mod tests {
     use crate::domain::{Actor, AuditKind};
 
     fn draft(i: u32) -> AuditDraft {
-        AuditDraft::new(
-            Timestamp::from_unix_millis(1_000),
-            AuditKind::CallbackRejected,
-            Actor::system("test"),
-            None,
-        )
-        .with("i", i.to_string())
+        AuditDraft::new(Timestamp::from_unix_millis(1_000), AuditKind::CallbackRejected, Actor::system("test"), None)
+            .with("i", i.to_string())
     }
 
     #[tokio::test]
@@ -752,13 +662,9 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.last().await.unwrap().unwrap().seq, 1);
         let conn = Connection::open(store.db_path()).unwrap();
-        let v: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, i64::try_from(MIGRATIONS.len()).unwrap());
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 
@@ -786,23 +692,10 @@ mod tests {
             [],
         )
         .unwrap();
-        conn.execute(
-            "INSERT INTO audit (seq, doc, request_id, at) VALUES (1, 'not json', NULL, 0)",
-            [],
-        )
-        .unwrap();
-        assert!(matches!(
-            store.list_pending(10).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.read_from(1, 10).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.append(vec![draft(1)]).await,
-            Err(StoreError::Corrupt(_))
-        ));
+        conn.execute("INSERT INTO audit (seq, doc, request_id, at) VALUES (1, 'not json', NULL, 0)", []).unwrap();
+        assert!(matches!(store.list_pending(10).await, Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.read_from(1, 10).await, Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.append(vec![draft(1)]).await, Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -13,9 +13,8 @@ use countersign::domain::audit::{verify_chain, ChainBreak};
 use countersign::domain::policy::parse_policies;
 use countersign::domain::request::{Notification, NotificationState, PolicyRef, Requester};
 use countersign::domain::{
-    Action, Actor, ApprovalRequest, AuditDraft, AuditEvent, AuditKind, Environment, IdempotencyKey,
-    PolicyName, Principal, RequestId, Resource, SlackChannelId, SlackUserId, Status, Timestamp,
-    Transition, TransitionError,
+    Action, Actor, ApprovalRequest, AuditDraft, AuditEvent, AuditKind, Environment, IdempotencyKey, PolicyName,
+    Principal, RequestId, Resource, SlackChannelId, SlackUserId, Status, Timestamp, Transition, TransitionError,
 };
 use countersign::ports::{Commit, Conflict, CreateOutcome, Guard, StoreError};
 
@@ -41,21 +40,14 @@ fn request(role: &str, policy: &str, required: u32, created_at: Timestamp) -> Ap
     let p = Principal::parse(&arn(role)).unwrap();
     ApprovalRequest {
         id: RequestId::generate(),
-        status: if required == 0 {
-            Status::Approved
-        } else {
-            Status::Pending
-        },
+        status: if required == 0 { Status::Approved } else { Status::Pending },
         action: Action::parse("deploy").unwrap(),
         environment: Environment::parse("production").unwrap(),
         resource: Some(Resource::parse("service/payments").unwrap()),
         reason: Some("release".into()),
         details: BTreeMap::from([("commit".to_string(), "abc123".to_string())]),
         requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-        policy: PolicyRef {
-            name: PolicyName::parse(policy).unwrap(),
-            version: "0123456789abcdef".into(),
-        },
+        policy: PolicyRef { name: PolicyName::parse(policy).unwrap(), version: "0123456789abcdef".into() },
         required_approvals: required,
         approvals: vec![],
         denial: None,
@@ -69,6 +61,7 @@ fn request(role: &str, policy: &str, required: u32, created_at: Timestamp) -> Ap
             attempts: 0,
             next_attempt_at: None,
             update_pending: false,
+            reminders_sent: 0,
         },
         idempotency_key: None,
         body_hash: None,
@@ -81,9 +74,7 @@ fn deploy_request(required: u32, created_at: Timestamp) -> ApprovalRequest {
 }
 
 async fn create<S: Store>(s: &S, r: &ApprovalRequest) -> CreateOutcome {
-    s.create_request(r, r.creation_events(), MAX_PENDING)
-        .await
-        .unwrap()
+    s.create_request(r, r.creation_events(), MAX_PENDING).await.unwrap()
 }
 
 async fn get<S: Store>(s: &S, id: &RequestId) -> ApprovalRequest {
@@ -91,13 +82,7 @@ async fn get<S: Store>(s: &S, id: &RequestId) -> ApprovalRequest {
 }
 
 fn commit_of(from: &ApprovalRequest, t: Transition, guard: Guard) -> Commit {
-    Commit {
-        expected_version: from.version,
-        request: t.request,
-        vote: t.vote,
-        events: t.events,
-        guard,
-    }
+    Commit { expected_version: from.version, request: t.request, vote: t.vote, events: t.events, guard }
 }
 
 fn conflict(r: Result<(), StoreError>) -> Conflict {
@@ -157,22 +142,14 @@ enum Outcome {
 }
 
 /// Approves like the vote service: read, transition, commit; re-read and retry when the commit is stale.
-async fn approve_until_settled<S: Store>(
-    store: Arc<S>,
-    id: RequestId,
-    user: SlackUserId,
-    now: Timestamp,
-) -> Outcome {
+async fn approve_until_settled<S: Store>(store: Arc<S>, id: RequestId, user: SlackUserId, now: Timestamp) -> Outcome {
     for _ in 0..1000 {
         let current = get(&*store, &id).await;
         let t = match current.approve(&user, now) {
             Ok(t) => t,
             Err(e) => return Outcome::Refused(e),
         };
-        match store
-            .commit(commit_of(&current, t, Guard::OpenAt(now)))
-            .await
-        {
+        match store.commit(commit_of(&current, t, Guard::OpenAt(now))).await {
             Ok(()) => return Outcome::Committed,
             Err(StoreError::Conflict(Conflict::Stale)) => {}
             Err(StoreError::Conflict(Conflict::DuplicateVote)) => return Outcome::DuplicateVote,
@@ -204,17 +181,12 @@ async fn race<S: Store>(store: &Arc<S>, id: RequestId, users: Vec<SlackUserId>) 
 }
 
 fn committed(outcomes: &[Outcome]) -> usize {
-    outcomes
-        .iter()
-        .filter(|o| **o == Outcome::Committed)
-        .count()
+    outcomes.iter().filter(|o| **o == Outcome::Committed).count()
 }
 
 // ---- the contract ----
 
-pub async fn create_with_a_used_idempotency_key_returns_the_existing_request<S: Store>(
-    sut: Sut<S>,
-) {
+pub async fn create_with_a_used_idempotency_key_returns_the_existing_request<S: Store>(sut: Sut<S>) {
     let s = &*sut.store;
     let key = IdempotencyKey::parse("deploy-42").unwrap();
     let mut first = deploy_request(1, T0);
@@ -225,22 +197,14 @@ pub async fn create_with_a_used_idempotency_key_returns_the_existing_request<S: 
     let mut retry = deploy_request(1, T0.plus_seconds(5));
     retry.idempotency_key = Some(key.clone());
     retry.body_hash = Some("bbbb".into());
-    assert_eq!(
-        create(s, &retry).await,
-        CreateOutcome::Existing(first.clone())
-    );
+    assert_eq!(create(s, &retry).await, CreateOutcome::Existing(first.clone()));
     assert_eq!(s.get_request(&retry.id).await.unwrap(), None);
 
     // The key stays taken after the first request is decided.
     let t = first.approve(&user(1), T0.plus_seconds(6)).unwrap();
     let decided = t.request.clone();
-    s.commit(commit_of(&first, t, Guard::OpenAt(T0.plus_seconds(6))))
-        .await
-        .unwrap();
-    assert_eq!(
-        create(s, &retry).await,
-        CreateOutcome::Existing(decided.clone())
-    );
+    s.commit(commit_of(&first, t, Guard::OpenAt(T0.plus_seconds(6)))).await.unwrap();
+    assert_eq!(create(s, &retry).await, CreateOutcome::Existing(decided.clone()));
 
     // Another principal's key is its own.
     let mut other = request("other-role", "deploy-production", 1, T0.plus_seconds(7));
@@ -251,12 +215,7 @@ pub async fn create_with_a_used_idempotency_key_returns_the_existing_request<S: 
     let audit = all_audit(s).await;
     assert_eq!(
         kinds(&audit),
-        vec![
-            AuditKind::RequestCreated,
-            AuditKind::VoteApprove,
-            AuditKind::RequestApproved,
-            AuditKind::RequestCreated
-        ]
+        vec![AuditKind::RequestCreated, AuditKind::VoteApprove, AuditKind::RequestApproved, AuditKind::RequestCreated]
     );
     let ids: Vec<_> = audit.iter().map(|e| e.request_id.unwrap()).collect();
     assert_eq!(ids, vec![first.id, first.id, first.id, other.id]);
@@ -268,22 +227,12 @@ pub async fn max_pending_is_enforced_per_principal_and_policy<S: Store>(sut: Sut
     let mut mine = Vec::new();
     for i in 0..2 {
         let r = deploy_request(1, T0.plus_seconds(i));
-        assert_eq!(
-            s.create_request(&r, r.creation_events(), max)
-                .await
-                .unwrap(),
-            CreateOutcome::Created
-        );
+        assert_eq!(s.create_request(&r, r.creation_events(), max).await.unwrap(), CreateOutcome::Created);
         mine.push(r);
     }
     let before = all_audit(s).await.len();
     let third = deploy_request(1, T0.plus_seconds(10));
-    assert_eq!(
-        s.create_request(&third, third.creation_events(), max)
-            .await
-            .unwrap(),
-        CreateOutcome::TooManyPending
-    );
+    assert_eq!(s.create_request(&third, third.creation_events(), max).await.unwrap(), CreateOutcome::TooManyPending);
     assert_eq!(s.get_request(&third.id).await.unwrap(), None);
     assert_eq!(all_audit(s).await.len(), before, "a refusal writes nothing");
 
@@ -291,31 +240,16 @@ pub async fn max_pending_is_enforced_per_principal_and_policy<S: Store>(sut: Sut
     let other_policy = request("github-deploy", "rotate-secrets", 1, T0.plus_seconds(11));
     let other_principal = request("ci-runner", "deploy-production", 1, T0.plus_seconds(12));
     for r in [&other_policy, &other_principal] {
-        assert_eq!(
-            s.create_request(r, r.creation_events(), max).await.unwrap(),
-            CreateOutcome::Created
-        );
+        assert_eq!(s.create_request(r, r.creation_events(), max).await.unwrap(), CreateOutcome::Created);
     }
 
     // A decided request frees its slot.
     let now = T0.plus_seconds(20);
     let t = mine[0].cancel(&arn("github-deploy"), now).unwrap();
-    s.commit(commit_of(&mine[0], t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.create_request(&third, third.creation_events(), max)
-            .await
-            .unwrap(),
-        CreateOutcome::Created
-    );
+    s.commit(commit_of(&mine[0], t, Guard::OpenAt(now))).await.unwrap();
+    assert_eq!(s.create_request(&third, third.creation_events(), max).await.unwrap(), CreateOutcome::Created);
     let fourth = deploy_request(1, T0.plus_seconds(21));
-    assert_eq!(
-        s.create_request(&fourth, fourth.creation_events(), max)
-            .await
-            .unwrap(),
-        CreateOutcome::TooManyPending
-    );
+    assert_eq!(s.create_request(&fourth, fourth.creation_events(), max).await.unwrap(), CreateOutcome::TooManyPending);
 }
 
 pub async fn a_retry_returns_the_existing_request_even_at_max_pending<S: Store>(sut: Sut<S>) {
@@ -323,20 +257,10 @@ pub async fn a_retry_returns_the_existing_request_even_at_max_pending<S: Store>(
     let key = IdempotencyKey::parse("deploy-43").unwrap();
     let mut first = deploy_request(1, T0);
     first.idempotency_key = Some(key.clone());
-    assert_eq!(
-        s.create_request(&first, first.creation_events(), 1)
-            .await
-            .unwrap(),
-        CreateOutcome::Created
-    );
+    assert_eq!(s.create_request(&first, first.creation_events(), 1).await.unwrap(), CreateOutcome::Created);
     let mut retry = deploy_request(1, T0.plus_seconds(1));
     retry.idempotency_key = Some(key);
-    assert_eq!(
-        s.create_request(&retry, retry.creation_events(), 1)
-            .await
-            .unwrap(),
-        CreateOutcome::Existing(first)
-    );
+    assert_eq!(s.create_request(&retry, retry.creation_events(), 1).await.unwrap(), CreateOutcome::Existing(first));
 }
 
 pub async fn duplicate_vote_counts_once_under_20_concurrent_tasks<S: Store>(sut: Sut<S>) {
@@ -348,9 +272,7 @@ pub async fn duplicate_vote_counts_once_under_20_concurrent_tasks<S: Store>(sut:
     assert!(
         outcomes.iter().all(|o| matches!(
             o,
-            Outcome::Committed
-                | Outcome::DuplicateVote
-                | Outcome::Refused(TransitionError::DuplicateVote)
+            Outcome::Committed | Outcome::DuplicateVote | Outcome::Refused(TransitionError::DuplicateVote)
         )),
         "{outcomes:?}"
     );
@@ -359,10 +281,7 @@ pub async fn duplicate_vote_counts_once_under_20_concurrent_tasks<S: Store>(sut:
     assert_eq!(after.status, Status::Pending);
     assert_eq!(after.version, 2);
     let audit = sut.store.for_request(&r.id).await.unwrap();
-    assert_eq!(
-        kinds(&audit),
-        vec![AuditKind::RequestCreated, AuditKind::VoteApprove]
-    );
+    assert_eq!(kinds(&audit), vec![AuditKind::RequestCreated, AuditKind::VoteApprove]);
 }
 
 pub async fn only_one_of_20_concurrent_approvals_decides<S: Store>(sut: Sut<S>) {
@@ -372,10 +291,7 @@ pub async fn only_one_of_20_concurrent_approvals_decides<S: Store>(sut: Sut<S>) 
 
     assert_eq!(committed(&outcomes), 1, "{outcomes:?}");
     assert_eq!(
-        outcomes
-            .iter()
-            .filter(|o| **o == Outcome::Refused(TransitionError::AlreadyDecided(Status::Approved)))
-            .count(),
+        outcomes.iter().filter(|o| **o == Outcome::Refused(TransitionError::AlreadyDecided(Status::Approved))).count(),
         TASKS - 1,
         "{outcomes:?}"
     );
@@ -389,9 +305,7 @@ pub async fn only_one_of_20_concurrent_approvals_decides<S: Store>(sut: Sut<S>) 
     verify_chain(&audit).unwrap();
 }
 
-pub async fn quorum_of_2_under_20_concurrent_approvals_approves_exactly_once<S: Store>(
-    sut: Sut<S>,
-) {
+pub async fn quorum_of_2_under_20_concurrent_approvals_approves_exactly_once<S: Store>(sut: Sut<S>) {
     let r = deploy_request(2, T0);
     create(&*sut.store, &r).await;
     let outcomes = race(&sut.store, r.id, (1..=TASKS).map(user).collect()).await;
@@ -405,12 +319,7 @@ pub async fn quorum_of_2_under_20_concurrent_approvals_approves_exactly_once<S: 
     let audit = sut.store.for_request(&r.id).await.unwrap();
     assert_eq!(
         kinds(&audit),
-        vec![
-            AuditKind::RequestCreated,
-            AuditKind::VoteApprove,
-            AuditKind::VoteApprove,
-            AuditKind::RequestApproved
-        ]
+        vec![AuditKind::RequestCreated, AuditKind::VoteApprove, AuditKind::VoteApprove, AuditKind::RequestApproved]
     );
     verify_chain(&all_audit(&*sut.store).await).unwrap();
 }
@@ -425,10 +334,7 @@ pub async fn concurrent_appends_keep_one_unbroken_chain<S: Store>(sut: Sut<S>) {
                 if i % 2 == 0 {
                     let r = deploy_request(1, T0.plus_seconds(i64::try_from(i).unwrap()));
                     let r = ApprovalRequest {
-                        requester: Requester {
-                            principal: format!("principal-{i}"),
-                            ..r.requester.clone()
-                        },
+                        requester: Requester { principal: format!("principal-{i}"), ..r.requester.clone() },
                         ..r
                     };
                     for attempt in 0.. {
@@ -495,46 +401,27 @@ pub async fn no_transition_leaves_a_terminal_state<S: Store>(sut: Sut<S>) {
         r.approve(&user(3), now).unwrap(),
     ];
     for t in late {
-        assert_eq!(
-            conflict(s.commit(commit_of(&r, t, Guard::OpenAt(now))).await),
-            Conflict::Stale
-        );
+        assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::OpenAt(now))).await), Conflict::Stale);
     }
     // The same user's second vote is reported as a duplicate, even though it is also stale.
     let again = r.approve(&user(1), now).unwrap();
-    assert_eq!(
-        conflict(s.commit(commit_of(&r, again, Guard::OpenAt(now))).await),
-        Conflict::DuplicateVote
-    );
+    assert_eq!(conflict(s.commit(commit_of(&r, again, Guard::OpenAt(now))).await), Conflict::DuplicateVote);
 
     // A forged change from the current version is refused by the store's own guard.
-    assert_eq!(
-        approved.deny(&user(2), "no", now),
-        Err(TransitionError::AlreadyDecided(Status::Approved))
-    );
+    assert_eq!(approved.deny(&user(2), "no", now), Err(TransitionError::AlreadyDecided(Status::Approved)));
     let mut forged = approved.clone();
     forged.version += 1;
     forged.status = Status::Denied;
-    for guard in [
-        Guard::OpenAt(now),
-        Guard::ExpiredAt(approved.expires_at.plus_seconds(1)),
-    ] {
-        let c = Commit {
-            expected_version: approved.version,
-            request: forged.clone(),
-            vote: None,
-            events: vec![],
-            guard,
-        };
+    for guard in [Guard::OpenAt(now), Guard::ExpiredAt(approved.expires_at.plus_seconds(1))] {
+        let c =
+            Commit { expected_version: approved.version, request: forged.clone(), vote: None, events: vec![], guard };
         assert_eq!(conflict(s.commit(c).await), Conflict::Stale);
     }
     assert_eq!(get(s, &r.id).await, approved);
     assert_eq!(all_audit(s).await, audit_before);
 }
 
-pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<S: Store>(
-    sut: Sut<S>,
-) {
+pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<S: Store>(sut: Sut<S>) {
     let s = &*sut.store;
     let r = deploy_request(1, T0);
     create(s, &r).await;
@@ -543,10 +430,7 @@ pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<
     // A vote read and decided just before expiry, committed at or after it, loses.
     for commit_at in [exp, exp.plus_seconds(60)] {
         let t = r.approve(&user(1), exp.plus_millis(-1)).unwrap();
-        assert_eq!(
-            conflict(s.commit(commit_of(&r, t, Guard::OpenAt(commit_at))).await),
-            Conflict::Stale
-        );
+        assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::OpenAt(commit_at))).await), Conflict::Stale);
     }
     let still = get(s, &r.id).await;
     assert_eq!((still.status, still.version), (Status::Pending, 1));
@@ -555,32 +439,15 @@ pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<
 
     // The sweeper cannot expire it early...
     let t = r.expire(exp).unwrap();
-    assert_eq!(
-        conflict(
-            s.commit(commit_of(&r, t, Guard::ExpiredAt(exp.plus_millis(-1))))
-                .await
-        ),
-        Conflict::Stale
-    );
+    assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::ExpiredAt(exp.plus_millis(-1)))).await), Conflict::Stale);
     // ...but can at its expiry, once.
     let t = r.expire(exp).unwrap();
-    s.commit(commit_of(&r, t, Guard::ExpiredAt(exp)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&r, t, Guard::ExpiredAt(exp))).await.unwrap();
     let t = r.expire(exp.plus_seconds(1)).unwrap();
-    assert_eq!(
-        conflict(
-            s.commit(commit_of(&r, t, Guard::ExpiredAt(exp.plus_seconds(1))))
-                .await
-        ),
-        Conflict::Stale
-    );
+    assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::ExpiredAt(exp.plus_seconds(1)))).await), Conflict::Stale);
     let expired = get(s, &r.id).await;
     assert_eq!((expired.status, expired.version), (Status::Expired, 2));
-    assert_eq!(
-        kinds(&s.for_request(&r.id).await.unwrap()),
-        vec![AuditKind::RequestCreated, AuditKind::RequestExpired]
-    );
+    assert_eq!(kinds(&s.for_request(&r.id).await.unwrap()), vec![AuditKind::RequestCreated, AuditKind::RequestExpired]);
     assert!(s.list_pending(100).await.unwrap().is_empty());
 }
 
@@ -590,9 +457,7 @@ pub async fn an_open_request_accepts_a_vote_just_before_expiry<S: Store>(sut: Su
     create(s, &r).await;
     let just_before = r.expires_at.plus_millis(-1);
     let t = r.approve(&user(1), just_before).unwrap();
-    s.commit(commit_of(&r, t, Guard::OpenAt(just_before)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&r, t, Guard::OpenAt(just_before))).await.unwrap();
     assert_eq!(get(s, &r.id).await.status, Status::Approved);
 }
 
@@ -603,27 +468,16 @@ pub async fn commit_requires_the_next_version<S: Store>(sut: Sut<S>) {
     let now = T0.plus_seconds(1);
     let mut t = r.approve(&user(1), now).unwrap();
     t.request.version = 5;
-    assert!(s
-        .commit(commit_of(&r, t, Guard::OpenAt(now)))
-        .await
-        .is_err());
+    assert!(s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.is_err());
     // Nothing of it was applied: the same user can still vote.
     assert_eq!(get(s, &r.id).await, r);
     let t = r.approve(&user(1), now).unwrap();
-    s.commit(commit_of(&r, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
     // A commit from an old version is stale.
     let mut t = r.cancel(&arn("github-deploy"), now).unwrap();
     t.request.version = 2;
     assert_eq!(
-        conflict(
-            s.commit(Commit {
-                expected_version: 1,
-                ..commit_of(&r, t, Guard::VersionOnly)
-            })
-            .await
-        ),
+        conflict(s.commit(Commit { expected_version: 1, ..commit_of(&r, t, Guard::VersionOnly) }).await),
         Conflict::Stale
     );
 }
@@ -634,9 +488,7 @@ pub async fn version_only_commits_update_bookkeeping_after_a_decision<S: Store>(
     create(s, &r).await;
     let now = T0.plus_seconds(1);
     let t = r.approve(&user(1), now).unwrap();
-    s.commit(commit_of(&r, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
     let approved = get(s, &r.id).await;
     assert!(approved.notification.update_pending);
 
@@ -645,12 +497,7 @@ pub async fn version_only_commits_update_bookkeeping_after_a_decision<S: Store>(
     updated.notification.state = NotificationState::Posted;
     updated.notification.ts = Some("1795621462.000100".into());
     updated.notification.update_pending = false;
-    let event = AuditDraft::new(
-        now,
-        AuditKind::SlackUpdated,
-        Actor::system("relay"),
-        Some(r.id),
-    );
+    let event = AuditDraft::new(now, AuditKind::SlackUpdated, Actor::system("relay"), Some(r.id));
     let c = Commit {
         expected_version: approved.version,
         request: updated.clone(),
@@ -663,12 +510,7 @@ pub async fn version_only_commits_update_bookkeeping_after_a_decision<S: Store>(
     assert_eq!(conflict(s.commit(c).await), Conflict::Stale);
     assert_eq!(
         kinds(&s.for_request(&r.id).await.unwrap()),
-        vec![
-            AuditKind::RequestCreated,
-            AuditKind::VoteApprove,
-            AuditKind::RequestApproved,
-            AuditKind::SlackUpdated
-        ]
+        vec![AuditKind::RequestCreated, AuditKind::VoteApprove, AuditKind::RequestApproved, AuditKind::SlackUpdated]
     );
 }
 
@@ -684,41 +526,17 @@ pub async fn lists_pending_oldest_first_and_by_principal_newest_first<S: Store>(
     }
     let now = T0.plus_seconds(5);
     let t = b.deny(&user(1), "no", now).unwrap();
-    s.commit(commit_of(&b, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&b, t, Guard::OpenAt(now))).await.unwrap();
 
     let ids = |v: Vec<ApprovalRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(s.list_pending(100).await.unwrap()),
-        vec![a.id, c.id, d.id]
-    );
+    assert_eq!(ids(s.list_pending(100).await.unwrap()), vec![a.id, c.id, d.id]);
     assert_eq!(ids(s.list_pending(2).await.unwrap()), vec![a.id, c.id]);
 
     let me = &a.requester.principal;
-    assert_eq!(
-        ids(s.list_by_principal(me, T0, 100).await.unwrap()),
-        vec![auto.id, c.id, b.id, a.id]
-    );
-    assert_eq!(
-        ids(s
-            .list_by_principal(me, T0.plus_seconds(1), 2)
-            .await
-            .unwrap()),
-        vec![auto.id, c.id]
-    );
-    assert_eq!(
-        ids(s
-            .list_by_principal(&d.requester.principal, T0, 100)
-            .await
-            .unwrap()),
-        vec![d.id]
-    );
-    assert!(s
-        .list_by_principal("nobody", T0, 100)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(ids(s.list_by_principal(me, T0, 100).await.unwrap()), vec![auto.id, c.id, b.id, a.id]);
+    assert_eq!(ids(s.list_by_principal(me, T0.plus_seconds(1), 2).await.unwrap()), vec![auto.id, c.id]);
+    assert_eq!(ids(s.list_by_principal(&d.requester.principal, T0, 100).await.unwrap()), vec![d.id]);
+    assert!(s.list_by_principal("nobody", T0, 100).await.unwrap().is_empty());
 }
 
 pub async fn notification_due_lists_unposted_and_stale_messages<S: Store>(sut: Sut<S>) {
@@ -738,37 +556,18 @@ pub async fn notification_due_lists_unposted_and_stale_messages<S: Store>(sut: S
         create(s, r).await;
     }
     let due = |now: Timestamp| async move {
-        s.list_notification_due(now, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect::<Vec<_>>()
+        s.list_notification_due(now, 100).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
     };
     assert_eq!(due(T0.plus_millis(-1)).await, vec![]);
     assert_eq!(due(T0.plus_seconds(59)).await, vec![unposted.id]);
-    assert_eq!(
-        due(T0.plus_seconds(60)).await,
-        vec![unposted.id, retrying.id]
-    );
+    assert_eq!(due(T0.plus_seconds(60)).await, vec![unposted.id, retrying.id]);
 
     // A decision makes the posted message stale: due again, with no retry time, from its creation.
     let now = T0.plus_seconds(3);
     let t = posted.approve(&user(1), now).unwrap();
-    s.commit(commit_of(&posted, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
-    assert_eq!(
-        due(T0.plus_seconds(60)).await,
-        vec![unposted.id, posted.id, retrying.id]
-    );
-    assert_eq!(
-        s.list_notification_due(T0.plus_seconds(60), 1)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    s.commit(commit_of(&posted, t, Guard::OpenAt(now))).await.unwrap();
+    assert_eq!(due(T0.plus_seconds(60)).await, vec![unposted.id, posted.id, retrying.id]);
+    assert_eq!(s.list_notification_due(T0.plus_seconds(60), 1).await.unwrap().len(), 1);
 
     // Once updated, it is no longer due.
     let current = get(s, &posted.id).await;
@@ -784,10 +583,7 @@ pub async fn notification_due_lists_unposted_and_stale_messages<S: Store>(sut: S
     })
     .await
     .unwrap();
-    assert_eq!(
-        due(T0.plus_seconds(60)).await,
-        vec![unposted.id, retrying.id]
-    );
+    assert_eq!(due(T0.plus_seconds(60)).await, vec![unposted.id, retrying.id]);
 }
 
 pub async fn audit_read_from_pages_through_the_chain_in_order<S: Store>(sut: Sut<S>) {
@@ -823,44 +619,22 @@ pub async fn for_request_returns_that_requests_records_in_chain_order<S: Store>(
     let now = T0.plus_seconds(2);
     let t = a.approve(&user(1), now).unwrap();
     let a2 = t.request.clone();
-    s.commit(commit_of(&a, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&a, t, Guard::OpenAt(now))).await.unwrap();
     let t = b.deny(&user(2), "not today", now).unwrap();
-    s.commit(commit_of(&b, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&b, t, Guard::OpenAt(now))).await.unwrap();
     let t = a2.approve(&user(3), now).unwrap();
-    s.commit(commit_of(&a2, t, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    s.commit(commit_of(&a2, t, Guard::OpenAt(now))).await.unwrap();
 
     let of_a = s.for_request(&a.id).await.unwrap();
     assert_eq!(
         kinds(&of_a),
-        vec![
-            AuditKind::RequestCreated,
-            AuditKind::VoteApprove,
-            AuditKind::VoteApprove,
-            AuditKind::RequestApproved
-        ]
+        vec![AuditKind::RequestCreated, AuditKind::VoteApprove, AuditKind::VoteApprove, AuditKind::RequestApproved]
     );
     assert!(of_a.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(of_a.iter().all(|e| e.request_id == Some(a.id)));
     let of_b = s.for_request(&b.id).await.unwrap();
-    assert_eq!(
-        kinds(&of_b),
-        vec![
-            AuditKind::RequestCreated,
-            AuditKind::VoteDeny,
-            AuditKind::RequestDenied
-        ]
-    );
-    assert!(s
-        .for_request(&RequestId::generate())
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(kinds(&of_b), vec![AuditKind::RequestCreated, AuditKind::VoteDeny, AuditKind::RequestDenied]);
+    assert!(s.for_request(&RequestId::generate()).await.unwrap().is_empty());
     // Every record appears in the chain exactly as for_request returned it.
     let chain = all_audit(s).await;
     for e in of_a.iter().chain(&of_b) {
@@ -872,10 +646,8 @@ pub async fn policies_are_stored_replaced_and_deleted_with_audit_records<S: Stor
     let s = &*sut.store;
     let policies = parse_policies(include_str!("../../infra/policies.example.yaml")).unwrap();
     assert!(policies.len() >= 2);
-    let changed = |name: &str| {
-        AuditDraft::new(T0, AuditKind::PolicyChanged, Actor::cli("tester"), None)
-            .with("policy", name)
-    };
+    let changed =
+        |name: &str| AuditDraft::new(T0, AuditKind::PolicyChanged, Actor::cli("tester"), None).with("policy", name);
     assert!(s.list_policies().await.unwrap().is_empty());
     for p in &policies {
         s.put_policy(p, changed(p.name.as_str())).await.unwrap();
@@ -889,13 +661,8 @@ pub async fn policies_are_stored_replaced_and_deleted_with_audit_records<S: Stor
     let mut replaced = policies[0].clone();
     replaced.required_approvals = 3;
     replaced.description = "stricter".into();
-    s.put_policy(&replaced, changed(replaced.name.as_str()))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get_policy(&replaced.name).await.unwrap(),
-        Some(replaced.clone())
-    );
+    s.put_policy(&replaced, changed(replaced.name.as_str())).await.unwrap();
+    assert_eq!(s.get_policy(&replaced.name).await.unwrap(), Some(replaced.clone()));
     assert_eq!(s.list_policies().await.unwrap().len(), policies.len());
 
     let deleted = AuditDraft::new(T0, AuditKind::PolicyDeleted, Actor::cli("tester"), None)
@@ -903,12 +670,7 @@ pub async fn policies_are_stored_replaced_and_deleted_with_audit_records<S: Stor
     s.delete_policy(&replaced.name, deleted).await.unwrap();
     assert_eq!(s.get_policy(&replaced.name).await.unwrap(), None);
     assert_eq!(s.list_policies().await.unwrap().len(), policies.len() - 1);
-    assert_eq!(
-        s.get_policy(&PolicyName::parse("no-such-policy").unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(s.get_policy(&PolicyName::parse("no-such-policy").unwrap()).await.unwrap(), None);
 
     let audit = all_audit(s).await;
     assert_eq!(count(&audit, AuditKind::PolicyChanged), policies.len() + 1);
@@ -920,40 +682,25 @@ pub async fn policies_are_stored_replaced_and_deleted_with_audit_records<S: Stor
 async fn six_records<S: Store>(sut: &Sut<S>) {
     sut.store.append(drafts(2, "a")).await.unwrap();
     sut.store.append(drafts(4, "b")).await.unwrap();
-    assert_eq!(
-        verify_chain(&all_audit(&*sut.store).await).unwrap().records,
-        6
-    );
+    assert_eq!(verify_chain(&all_audit(&*sut.store).await).unwrap().records, 6);
 }
 
 pub async fn chain_verification_names_an_edited_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.edit_audit(3).await;
-    assert_eq!(
-        verify_chain(&all_audit(&*sut.store).await),
-        Err(ChainBreak::Edited { seq: 3 })
-    );
+    assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::Edited { seq: 3 }));
 }
 
 pub async fn chain_verification_names_a_deleted_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.delete_audit(3).await;
-    assert_eq!(
-        verify_chain(&all_audit(&*sut.store).await),
-        Err(ChainBreak::Missing {
-            expected: 3,
-            found: 4
-        })
-    );
+    assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::Missing { expected: 3, found: 4 }));
 }
 
 pub async fn chain_verification_names_a_moved_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.swap_audit(2, 4).await;
-    assert_eq!(
-        verify_chain(&all_audit(&*sut.store).await),
-        Err(ChainBreak::OutOfOrder { seq: 2, after: 4 })
-    );
+    assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::OutOfOrder { seq: 2, after: 4 }));
 }
 
 /// Instantiates every contract test for one store: `conformance!(module, path::to::sut_fn, { extra })`.
@@ -1009,19 +756,10 @@ conformance!(embedded, crate::harness::embedded_sut, {
         super::create(&*store, &r).await;
         let now = super::T0.plus_seconds(1);
         let t = r.approve(&super::user(1), now).unwrap();
-        store
-            .commit(super::commit_of(&r, t, super::Guard::OpenAt(now)))
-            .await
-            .unwrap();
-        let policies =
-            super::parse_policies(include_str!("../../infra/policies.example.yaml")).unwrap();
+        store.commit(super::commit_of(&r, t, super::Guard::OpenAt(now))).await.unwrap();
+        let policies = super::parse_policies(include_str!("../../infra/policies.example.yaml")).unwrap();
         let p = &policies[0];
-        let draft = super::AuditDraft::new(
-            now,
-            super::AuditKind::PolicyChanged,
-            super::Actor::cli("tester"),
-            None,
-        );
+        let draft = super::AuditDraft::new(now, super::AuditKind::PolicyChanged, super::Actor::cli("tester"), None);
         store.put_policy(p, draft).await.unwrap();
         let request_before = super::get(&*store, &r.id).await;
         let audit_before = super::all_audit(&*store).await;
@@ -1039,11 +777,7 @@ conformance!(embedded, crate::harness::embedded_sut, {
         // The vote is still recorded: the same user cannot vote again.
         let again = r.approve(&super::user(1), now).unwrap();
         assert_eq!(
-            super::conflict(
-                store
-                    .commit(super::commit_of(&r, again, super::Guard::OpenAt(now)))
-                    .await
-            ),
+            super::conflict(store.commit(super::commit_of(&r, again, super::Guard::OpenAt(now))).await),
             super::Conflict::DuplicateVote
         );
         // New records continue the old chain.

@@ -55,13 +55,7 @@ pub fn embedded() -> (tempfile::TempDir, Arc<EmbeddedStore>) {
 
 pub async fn embedded_sut() -> Option<Sut<EmbeddedStore>> {
     let (dir, store) = embedded();
-    Some(Sut {
-        tamper: Box::new(SqliteTamper {
-            path: store.db_path().to_path_buf(),
-        }),
-        store,
-        _keep: Box::new(dir),
-    })
+    Some(Sut { tamper: Box::new(SqliteTamper { path: store.db_path().to_path_buf() }), store, _keep: Box::new(dir) })
 }
 
 /// Raw access through a second connection to the database file. The store's triggers refuse to change
@@ -73,8 +67,7 @@ pub struct SqliteTamper {
 impl SqliteTamper {
     fn conn(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(&self.path).expect("open database file");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .expect("busy timeout");
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");
         conn.execute_batch(
             "DROP TRIGGER IF EXISTS audit_is_append_only_update;
              DROP TRIGGER IF EXISTS audit_is_append_only_delete;",
@@ -84,20 +77,13 @@ impl SqliteTamper {
     }
 
     fn doc(conn: &rusqlite::Connection, seq: u64) -> String {
-        conn.query_row(
-            "SELECT doc FROM audit WHERE seq = ?1",
-            [i64::try_from(seq).unwrap()],
-            |r| r.get(0),
-        )
-        .expect("audit record exists")
+        conn.query_row("SELECT doc FROM audit WHERE seq = ?1", [i64::try_from(seq).unwrap()], |r| r.get(0))
+            .expect("audit record exists")
     }
 
     fn set_doc(conn: &rusqlite::Connection, seq: u64, doc: &str) {
         let n = conn
-            .execute(
-                "UPDATE audit SET doc = ?2 WHERE seq = ?1",
-                rusqlite::params![i64::try_from(seq).unwrap(), doc],
-            )
+            .execute("UPDATE audit SET doc = ?2 WHERE seq = ?1", rusqlite::params![i64::try_from(seq).unwrap(), doc])
             .expect("update audit record");
         assert_eq!(n, 1);
     }
@@ -114,10 +100,7 @@ impl Tamper for SqliteTamper {
     async fn delete_audit(&self, seq: u64) {
         let n = self
             .conn()
-            .execute(
-                "DELETE FROM audit WHERE seq = ?1",
-                [i64::try_from(seq).unwrap()],
-            )
+            .execute("DELETE FROM audit WHERE seq = ?1", [i64::try_from(seq).unwrap()])
             .expect("delete audit record");
         assert_eq!(n, 1);
     }
@@ -147,18 +130,10 @@ pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, Tab
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true but AWS_ENDPOINT_URL is unset: the DynamoDB conformance tests need the emulator"
         );
-        eprintln!(
-            "AWS_ENDPOINT_URL is unset: skipping a DynamoDB test (start moto_server and set it to run them)"
-        );
+        eprintln!("AWS_ENDPOINT_URL is unset: skipping a DynamoDB test (start moto_server and set it to run them)");
         return None;
     };
-    let host = endpoint
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
+    let host = endpoint.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
     assert!(
         matches!(host, "127.0.0.1" | "localhost"),
         "AWS_ENDPOINT_URL must point at a local emulator (127.0.0.1 or localhost), not {endpoint}"
@@ -179,23 +154,14 @@ pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, Tab
     let client = aws_sdk_dynamodb::Client::new(&config);
     let prefix = format!("cs-test-{}", ulid::Ulid::new().to_string().to_lowercase());
     let tables = TableNames::with_prefix(&prefix);
-    create_tables(&client, &tables)
-        .await
-        .expect("create DynamoDB tables");
+    create_tables(&client, &tables).await.expect("create DynamoDB tables");
     let store = DynamoStore::new(client.clone(), tables.clone());
     Some((Arc::new(store), client, tables))
 }
 
 pub async fn dynamo_sut() -> Option<Sut<DynamoStore>> {
     let (store, client, tables) = dynamo().await?;
-    Some(Sut {
-        store,
-        tamper: Box::new(DynamoTamper {
-            client,
-            table: tables.audit,
-        }),
-        _keep: Box::new(()),
-    })
+    Some(Sut { store, tamper: Box::new(DynamoTamper { client, table: tables.audit }), _keep: Box::new(()) })
 }
 
 /// Raw access to the audit table through the SDK, bypassing the adapter (and the IAM policy that forbids
@@ -208,10 +174,7 @@ pub struct DynamoTamper {
 impl DynamoTamper {
     fn key(seq: u64) -> HashMap<String, AttributeValue> {
         HashMap::from([
-            (
-                keys::PK.to_string(),
-                AttributeValue::S(keys::CHAIN_PK.to_string()),
-            ),
+            (keys::PK.to_string(), AttributeValue::S(keys::CHAIN_PK.to_string())),
             (keys::SEQ.to_string(), AttributeValue::N(seq.to_string())),
         ])
     }
@@ -230,21 +193,12 @@ impl DynamoTamper {
     }
 
     fn doc(item: &HashMap<String, AttributeValue>) -> String {
-        item.get(keys::DOC)
-            .and_then(|v| v.as_s().ok())
-            .expect("audit record has a doc")
-            .clone()
+        item.get(keys::DOC).and_then(|v| v.as_s().ok()).expect("audit record has a doc").clone()
     }
 
     async fn put(&self, mut item: HashMap<String, AttributeValue>, doc: String) {
         item.insert(keys::DOC.to_string(), AttributeValue::S(doc));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("PutItem audit record");
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.expect("PutItem audit record");
     }
 }
 

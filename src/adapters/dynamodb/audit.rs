@@ -81,14 +81,9 @@ impl DynamoStore {
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn append(&self, events: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError> {
-        match self
-            .transact_with_audit("TransactWriteItems(audit append)", Vec::new(), &events)
-            .await?
-        {
+        match self.transact_with_audit("TransactWriteItems(audit append)", Vec::new(), &events).await? {
             TxOutcome::Committed(sealed) => Ok(sealed),
-            TxOutcome::Refused(_) => Err(StoreError::Other(
-                "audit append was refused without a state item".into(),
-            )),
+            TxOutcome::Refused(_) => Err(StoreError::Other("audit append was refused without a state item".into())),
         }
     }
 
@@ -96,27 +91,13 @@ impl AuditLog for DynamoStore {
         let mut values = Item::new();
         values.insert(":pk".into(), s(CHAIN_PK));
         values.insert(":from".into(), AttributeValue::N(from_seq.to_string()));
-        self.query_audit(
-            None,
-            "#pk = :pk AND #seq >= :from",
-            &[("#pk", PK), ("#seq", SEQ)],
-            values,
-            limit,
-        )
-        .await
+        self.query_audit(None, "#pk = :pk AND #seq >= :from", &[("#pk", PK), ("#seq", SEQ)], values, limit).await
     }
 
     async fn for_request(&self, id: &RequestId) -> Result<Vec<AuditEvent>, StoreError> {
         let mut values = Item::new();
         values.insert(":id".into(), s(id.to_string()));
-        self.query_audit(
-            Some(INDEX_BY_REQUEST),
-            "#rid = :id",
-            &[("#rid", REQUEST_ID)],
-            values,
-            usize::MAX,
-        )
-        .await
+        self.query_audit(Some(INDEX_BY_REQUEST), "#rid = :id", &[("#rid", REQUEST_ID)], values, usize::MAX).await
     }
 
     async fn last(&self) -> Result<Option<AuditEvent>, StoreError> {

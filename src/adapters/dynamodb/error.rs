@@ -23,11 +23,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// Cancellation reason: another transaction was working on one of the items. Worth retrying at once.
 pub const TRANSACTION_CONFLICT: &str = "TransactionConflict";
 /// Cancellation reasons that mean "slow down": reported as `Unavailable` (retry later).
-pub const THROTTLED_REASONS: &[&str] = &[
-    "ProvisionedThroughputExceeded",
-    "ThrottlingError",
-    "RequestLimitExceeded",
-];
+pub const THROTTLED_REASONS: &[&str] = &["ProvisionedThroughputExceeded", "ThrottlingError", "RequestLimitExceeded"];
 
 pub const CONDITION_FAILED: &str = "ConditionalCheckFailed";
 
@@ -64,15 +60,9 @@ pub struct ContentionExhausted {
 
 fn is_transient<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>, status: Option<u16>) -> bool {
     match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(se) => {
-            status.is_some_and(|s| s >= 500)
-                || se
-                    .err()
-                    .code()
-                    .is_some_and(|c| TRANSIENT_CODES.contains(&c))
+            status.is_some_and(|s| s >= 500) || se.err().code().is_some_and(|c| TRANSIENT_CODES.contains(&c))
         }
         _ => false,
     }
@@ -80,24 +70,14 @@ fn is_transient<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>, status: Option
 
 /// Classifies any SDK failure: transient ones become `Unavailable`, the rest `Other` (a bug or a
 /// misconfiguration), logged here with the whole chain because `Other` carries only a short message.
-pub fn from_sdk<E>(
-    op: &'static str,
-    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> StoreError
+pub fn from_sdk<E>(op: &'static str, err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let code = err
-        .as_service_error()
-        .and_then(|e| e.code())
-        .map(str::to_string);
+    let code = err.as_service_error().and_then(|e| e.code()).map(str::to_string);
     if is_transient(&err, status) {
-        return StoreError::Unavailable(Box::new(DynamoCallFailed {
-            op,
-            code,
-            source: Box::new(err),
-        }));
+        return StoreError::Unavailable(Box::new(DynamoCallFailed { op, code, source: Box::new(err) }));
     }
     tracing::error!(op, error = %DisplayErrorContext(&err), "DynamoDB refused a call");
     match code {
@@ -112,12 +92,9 @@ pub fn cancellation_codes(
     err: &SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> Option<Vec<String>> {
     match err.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(e)) => Some(
-            e.cancellation_reasons()
-                .iter()
-                .map(|r| r.code().unwrap_or("None").to_string())
-                .collect(),
-        ),
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            Some(e.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_string()).collect())
+        }
         _ => None,
     }
 }
@@ -131,9 +108,5 @@ pub fn unavailable<E>(op: &'static str, code: &str, err: E) -> StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    StoreError::Unavailable(Box::new(DynamoCallFailed {
-        op,
-        code: Some(code.to_string()),
-        source: Box::new(err),
-    }))
+    StoreError::Unavailable(Box::new(DynamoCallFailed { op, code: Some(code.to_string()), source: Box::new(err) }))
 }

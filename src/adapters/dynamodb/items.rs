@@ -42,23 +42,17 @@ fn corrupt(item: &Item, problem: impl std::fmt::Display) -> StoreError {
 pub fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v),
-        Some(_) => Err(corrupt(
-            item,
-            format_args!("attribute {name} is not a string"),
-        )),
+        Some(_) => Err(corrupt(item, format_args!("attribute {name} is not a string"))),
         None => Err(corrupt(item, format_args!("attribute {name} is missing"))),
     }
 }
 
 pub fn get_i64(item: &Item, name: &str) -> Result<i64, StoreError> {
     match item.get(name) {
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map_err(|_| corrupt(item, format_args!("attribute {name} is not an integer"))),
-        Some(_) => Err(corrupt(
-            item,
-            format_args!("attribute {name} is not a number"),
-        )),
+        Some(AttributeValue::N(v)) => {
+            v.parse().map_err(|_| corrupt(item, format_args!("attribute {name} is not an integer")))
+        }
+        Some(_) => Err(corrupt(item, format_args!("attribute {name} is not a number"))),
         None => Err(corrupt(item, format_args!("attribute {name} is missing"))),
     }
 }
@@ -70,8 +64,7 @@ pub fn get_u64(item: &Item, name: &str) -> Result<u64, StoreError> {
 
 fn doc<T: DeserializeOwned>(item: &Item, what: &str) -> Result<T, StoreError> {
     let json = get_s(item, DOC)?;
-    serde_json::from_str(json)
-        .map_err(|e| corrupt(item, format_args!("{what} does not parse: {e}")))
+    serde_json::from_str(json).map_err(|e| corrupt(item, format_args!("{what} does not parse: {e}")))
 }
 
 // --- requests --------------------------------------------------------------------------------------------
@@ -110,28 +103,16 @@ pub fn request_item(r: &ApprovalRequest) -> Result<Item, StoreError> {
 pub fn request_from_item(item: &Item) -> Result<ApprovalRequest, StoreError> {
     let r: ApprovalRequest = doc(item, "request")?;
     if get_s(item, PK)? != request_pk(&r.id) {
-        return Err(corrupt(
-            item,
-            format_args!("holds request {} under another key", r.id),
-        ));
+        return Err(corrupt(item, format_args!("holds request {} under another key", r.id)));
     }
     if get_s(item, STATUS)? != r.status.as_str() {
-        return Err(corrupt(
-            item,
-            "status attribute disagrees with the document",
-        ));
+        return Err(corrupt(item, "status attribute disagrees with the document"));
     }
     if get_u64(item, VERSION)? != r.version {
-        return Err(corrupt(
-            item,
-            "version attribute disagrees with the document",
-        ));
+        return Err(corrupt(item, "version attribute disagrees with the document"));
     }
     if get_i64(item, EXPIRES_AT)? != r.expires_at.unix_millis() {
-        return Err(corrupt(
-            item,
-            "expires_at attribute disagrees with the document",
-        ));
+        return Err(corrupt(item, "expires_at attribute disagrees with the document"));
     }
     Ok(r)
 }
@@ -178,10 +159,7 @@ pub fn policy_item(p: &Policy) -> Result<Item, StoreError> {
 pub fn policy_from_item(item: &Item) -> Result<Policy, StoreError> {
     let p: Policy = doc(item, "policy")?;
     if get_s(item, PK)? != p.name.as_str() {
-        return Err(corrupt(
-            item,
-            format_args!("holds policy {} under another key", p.name),
-        ));
+        return Err(corrupt(item, format_args!("holds policy {} under another key", p.name)));
     }
     Ok(p)
 }
@@ -222,25 +200,17 @@ mod tests {
     const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 
     fn sample(required: u32, now: Timestamp) -> ApprovalRequest {
-        let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42")
-            .unwrap();
+        let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
         ApprovalRequest {
             id: RequestId::from_parts(now.unix_millis() as u64, 7),
-            status: if required == 0 {
-                Status::Approved
-            } else {
-                Status::Pending
-            },
+            status: if required == 0 { Status::Approved } else { Status::Pending },
             action: Action::parse("deploy").unwrap(),
             environment: Environment::parse("production").unwrap(),
             resource: Some(Resource::parse("service/payments").unwrap()),
             reason: Some("release".into()),
             details: BTreeMap::new(),
             requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-            policy: PolicyRef {
-                name: PolicyName::parse("deploy-production").unwrap(),
-                version: "abc".into(),
-            },
+            policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "abc".into() },
             required_approvals: required,
             approvals: vec![],
             denial: None,
@@ -254,6 +224,7 @@ mod tests {
                 attempts: 0,
                 next_attempt_at: None,
                 update_pending: false,
+                reminders_sent: 0,
             },
             idempotency_key: None,
             body_hash: None,
@@ -275,18 +246,9 @@ mod tests {
         assert_eq!(text(&item, SK), "REQ");
         assert_eq!(text(&item, STATUS), "pending");
         assert_eq!(get_u64(&item, VERSION).unwrap(), 1);
-        assert_eq!(
-            get_i64(&item, EXPIRES_AT).unwrap(),
-            r.expires_at.unix_millis()
-        );
-        assert_eq!(
-            get_i64(&item, TTL).unwrap(),
-            r.expires_at.unix_seconds() + 400 * 86_400
-        );
-        assert_eq!(
-            text(&item, GSI1_PK),
-            "arn:aws:iam::111122223333:role/github-deploy"
-        );
+        assert_eq!(get_i64(&item, EXPIRES_AT).unwrap(), r.expires_at.unix_millis());
+        assert_eq!(get_i64(&item, TTL).unwrap(), r.expires_at.unix_seconds() + 400 * 86_400);
+        assert_eq!(text(&item, GSI1_PK), "arn:aws:iam::111122223333:role/github-deploy");
         assert_eq!(text(&item, GSI1_SK), format!("{}#{}", time_key(T0), r.id));
     }
 
@@ -295,14 +257,8 @@ mod tests {
         let r = sample(1, T0);
         let item = request_item(&r).unwrap();
         assert_eq!(text(&item, GSI2_PK), "PENDING");
-        assert_eq!(
-            text(&item, GSI2_SK),
-            format!("{}#{}", time_key(r.expires_at), r.id)
-        );
-        let approved = r
-            .approve(&SlackUserId::parse("UALICE01").unwrap(), T0)
-            .unwrap()
-            .request;
+        assert_eq!(text(&item, GSI2_SK), format!("{}#{}", time_key(r.expires_at), r.id));
+        let approved = r.approve(&SlackUserId::parse("UALICE01").unwrap(), T0).unwrap().request;
         let item = request_item(&approved).unwrap();
         assert!(!item.contains_key(GSI2_PK) && !item.contains_key(GSI2_SK));
     }
@@ -318,10 +274,7 @@ mod tests {
         r.notification.state = NotificationState::Retrying;
         r.notification.next_attempt_at = Some(T0.plus_seconds(30));
         let item = request_item(&r).unwrap();
-        assert_eq!(
-            text(&item, GSI3_SK),
-            format!("{}#{}", time_key(T0.plus_seconds(30)), r.id)
-        );
+        assert_eq!(text(&item, GSI3_SK), format!("{}#{}", time_key(T0.plus_seconds(30)), r.id));
         // Posted and current: not in the index.
         r.notification.state = NotificationState::Posted;
         r.notification.next_attempt_at = None;
@@ -351,42 +304,28 @@ mod tests {
         }
         let mut item = base.clone();
         item.remove(DOC);
-        assert!(matches!(
-            request_from_item(&item),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(request_from_item(&item), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
     fn vote_and_idempotency_items_have_their_keys() {
         let mut r = sample(1, T0);
-        let t = r
-            .approve(&SlackUserId::parse("UALICE01").unwrap(), T0)
-            .unwrap();
+        let t = r.approve(&SlackUserId::parse("UALICE01").unwrap(), T0).unwrap();
         let v = t.vote.unwrap();
         let item = vote_item(&v, r.expires_at).unwrap();
         assert_eq!(text(&item, PK), format!("REQ#{}", r.id));
         assert_eq!(text(&item, SK), "VOTE#UALICE01");
-        assert_eq!(
-            vote_from_item(&item).unwrap().decision,
-            VoteDecision::Approve
-        );
+        assert_eq!(vote_from_item(&item).unwrap().decision, VoteDecision::Approve);
 
         assert!(idempotency_item(&r).is_none());
         r.idempotency_key = Some(IdempotencyKey::parse("ci-run-42").unwrap());
         let item = idempotency_item(&r).unwrap();
-        assert_eq!(
-            text(&item, PK),
-            "IDEM#arn:aws:iam::111122223333:role/github-deploy#ci-run-42"
-        );
+        assert_eq!(text(&item, PK), "IDEM#arn:aws:iam::111122223333:role/github-deploy#ci-run-42");
         assert_eq!(text(&item, SK), "IDEM");
         assert_eq!(idempotency_request_id(&item).unwrap(), r.id);
         let mut bad = item.clone();
         bad.insert(REQUEST_ID.into(), s("nope"));
-        assert!(matches!(
-            idempotency_request_id(&bad),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(idempotency_request_id(&bad), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
@@ -395,8 +334,7 @@ mod tests {
         let events = seal_after(
             None,
             vec![
-                AuditDraft::new(T0, AuditKind::RequestCreated, Actor::system("t"), Some(id))
-                    .with("k", "v"),
+                AuditDraft::new(T0, AuditKind::RequestCreated, Actor::system("t"), Some(id)).with("k", "v"),
                 AuditDraft::new(T0, AuditKind::PolicyChanged, Actor::cli("me"), None),
             ],
         );
@@ -430,9 +368,6 @@ mod tests {
         assert_eq!(policy_from_item(&item).unwrap(), p);
         let mut moved = item;
         moved.insert(PK.into(), s("other"));
-        assert!(matches!(
-            policy_from_item(&moved),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(policy_from_item(&moved), Err(StoreError::Corrupt(_))));
     }
 }

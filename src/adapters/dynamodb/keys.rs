@@ -101,9 +101,7 @@ pub fn time_id_key(t: Timestamp, id: &RequestId) -> String {
 
 /// The TTL attribute of a request's items: `expires_at` plus the retention period, in unix seconds.
 pub fn gc_ttl_seconds(expires_at: Timestamp) -> i64 {
-    expires_at
-        .unix_seconds()
-        .saturating_add(RETENTION_AFTER_EXPIRY_SECONDS)
+    expires_at.unix_seconds().saturating_add(RETENTION_AFTER_EXPIRY_SECONDS)
 }
 
 #[cfg(test)]
@@ -113,41 +111,19 @@ mod tests {
 
     #[test]
     fn time_keys_sort_like_times() {
-        let times = [
-            0_i64,
-            1,
-            999,
-            1_000,
-            1_795_621_462_123,
-            10_000_000_000_000,
-            TIME_KEY_MAX,
-        ];
+        let times = [0_i64, 1, 999, 1_000, 1_795_621_462_123, 10_000_000_000_000, TIME_KEY_MAX];
         for w in times.windows(2) {
-            let (a, b) = (
-                Timestamp::from_unix_millis(w[0]),
-                Timestamp::from_unix_millis(w[1]),
-            );
-            assert!(
-                time_key(a) < time_key(b),
-                "{} < {}",
-                time_key(a),
-                time_key(b)
-            );
+            let (a, b) = (Timestamp::from_unix_millis(w[0]), Timestamp::from_unix_millis(w[1]));
+            assert!(time_key(a) < time_key(b), "{} < {}", time_key(a), time_key(b));
             assert_eq!(time_key(a).len(), TIME_KEY_WIDTH);
         }
-        assert_eq!(
-            time_key(Timestamp::from_unix_millis(1_795_621_462_123)),
-            "001795621462123"
-        );
+        assert_eq!(time_key(Timestamp::from_unix_millis(1_795_621_462_123)), "001795621462123");
     }
 
     #[test]
     fn time_keys_clamp_out_of_range_times() {
         assert_eq!(time_key(Timestamp::from_unix_millis(-5)), "000000000000000");
-        assert_eq!(
-            time_key(Timestamp::from_unix_millis(i64::MAX)),
-            "999999999999999"
-        );
+        assert_eq!(time_key(Timestamp::from_unix_millis(i64::MAX)), "999999999999999");
     }
 
     #[test]
@@ -166,10 +142,7 @@ mod tests {
     fn partition_keys_have_their_documented_shape() {
         let id = RequestId::parse("req_01JD0000000000000000000000").unwrap();
         assert_eq!(request_pk(&id), "REQ#req_01JD0000000000000000000000");
-        assert_eq!(
-            vote_sk(&SlackUserId::parse("U012AB3CD").unwrap()),
-            "VOTE#U012AB3CD"
-        );
+        assert_eq!(vote_sk(&SlackUserId::parse("U012AB3CD").unwrap()), "VOTE#U012AB3CD");
         let p = "arn:aws:iam::111122223333:role/github-deploy";
         assert_eq!(
             idempotency_pk(p, &IdempotencyKey::parse("k#1").unwrap()),

@@ -31,8 +31,8 @@ use crate::ports::StoreError;
 pub use tables::create_tables;
 
 use error::{
-    build_error, cancellation_codes, from_sdk, ContentionExhausted, CONDITION_FAILED,
-    THROTTLED_REASONS, TRANSACTION_CONFLICT,
+    build_error, cancellation_codes, from_sdk, ContentionExhausted, CONDITION_FAILED, THROTTLED_REASONS,
+    TRANSACTION_CONFLICT,
 };
 use items::Item;
 
@@ -80,11 +80,7 @@ enum TxOutcome {
 
 impl DynamoStore {
     pub fn new(client: Client, tables: TableNames) -> Self {
-        Self {
-            client,
-            tables,
-            page_size: DEFAULT_PAGE_SIZE,
-        }
+        Self { client, tables, page_size: DEFAULT_PAGE_SIZE }
     }
 
     /// Items per Query page (default 100). Small pages exercise pagination in tests.
@@ -124,55 +120,36 @@ impl DynamoStore {
             return Ok(TxOutcome::Committed(Vec::new()));
         }
         for attempt in 0..MAX_WRITE_ATTEMPTS {
-            let events = if drafts.is_empty() {
-                Vec::new()
-            } else {
-                seal_after(self.last_link().await?, drafts.to_vec())
-            };
+            let events =
+                if drafts.is_empty() { Vec::new() } else { seal_after(self.last_link().await?, drafts.to_vec()) };
             let mut tx = state.clone();
             for e in &events {
                 tx.push(self.audit_put(e)?);
             }
-            let err = match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(tx))
-                .send()
-                .await
-            {
+            let err = match self.client.transact_write_items().set_transact_items(Some(tx)).send().await {
                 Ok(_) => return Ok(TxOutcome::Committed(events)),
                 Err(err) => err,
             };
             let Some(codes) = cancellation_codes(&err) else {
                 return Err(from_sdk(op, err));
             };
-            let state_codes: Vec<String> = (0..n_state)
-                .map(|i| codes.get(i).cloned().unwrap_or_else(|| "None".to_string()))
-                .collect();
+            let state_codes: Vec<String> =
+                (0..n_state).map(|i| codes.get(i).cloned().unwrap_or_else(|| "None".to_string())).collect();
             if state_codes.iter().any(|c| c == CONDITION_FAILED) {
                 return Ok(TxOutcome::Refused(state_codes));
             }
-            if let Some(c) = codes
-                .iter()
-                .find(|c| THROTTLED_REASONS.contains(&c.as_str()))
-            {
+            if let Some(c) = codes.iter().find(|c| THROTTLED_REASONS.contains(&c.as_str())) {
                 return Err(error::unavailable(op, c, err));
             }
             let chain_moved = codes.iter().skip(n_state).any(|c| c == CONDITION_FAILED);
             let conflict = codes.iter().any(|c| c == TRANSACTION_CONFLICT);
             if !(chain_moved || conflict) {
                 tracing::error!(op, codes = ?codes, "DynamoDB cancelled a transaction for an unexpected reason");
-                return Err(StoreError::Other(format!(
-                    "DynamoDB {op} was cancelled ({})",
-                    codes.join(", ")
-                )));
+                return Err(StoreError::Other(format!("DynamoDB {op} was cancelled ({})", codes.join(", "))));
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
-        Err(StoreError::unavailable(ContentionExhausted {
-            op,
-            attempts: MAX_WRITE_ATTEMPTS,
-        }))
+        Err(StoreError::unavailable(ContentionExhausted { op, attempts: MAX_WRITE_ATTEMPTS }))
     }
 
     fn audit_put(&self, e: &AuditEvent) -> Result<TransactWriteItem, StoreError> {
@@ -233,10 +210,7 @@ mod tests {
     fn backoff_is_bounded() {
         for attempt in 0..MAX_WRITE_ATTEMPTS {
             let d = backoff(attempt);
-            assert!(
-                d >= Duration::from_millis(1) && d <= Duration::from_millis(101),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(1) && d <= Duration::from_millis(101), "{d:?}");
         }
     }
 }

@@ -52,22 +52,12 @@ impl PolicyStore for DynamoStore {
     }
 
     async fn put_policy(&self, policy: &Policy, event: AuditDraft) -> Result<(), StoreError> {
-        let put = conditional_put(
-            &self.tables.policies,
-            items::policy_item(policy)?,
-            None,
-            &[],
-            Item::new(),
-        )?;
-        match self
-            .transact_with_audit("TransactWriteItems(put policy)", vec![put], &[event])
-            .await?
-        {
+        let put = conditional_put(&self.tables.policies, items::policy_item(policy)?, None, &[], Item::new())?;
+        match self.transact_with_audit("TransactWriteItems(put policy)", vec![put], &[event]).await? {
             TxOutcome::Committed(_) => Ok(()),
-            TxOutcome::Refused(codes) => Err(StoreError::Other(format!(
-                "put policy was cancelled ({})",
-                codes.join(", ")
-            ))),
+            TxOutcome::Refused(codes) => {
+                Err(StoreError::Other(format!("put policy was cancelled ({})", codes.join(", "))))
+            }
         }
     }
 
@@ -82,10 +72,7 @@ impl PolicyStore for DynamoStore {
             .build()
             .map_err(|e| build_error("policy delete", e))?;
         let tx = vec![TransactWriteItem::builder().delete(delete).build()];
-        match self
-            .transact_with_audit("TransactWriteItems(delete policy)", tx, &[event])
-            .await?
-        {
+        match self.transact_with_audit("TransactWriteItems(delete policy)", tx, &[event]).await? {
             TxOutcome::Committed(_) => Ok(()),
             TxOutcome::Refused(_) => Err(StoreError::Conflict(Conflict::Stale)),
         }

@@ -20,17 +20,11 @@ struct Slots {
 }
 
 fn failed(codes: &[String], slot: Option<usize>) -> bool {
-    slot.and_then(|i| codes.get(i))
-        .is_some_and(|c| c == CONDITION_FAILED)
+    slot.and_then(|i| codes.get(i)).is_some_and(|c| c == CONDITION_FAILED)
 }
 
 impl DynamoStore {
-    async fn get_item(
-        &self,
-        op: &'static str,
-        pk: String,
-        sk: &str,
-    ) -> Result<Option<Item>, StoreError> {
+    async fn get_item(&self, op: &'static str, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -53,10 +47,7 @@ impl DynamoStore {
     ) -> Result<TransactWriteItem, StoreError> {
         let mut u = Update::builder()
             .table_name(&self.tables.requests)
-            .key(
-                PK,
-                s(pending_counter_pk(&r.requester.principal, &r.policy.name)),
-            )
+            .key(PK, s(pending_counter_pk(&r.requester.principal, &r.policy.name)))
             .key(SK, s(COUNTER_SK))
             .update_expression("ADD #n :delta")
             .expression_attribute_names("#n", COUNT)
@@ -110,14 +101,8 @@ impl DynamoStore {
     }
 
     /// The status the item has now, read consistently, for a commit that does not assert one.
-    async fn current_status(
-        &self,
-        id: &RequestId,
-        expected_version: u64,
-    ) -> Result<Status, StoreError> {
-        let item = self
-            .get_item("GetItem(request)", request_pk(id), REQUEST_SK)
-            .await?;
+    async fn current_status(&self, id: &RequestId, expected_version: u64) -> Result<Status, StoreError> {
+        let item = self.get_item("GetItem(request)", request_pk(id), REQUEST_SK).await?;
         let current = match item {
             Some(item) => items::request_from_item(&item)?,
             None => return Err(StoreError::Conflict(Conflict::Stale)),
@@ -138,17 +123,11 @@ impl RequestStore for DynamoStore {
         max_pending: u32,
     ) -> Result<CreateOutcome, StoreError> {
         if request.version != 1 {
-            return Err(StoreError::Other(format!(
-                "a new request must have version 1, not {}",
-                request.version
-            )));
+            return Err(StoreError::Other(format!("a new request must have version 1, not {}", request.version)));
         }
         let pending = request.status == Status::Pending;
         let mut tx = Vec::new();
-        let mut slots = Slots {
-            request: Some(tx.len()),
-            ..Slots::default()
-        };
+        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
         tx.push(conditional_put(
             &self.tables.requests,
             items::request_item(request)?,
@@ -174,10 +153,7 @@ impl RequestStore for DynamoStore {
             tx.push(self.counter_update(request, 1, Some(max_pending))?);
         }
 
-        let codes = match self
-            .transact_with_audit("TransactWriteItems(create request)", tx, &events)
-            .await?
-        {
+        let codes = match self.transact_with_audit("TransactWriteItems(create request)", tx, &events).await? {
             TxOutcome::Committed(_) => return Ok(CreateOutcome::Created),
             TxOutcome::Refused(codes) => codes,
         };
@@ -187,14 +163,9 @@ impl RequestStore for DynamoStore {
                 return Err(StoreError::Other("idempotency slot without a key".into()));
             };
             let pk = idempotency_pk(&request.requester.principal, key);
-            let Some(idem) = self
-                .get_item("GetItem(idempotency)", pk.clone(), IDEMPOTENCY_SK)
-                .await?
-            else {
+            let Some(idem) = self.get_item("GetItem(idempotency)", pk.clone(), IDEMPOTENCY_SK).await? else {
                 // Taken a moment ago, gone now: only TTL deletes these, long after the request expired.
-                return Err(StoreError::Corrupt(format!(
-                    "idempotency item {pk} vanished while it was read"
-                )));
+                return Err(StoreError::Corrupt(format!("idempotency item {pk} vanished while it was read")));
             };
             let id = items::idempotency_request_id(&idem)?;
             return match self.get_request(&id).await? {
@@ -208,15 +179,9 @@ impl RequestStore for DynamoStore {
             return Ok(CreateOutcome::TooManyPending);
         }
         if failed(&codes, slots.request) {
-            return Err(StoreError::Other(format!(
-                "request {} already exists",
-                request.id
-            )));
+            return Err(StoreError::Other(format!("request {} already exists", request.id)));
         }
-        Err(StoreError::Other(format!(
-            "create request was cancelled ({})",
-            codes.join(", ")
-        )))
+        Err(StoreError::Other(format!("create request was cancelled ({})", codes.join(", "))))
     }
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
@@ -227,13 +192,7 @@ impl RequestStore for DynamoStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let Commit {
-            expected_version,
-            request,
-            vote,
-            events,
-            guard,
-        } = commit;
+        let Commit { expected_version, request, vote, events, guard } = commit;
         if request.version != expected_version.saturating_add(1) {
             return Err(StoreError::Other(format!(
                 "commit must write version {} over version {expected_version}, not {}",
@@ -243,9 +202,7 @@ impl RequestStore for DynamoStore {
         }
         if let Some(v) = &vote {
             if v.request_id != request.id {
-                return Err(StoreError::Other(
-                    "the vote belongs to another request".into(),
-                ));
+                return Err(StoreError::Other("the vote belongs to another request".into()));
             }
         }
 
@@ -254,11 +211,7 @@ impl RequestStore for DynamoStore {
         let mut condition = String::from("#version = :expected");
         let was_pending = match guard {
             Guard::OpenAt(t) | Guard::ExpiredAt(t) => {
-                let cmp = if matches!(guard, Guard::OpenAt(_)) {
-                    ">"
-                } else {
-                    "<="
-                };
+                let cmp = if matches!(guard, Guard::OpenAt(_)) { ">" } else { "<=" };
                 condition.push_str(&format!(" AND #status = :pending AND #expires_at {cmp} :t"));
                 values.insert(":pending".into(), s(Status::Pending.as_str()));
                 values.insert(":t".into(), n(t.unix_millis()));
@@ -282,22 +235,15 @@ impl RequestStore for DynamoStore {
         };
 
         let mut tx = Vec::new();
-        let mut slots = Slots {
-            request: Some(tx.len()),
-            ..Slots::default()
-        };
+        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
         tx.push(conditional_put(
             &self.tables.requests,
             items::request_item(&request)?,
             Some(&condition),
-            &[
-                ("#version", VERSION),
-                ("#status", STATUS),
-                ("#expires_at", EXPIRES_AT),
-            ]
-            .into_iter()
-            .filter(|(k, _)| condition.contains(k))
-            .collect::<Vec<_>>(),
+            &[("#version", VERSION), ("#status", STATUS), ("#expires_at", EXPIRES_AT)]
+                .into_iter()
+                .filter(|(k, _)| condition.contains(k))
+                .collect::<Vec<_>>(),
             values,
         )?);
         if let Some(v) = &vote {
@@ -314,10 +260,7 @@ impl RequestStore for DynamoStore {
             tx.push(self.counter_update(&request, -1, None)?);
         }
 
-        let codes = match self
-            .transact_with_audit("TransactWriteItems(commit)", tx, &events)
-            .await?
-        {
+        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
             TxOutcome::Committed(_) => return Ok(()),
             TxOutcome::Refused(codes) => codes,
         };
@@ -327,31 +270,16 @@ impl RequestStore for DynamoStore {
         if failed(&codes, slots.request) {
             return Err(StoreError::Conflict(Conflict::Stale));
         }
-        Err(StoreError::Other(format!(
-            "commit was cancelled ({})",
-            codes.join(", ")
-        )))
+        Err(StoreError::Other(format!("commit was cancelled ({})", codes.join(", "))))
     }
 
     async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
         let mut values = Item::new();
         values.insert(":pk".into(), s(PENDING_GSI_PK));
-        self.query_requests(
-            INDEX_PENDING,
-            "#pk = :pk",
-            &[("#pk", GSI2_PK)],
-            values,
-            true,
-            limit,
-        )
-        .await
+        self.query_requests(INDEX_PENDING, "#pk = :pk", &[("#pk", GSI2_PK)], values, true, limit).await
     }
 
-    async fn list_notification_due(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<ApprovalRequest>, StoreError> {
+    async fn list_notification_due(&self, now: Timestamp, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
         let mut values = Item::new();
         values.insert(":pk".into(), s(DUE_GSI_PK));
         // Every key due at or before `now` sorts below the bare time key of `now + 1 ms`.

@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, TableDescription, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -47,14 +46,7 @@ impl ScalarTypeName {
 fn shapes(t: &TableNames) -> [Shape; 3] {
     use ScalarTypeName::{N, S};
     [
-        Shape {
-            name: t.policies.clone(),
-            hash: PK,
-            range: None,
-            attributes: &[(PK, S)],
-            indexes: &[],
-            ttl: None,
-        },
+        Shape { name: t.policies.clone(), hash: PK, range: None, attributes: &[(PK, S)], indexes: &[], ttl: None },
         Shape {
             name: t.requests.clone(),
             hash: PK,
@@ -142,25 +134,14 @@ async fn create_one(client: &Client, shape: &Shape) -> Result<(), StoreError> {
             GlobalSecondaryIndex::builder()
                 .index_name(*index)
                 .set_key_schema(Some(key_schema(hash, Some(range))?))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
                 .build()
                 .map_err(|e| build_error("index", e))?,
         );
     }
     match req.send().await {
         Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(CreateTableError::ResourceInUseException(_))
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if matches!(e.as_service_error(), Some(CreateTableError::ResourceInUseException(_))) => Ok(()),
         Err(e) => Err(from_sdk("CreateTable", e)),
     }
 }
@@ -168,12 +149,7 @@ async fn create_one(client: &Client, shape: &Shape) -> Result<(), StoreError> {
 async fn wait_active(client: &Client, table: &str) -> Result<TableDescription, StoreError> {
     let started = Instant::now();
     loop {
-        let out = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| from_sdk("DescribeTable", e))?;
+        let out = client.describe_table().table_name(table).send().await.map_err(|e| from_sdk("DescribeTable", e))?;
         if let Some(desc) = out.table {
             let table_active = desc.table_status() == Some(&TableStatus::Active);
             let indexes_active = desc
@@ -195,15 +171,8 @@ async fn wait_active(client: &Client, table: &str) -> Result<TableDescription, S
 }
 
 fn described_keys(keys: &[KeySchemaElement]) -> Vec<(String, String)> {
-    let mut out: Vec<_> = keys
-        .iter()
-        .map(|k| {
-            (
-                k.attribute_name().to_string(),
-                k.key_type().as_str().to_string(),
-            )
-        })
-        .collect();
+    let mut out: Vec<_> =
+        keys.iter().map(|k| (k.attribute_name().to_string(), k.key_type().as_str().to_string())).collect();
     out.sort();
     out
 }
@@ -228,10 +197,7 @@ fn check_shape(shape: &Shape, desc: &TableDescription) -> Result<(), StoreError>
         return Err(differs("key schema".into()));
     }
     for (name, ty) in shape.attributes {
-        let found = desc
-            .attribute_definitions()
-            .iter()
-            .find(|a| a.attribute_name() == *name);
+        let found = desc.attribute_definitions().iter().find(|a| a.attribute_name() == *name);
         if found.is_some_and(|a| a.attribute_type() != &ty.sdk()) {
             return Err(differs(format!("attribute {name} has another type")));
         }
@@ -252,26 +218,17 @@ fn check_shape(shape: &Shape, desc: &TableDescription) -> Result<(), StoreError>
             return Err(differs(format!("index {index} has other keys")));
         }
         if found.projection().and_then(|p| p.projection_type()) != Some(&ProjectionType::All) {
-            return Err(differs(format!(
-                "index {index} does not project all attributes"
-            )));
+            return Err(differs(format!("index {index} does not project all attributes")));
         }
     }
     Ok(())
 }
 
 async fn ensure_ttl(client: &Client, table: &str, attr: &str) -> Result<(), StoreError> {
-    let out = client
-        .describe_time_to_live()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| from_sdk("DescribeTimeToLive", e))?;
+    let out =
+        client.describe_time_to_live().table_name(table).send().await.map_err(|e| from_sdk("DescribeTimeToLive", e))?;
     if let Some(d) = out.time_to_live_description() {
-        let on = matches!(
-            d.time_to_live_status(),
-            Some(TimeToLiveStatus::Enabled) | Some(TimeToLiveStatus::Enabling)
-        );
+        let on = matches!(d.time_to_live_status(), Some(TimeToLiveStatus::Enabled) | Some(TimeToLiveStatus::Enabling));
         if on {
             return match d.attribute_name() {
                 Some(a) if a == attr => Ok(()),
