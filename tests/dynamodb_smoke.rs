@@ -506,18 +506,24 @@ async fn no_commit_leaves_a_terminal_state() {
             "{guard:?}"
         );
     }
-    // Going back to pending is refused whatever the guard.
-    let mut reopened = denied.clone();
-    reopened.version += 1;
-    reopened.status = Status::Pending;
-    let c = Commit {
-        expected_version: denied.version,
-        request: reopened,
-        vote: None,
-        events: vec![],
-        guard: Guard::VersionOnly,
-    };
-    assert!(h.store.commit(c).await.is_err());
+    // Nor does a version-only commit change a terminal status, to pending or to another decision.
+    for status in [Status::Pending, Status::Approved] {
+        let mut changed = denied.clone();
+        changed.version += 1;
+        changed.status = status;
+        let c = Commit {
+            expected_version: denied.version,
+            request: changed,
+            vote: None,
+            events: vec![],
+            guard: Guard::VersionOnly,
+        };
+        assert!(h.store.commit(c).await.is_err(), "{status:?}");
+    }
+    assert_eq!(
+        h.store.get_request(&r.id).await.unwrap(),
+        Some(denied.clone())
+    );
 
     // Bookkeeping on a terminal request (the Slack message was updated) is fine.
     let mut posted = denied.clone();
