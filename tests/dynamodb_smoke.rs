@@ -310,6 +310,18 @@ async fn max_pending_is_enforced_per_principal_and_policy_and_freed_by_decisions
         create(&h.store, &sample(1, T0, 8), 2).await,
         CreateOutcome::TooManyPending
     );
+
+    // A transition committed with only a version guard still frees its slot (the store reads the old
+    // status to know).
+    let t = b.cancel(ROLE, T0.plus_seconds(2)).unwrap();
+    h.store
+        .commit(commit_of(t, 1, Guard::VersionOnly))
+        .await
+        .unwrap();
+    assert_eq!(
+        create(&h.store, &sample(1, T0, 8), 2).await,
+        CreateOutcome::Created
+    );
 }
 
 #[tokio::test]
