@@ -4,6 +4,11 @@
 //! AWS_REGION=us-east-1`. Without `AWS_ENDPOINT_URL` every test prints a notice and passes, except under
 //! `CI=true`, where a missing emulator is a failure. The endpoint must be a loopback address: these tests
 //! create and fill tables and must never reach a real account. Each test uses its own table prefix.
+//!
+//! Start the emulator with `scripts/moto_serial.py 127.0.0.1 PORT` (moto's app, one request at a time),
+//! not plain `moto_server`: moto's threaded server does not isolate concurrent `TransactWriteItems` (a
+//! cancelled transaction restores a snapshot of the whole table over writes that committed meanwhile),
+//! so the concurrency tests below fail there now and then although the store is right on DynamoDB.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
