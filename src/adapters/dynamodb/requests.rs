@@ -221,11 +221,12 @@ impl RequestStore for DynamoStore {
                 // Nothing asserts the old status, but the counter must know whether this commit leaves
                 // `pending`. Read it, and make the write conditional on it being still so.
                 let old = self.current_status(&request.id, expected_version).await?;
-                if old.is_terminal() && !request.status.is_terminal() {
+                if old.is_terminal() && request.status != old {
                     return Err(StoreError::Other(format!(
-                        "request {} cannot go back from {} to pending",
+                        "request {} is {} and cannot become {}",
                         request.id,
-                        old.as_str()
+                        old.as_str(),
+                        request.status.as_str()
                     )));
                 }
                 condition.push_str(" AND #status = :old_status");
