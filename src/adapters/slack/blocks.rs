@@ -119,6 +119,13 @@ pub fn truncate_escaped(s: &str, max_chars: usize) -> String {
     format!("{cut}…")
 }
 
+/// Labels are one line: a key with line breaks could otherwise draw its own headings.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Escapes then truncates: the form every requester-supplied string takes in mrkdwn.
 fn safe(s: &str, max_chars: usize) -> String {
     truncate_escaped(&escape_mrkdwn(s), max_chars)
@@ -357,7 +364,7 @@ fn stated_blocks(r: &ApprovalRequest) -> Vec<Value> {
         .details
         .iter()
         .take(MAX_DETAILS_SHOWN)
-        .map(|(k, v)| field(&safe(k, DETAIL_KEY_CHARS), &escape_mrkdwn(v)))
+        .map(|(k, v)| field(&safe(&one_line(k), DETAIL_KEY_CHARS), &escape_mrkdwn(v)))
         .collect();
     for chunk in fields.chunks(limits::MAX_FIELDS) {
         blocks.push(json!({ "type": "section", "fields": chunk }));

@@ -296,28 +296,24 @@ fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Slack's checks on a message body; `Err` is the response to send.
-fn check_message(body: &Map<String, Value>) -> Result<(), Response> {
+/// Slack's checks on a message body: `Some` is the error response to send.
+fn check_message(body: &Map<String, Value>) -> Option<Response> {
     let text = body.get("text").and_then(Value::as_str);
     if text.is_none_or(str::is_empty) && body.get("blocks").is_none() {
-        return Err(slack_err("no_text"));
+        return Some(slack_err("no_text"));
     }
     if text.is_some_and(|t| t.chars().count() > limits::FALLBACK_TEXT) {
-        return Err(slack_err("msg_too_long"));
+        return Some(slack_err("msg_too_long"));
     }
     let problems = message_limit_violations(&Value::Object(body.clone()));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(slack_err_with("invalid_blocks", problems))
-    }
+    (!problems.is_empty()).then(|| slack_err_with("invalid_blocks", problems))
 }
 
 fn post_message(state: &Shared, body: &Map<String, Value>) -> Response {
     let Some(channel) = str_field(body, "channel") else {
         return slack_err("channel_not_found");
     };
-    if let Err(r) = check_message(body) {
+    if let Some(r) = check_message(body) {
         return r;
     }
     let mut s = lock(state);
@@ -341,7 +337,7 @@ fn update_message(state: &Shared, body: &Map<String, Value>) -> Response {
     let (Some(channel), Some(ts)) = (str_field(body, "channel"), str_field(body, "ts")) else {
         return slack_err("invalid_arguments");
     };
-    if let Err(r) = check_message(body) {
+    if let Some(r) = check_message(body) {
         return r;
     }
     let mut s = lock(state);
@@ -369,7 +365,7 @@ fn post_ephemeral(body: &Map<String, Value>) -> Response {
     if str_field(body, "user").is_none() {
         return slack_err("user_not_in_channel");
     }
-    if let Err(r) = check_message(body) {
+    if let Some(r) = check_message(body) {
         return r;
     }
     slack_ok(json!({ "message_ts": "1700000000.999999" }))

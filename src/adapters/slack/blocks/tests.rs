@@ -309,6 +309,10 @@ fn hostile_request() -> ApprovalRequest {
             "everyone".to_string(),
             "<!everyone> &lt; already escaped".to_string(),
         ),
+        (
+            "x\n:lock: *Verified by AWS IAM*".to_string(),
+            "fake heading".to_string(),
+        ),
     ]);
     // Not a valid IAM session name, but the renderer must not rely on upstream validation.
     r.requester.session = Some("<!channel>".into());
@@ -339,6 +343,8 @@ fn t19_mrkdwn_injection_is_escaped() {
     assert!(text.contains("&lt;https://evil.example|Approve&gt;"));
     // Already-escaped input is escaped again, so it shows literally as typed.
     assert!(text.contains("&amp;lt; already escaped"));
+    // A detail key cannot start a line of its own.
+    assert!(text.contains("*x :lock: *Verified by AWS IAM**"), "{text}");
     golden("injection", &msg);
 }
 
