@@ -186,7 +186,13 @@ fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
             Err(_) => Value::Null,
         };
     }
-    serde_json::from_slice(body).unwrap_or(Value::Null)
+    // Slack reads a JSON body only when it is labelled as JSON.
+    let is_json = content_type.is_some_and(|c| c.starts_with("application/json"));
+    if is_json {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    }
 }
 
 fn slack_ok(extra: Value) -> Response {

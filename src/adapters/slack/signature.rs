@@ -87,13 +87,16 @@ pub fn decode_body(body: &[u8], is_base64: bool) -> Result<Vec<u8>, SignatureErr
     Ok(bytes)
 }
 
-fn parse_timestamp(header: Option<&str>) -> Result<i64, SignatureError> {
+/// The header as sent (it is part of the signed string) and its value.
+fn parse_timestamp(header: Option<&str>) -> Result<(&str, i64), SignatureError> {
     let ts = header.ok_or(SignatureError::MissingTimestamp)?;
     if ts.is_empty() || ts.len() > MAX_TIMESTAMP_DIGITS || !ts.bytes().all(|b| b.is_ascii_digit()) {
         return Err(SignatureError::MalformedTimestamp);
     }
-    ts.parse::<i64>()
-        .map_err(|_| SignatureError::MalformedTimestamp)
+    let secs = ts
+        .parse::<i64>()
+        .map_err(|_| SignatureError::MalformedTimestamp)?;
+    Ok((ts, secs))
 }
 
 fn parse_signature(header: Option<&str>) -> Result<[u8; 32], SignatureError> {
@@ -119,13 +122,12 @@ fn precheck<'h>(
     signature_header: Option<&str>,
     now_unix: i64,
 ) -> Result<(&'h str, [u8; 32]), SignatureError> {
-    let ts = parse_timestamp(timestamp_header)?;
+    let (ts, secs) = parse_timestamp(timestamp_header)?;
     let sig = parse_signature(signature_header)?;
-    if now_unix.abs_diff(ts) > MAX_SKEW_SECONDS {
+    if now_unix.abs_diff(secs) > MAX_SKEW_SECONDS {
         return Err(SignatureError::Stale);
     }
-    // parse_timestamp succeeded, so the header is present.
-    Ok((timestamp_header.unwrap_or_default(), sig))
+    Ok((ts, sig))
 }
 
 fn mac_matches(secret: &[u8], ts: &str, body: &[u8], sig: &[u8; 32]) -> bool {
