@@ -4,3 +4,4 @@
 pub mod dynamodb;
 pub mod embedded;
 pub mod secrets;
+pub mod slack;
