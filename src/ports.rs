@@ -62,6 +62,7 @@ pub struct Commit {
 
 /// Outcome of creating a request.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // rare path; boxing would only add noise at every match
 pub enum CreateOutcome {
     Created,
     /// The same principal already used this idempotency key: here is that request (compare `body_hash`).

@@ -10,6 +10,7 @@ use crate::ports::PolicyStore;
 use super::ServiceError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // a handful per apply
 pub enum PolicyChange {
     Add(Policy),
     Change {

@@ -10,7 +10,6 @@
 //! cancelled transaction restores a snapshot of the whole table over writes that committed meanwhile),
 //! so the concurrency tests below fail there now and then although the store is right on DynamoDB.
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,13 +18,9 @@ use aws_sdk_dynamodb::Client;
 use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
 use countersign::domain::audit::verify_chain;
 use countersign::domain::policy::parse_policies;
-use countersign::domain::request::{
-    Notification, NotificationState, PolicyRef, Requester, VoteDecision,
-};
+use countersign::domain::request::{Notification, NotificationState, PolicyRef, Requester, VoteDecision};
 use countersign::domain::*;
-use countersign::ports::{
-    AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError,
-};
+use countersign::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 const ROLE: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
@@ -54,32 +49,18 @@ async fn harness(test: &str) -> Option<Harness> {
         eprintln!("skipping {test}: AWS_ENDPOINT_URL is not set (no DynamoDB emulator)");
         return None;
     };
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split([':', '/'])
-        .next()
-        .unwrap_or("");
+    let host = url.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
     assert!(
         matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
         "refusing to run store tests against {url}: only a local emulator is allowed"
     );
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let client = Client::new(&config);
     let prefix = format!("cs-{}", ulid::Ulid::new().to_string().to_lowercase());
     let tables = TableNames::with_prefix(&prefix);
-    create_tables(&client, &tables)
-        .await
-        .expect("create tables");
+    create_tables(&client, &tables).await.expect("create tables");
     let store = Arc::new(DynamoStore::new(client.clone(), tables.clone()));
-    Some(Harness {
-        client,
-        tables,
-        store,
-    })
+    Some(Harness { client, tables, store })
 }
 
 macro_rules! harness {
@@ -105,21 +86,14 @@ fn sample_for(arn: &str, policy: &str, required: u32, now: Timestamp, n: u128) -
     let p = Principal::parse(arn).unwrap();
     ApprovalRequest {
         id: RequestId::from_parts(now.unix_millis() as u64, n),
-        status: if required == 0 {
-            Status::Approved
-        } else {
-            Status::Pending
-        },
+        status: if required == 0 { Status::Approved } else { Status::Pending },
         action: Action::parse("deploy").unwrap(),
         environment: Environment::parse("production").unwrap(),
         resource: Some(Resource::parse("service/payments").unwrap()),
         reason: Some("release".into()),
         details: BTreeMap::new(),
         requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-        policy: PolicyRef {
-            name: PolicyName::parse(policy).unwrap(),
-            version: "abc".into(),
-        },
+        policy: PolicyRef { name: PolicyName::parse(policy).unwrap(), version: "abc".into() },
         required_approvals: required,
         approvals: vec![],
         denial: None,
@@ -142,20 +116,11 @@ fn sample_for(arn: &str, policy: &str, required: u32, now: Timestamp, n: u128) -
 }
 
 async fn create(store: &DynamoStore, r: &ApprovalRequest, max_pending: u32) -> CreateOutcome {
-    store
-        .create_request(r, r.creation_events(), max_pending)
-        .await
-        .unwrap()
+    store.create_request(r, r.creation_events(), max_pending).await.unwrap()
 }
 
 fn commit_of(t: Transition, expected_version: u64, guard: Guard) -> Commit {
-    Commit {
-        expected_version,
-        request: t.request,
-        vote: t.vote,
-        events: t.events,
-        guard,
-    }
+    Commit { expected_version, request: t.request, vote: t.vote, events: t.events, guard }
 }
 
 async fn whole_chain(store: &DynamoStore) -> Vec<AuditEvent> {
@@ -169,15 +134,10 @@ fn kinds(events: &[AuditEvent]) -> Vec<AuditKind> {
 #[tokio::test]
 async fn create_tables_is_idempotent_and_refuses_a_table_of_another_shape() {
     let h = harness!("create_tables_is_idempotent_and_refuses_a_table_of_another_shape");
-    create_tables(&h.client, &h.tables)
-        .await
-        .expect("second create_tables");
+    create_tables(&h.client, &h.tables).await.expect("second create_tables");
 
     // A requests table keyed differently under another prefix must be refused, by name.
-    let other = TableNames::with_prefix(&format!(
-        "cs-{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    ));
+    let other = TableNames::with_prefix(&format!("cs-{}", ulid::Ulid::new().to_string().to_lowercase()));
     h.client
         .create_table()
         .table_name(&other.requests)
@@ -212,13 +172,7 @@ async fn created_request_reads_back_equal_with_its_audit_records() {
     r.details.insert("commit".into(), "abc123".into());
     assert_eq!(create(&h.store, &r, 5).await, CreateOutcome::Created);
     assert_eq!(h.store.get_request(&r.id).await.unwrap(), Some(r.clone()));
-    assert_eq!(
-        h.store
-            .get_request(&RequestId::from_parts(1, 1))
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(h.store.get_request(&RequestId::from_parts(1, 1)).await.unwrap(), None);
 
     let trail = h.store.for_request(&r.id).await.unwrap();
     assert_eq!(kinds(&trail), vec![AuditKind::RequestCreated]);
@@ -227,10 +181,7 @@ async fn created_request_reads_back_equal_with_its_audit_records() {
     verify_chain(&whole_chain(&h.store).await).unwrap();
 
     // The same id again is a bug, not a conflict, and writes nothing.
-    assert!(matches!(
-        h.store.create_request(&r, r.creation_events(), 5).await,
-        Err(StoreError::Other(_))
-    ));
+    assert!(matches!(h.store.create_request(&r, r.creation_events(), 5).await, Err(StoreError::Other(_))));
     assert_eq!(whole_chain(&h.store).await.len(), 1);
 }
 
@@ -245,18 +196,12 @@ async fn same_idempotency_key_returns_the_first_request_and_writes_nothing() {
     let mut retry = sample(1, T0.plus_seconds(3), 2);
     retry.idempotency_key = first.idempotency_key.clone();
     retry.body_hash = Some("h2".into());
-    assert_eq!(
-        create(&h.store, &retry, 5).await,
-        CreateOutcome::Existing(first.clone())
-    );
+    assert_eq!(create(&h.store, &retry, 5).await, CreateOutcome::Existing(first.clone()));
     assert_eq!(h.store.get_request(&retry.id).await.unwrap(), None);
     assert_eq!(whole_chain(&h.store).await.len(), 1);
 
     // Even at the pending cap, a retry answers with the first request rather than "too many".
-    assert_eq!(
-        create(&h.store, &retry, 1).await,
-        CreateOutcome::Existing(first.clone())
-    );
+    assert_eq!(create(&h.store, &retry, 1).await, CreateOutcome::Existing(first.clone()));
 
     // Another principal may use the same key.
     let mut other = sample_for(OTHER_ROLE, "deploy-production", 1, T0, 3);
@@ -274,60 +219,30 @@ async fn max_pending_is_enforced_per_principal_and_policy_and_freed_by_decisions
     let c = sample(1, T0, 3);
     assert_eq!(create(&h.store, &c, 2).await, CreateOutcome::TooManyPending);
     assert_eq!(h.store.get_request(&c.id).await.unwrap(), None);
-    assert_eq!(
-        whole_chain(&h.store).await.len(),
-        2,
-        "a refused create writes no audit record"
-    );
+    assert_eq!(whole_chain(&h.store).await.len(), 2, "a refused create writes no audit record");
 
     // Other policy, other principal: their own counters.
+    assert_eq!(create(&h.store, &sample_for(ROLE, "other-policy", 1, T0, 4), 2).await, CreateOutcome::Created);
     assert_eq!(
-        create(&h.store, &sample_for(ROLE, "other-policy", 1, T0, 4), 2).await,
-        CreateOutcome::Created
-    );
-    assert_eq!(
-        create(
-            &h.store,
-            &sample_for(OTHER_ROLE, "deploy-production", 1, T0, 5),
-            2
-        )
-        .await,
+        create(&h.store, &sample_for(OTHER_ROLE, "deploy-production", 1, T0, 5), 2).await,
         CreateOutcome::Created
     );
     // An auto-approved request is not pending and does not count.
-    assert_eq!(
-        create(&h.store, &sample(0, T0, 6), 2).await,
-        CreateOutcome::Created
-    );
+    assert_eq!(create(&h.store, &sample(0, T0, 6), 2).await, CreateOutcome::Created);
     // A cap of zero admits no pending request at all.
-    assert_eq!(
-        create(&h.store, &sample_for(ROLE, "zero-policy", 1, T0, 7), 0).await,
-        CreateOutcome::TooManyPending
-    );
+    assert_eq!(create(&h.store, &sample_for(ROLE, "zero-policy", 1, T0, 7), 0).await, CreateOutcome::TooManyPending);
 
     // Deciding one frees a slot.
     let t = a.deny(&u("UALICE01"), "no", T0.plus_seconds(1)).unwrap();
-    h.store
-        .commit(commit_of(t, 1, Guard::OpenAt(T0.plus_seconds(1))))
-        .await
-        .unwrap();
+    h.store.commit(commit_of(t, 1, Guard::OpenAt(T0.plus_seconds(1)))).await.unwrap();
     assert_eq!(create(&h.store, &c, 2).await, CreateOutcome::Created);
-    assert_eq!(
-        create(&h.store, &sample(1, T0, 8), 2).await,
-        CreateOutcome::TooManyPending
-    );
+    assert_eq!(create(&h.store, &sample(1, T0, 8), 2).await, CreateOutcome::TooManyPending);
 
     // A transition committed with only a version guard still frees its slot (the store reads the old
     // status to know).
     let t = b.cancel(ROLE, T0.plus_seconds(2)).unwrap();
-    h.store
-        .commit(commit_of(t, 1, Guard::VersionOnly))
-        .await
-        .unwrap();
-    assert_eq!(
-        create(&h.store, &sample(1, T0, 8), 2).await,
-        CreateOutcome::Created
-    );
+    h.store.commit(commit_of(t, 1, Guard::VersionOnly)).await.unwrap();
+    assert_eq!(create(&h.store, &sample(1, T0, 8), 2).await, CreateOutcome::Created);
 }
 
 #[tokio::test]
@@ -351,10 +266,7 @@ async fn twenty_concurrent_approvers_cause_exactly_one_approved_transition() {
                     Err(e) => panic!("unexpected refusal: {e}"),
                 };
                 let approved = t.request.status == Status::Approved;
-                match store
-                    .commit(commit_of(t, current.version, Guard::OpenAt(now)))
-                    .await
-                {
+                match store.commit(commit_of(t, current.version, Guard::OpenAt(now))).await {
                     Ok(()) => return approved,
                     Err(StoreError::Conflict(Conflict::Stale)) => continue,
                     Err(e) => panic!("commit failed: {e:?}"),
@@ -369,39 +281,21 @@ async fn twenty_concurrent_approvers_cause_exactly_one_approved_transition() {
             transitions += 1;
         }
     }
-    assert_eq!(
-        transitions, 1,
-        "exactly one commit performs the approved transition"
-    );
+    assert_eq!(transitions, 1, "exactly one commit performs the approved transition");
 
     let done = h.store.get_request(&r.id).await.unwrap().unwrap();
     assert_eq!(done.status, Status::Approved);
     assert_eq!(done.approvals.len(), 3);
     assert_eq!(done.version, 4);
     let trail = h.store.for_request(&r.id).await.unwrap();
-    assert_eq!(
-        trail
-            .iter()
-            .filter(|e| e.kind == AuditKind::VoteApprove)
-            .count(),
-        3
-    );
-    assert_eq!(
-        trail
-            .iter()
-            .filter(|e| e.kind == AuditKind::RequestApproved)
-            .count(),
-        1
-    );
+    assert_eq!(trail.iter().filter(|e| e.kind == AuditKind::VoteApprove).count(), 3);
+    assert_eq!(trail.iter().filter(|e| e.kind == AuditKind::RequestApproved).count(), 1);
     let chain = whole_chain(&h.store).await;
     assert_eq!(chain.len(), 5);
     verify_chain(&chain).unwrap();
 
     // The pending counter went back down: the cap of 1 admits a new request.
-    assert_eq!(
-        create(&h.store, &sample(1, T0, 2), 1).await,
-        CreateOutcome::Created
-    );
+    assert_eq!(create(&h.store, &sample(1, T0, 2), 1).await, CreateOutcome::Created);
 }
 
 #[tokio::test]
@@ -444,18 +338,13 @@ async fn duplicate_vote_is_refused_by_the_vote_item_before_staleness() {
     create(&h.store, &r, 5).await;
     let now = T0.plus_seconds(5);
     let t = r.approve(&u("UALICE01"), now).unwrap();
-    h.store
-        .commit(commit_of(t, 1, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    h.store.commit(commit_of(t, 1, Guard::OpenAt(now))).await.unwrap();
 
     // A second click computed from the state read before the first one landed: both the version and the
     // vote conditions fail; the vote wins.
     let again = r.approve(&u("UALICE01"), now).unwrap();
     assert!(matches!(
-        h.store
-            .commit(commit_of(again, 1, Guard::OpenAt(now)))
-            .await,
+        h.store.commit(commit_of(again, 1, Guard::OpenAt(now))).await,
         Err(StoreError::Conflict(Conflict::DuplicateVote))
     ));
 
@@ -465,13 +354,8 @@ async fn duplicate_vote_is_refused_by_the_vote_item_before_staleness() {
     let mut forged = current.clone();
     forged.version += 1;
     forged.approvals.push(current.approvals[0].clone());
-    let vote = Vote {
-        request_id: r.id,
-        user_id: u("UALICE01"),
-        decision: VoteDecision::Approve,
-        reason: None,
-        at: now,
-    };
+    let vote =
+        Vote { request_id: r.id, user_id: u("UALICE01"), decision: VoteDecision::Approve, reason: None, at: now };
     let forged_commit = Commit {
         expected_version: current.version,
         request: forged,
@@ -479,10 +363,7 @@ async fn duplicate_vote_is_refused_by_the_vote_item_before_staleness() {
         events: vec![],
         guard: Guard::OpenAt(now),
     };
-    assert!(matches!(
-        h.store.commit(forged_commit).await,
-        Err(StoreError::Conflict(Conflict::DuplicateVote))
-    ));
+    assert!(matches!(h.store.commit(forged_commit).await, Err(StoreError::Conflict(Conflict::DuplicateVote))));
     let after = h.store.get_request(&r.id).await.unwrap().unwrap();
     assert_eq!(after, current, "a refused commit changes nothing");
     assert_eq!(whole_chain(&h.store).await.len(), 2);
@@ -495,34 +376,17 @@ async fn no_commit_leaves_a_terminal_state() {
     create(&h.store, &r, 5).await;
     let now = T0.plus_seconds(5);
     let denied = r.deny(&u("UALICE01"), "not today", now).unwrap();
-    h.store
-        .commit(commit_of(denied.clone(), 1, Guard::OpenAt(now)))
-        .await
-        .unwrap();
+    h.store.commit(commit_of(denied.clone(), 1, Guard::OpenAt(now))).await.unwrap();
     let denied = denied.request;
 
     // A state machine bug that would approve a denied request: the store still refuses it.
     let mut approved = denied.clone();
     approved.version += 1;
     approved.status = Status::Approved;
-    for guard in [
-        Guard::OpenAt(now),
-        Guard::ExpiredAt(r.expires_at.plus_seconds(1)),
-    ] {
-        let c = Commit {
-            expected_version: denied.version,
-            request: approved.clone(),
-            vote: None,
-            events: vec![],
-            guard,
-        };
-        assert!(
-            matches!(
-                h.store.commit(c).await,
-                Err(StoreError::Conflict(Conflict::Stale))
-            ),
-            "{guard:?}"
-        );
+    for guard in [Guard::OpenAt(now), Guard::ExpiredAt(r.expires_at.plus_seconds(1))] {
+        let c =
+            Commit { expected_version: denied.version, request: approved.clone(), vote: None, events: vec![], guard };
+        assert!(matches!(h.store.commit(c).await, Err(StoreError::Conflict(Conflict::Stale))), "{guard:?}");
     }
     // Nor does a version-only commit change a terminal status, to pending or to another decision.
     for status in [Status::Pending, Status::Approved] {
@@ -538,10 +402,7 @@ async fn no_commit_leaves_a_terminal_state() {
         };
         assert!(h.store.commit(c).await.is_err(), "{status:?}");
     }
-    assert_eq!(
-        h.store.get_request(&r.id).await.unwrap(),
-        Some(denied.clone())
-    );
+    assert_eq!(h.store.get_request(&r.id).await.unwrap(), Some(denied.clone()));
 
     // Bookkeeping on a terminal request (the Slack message was updated) is fine.
     let mut posted = denied.clone();
@@ -553,12 +414,7 @@ async fn no_commit_leaves_a_terminal_state() {
         expected_version: denied.version,
         request: posted.clone(),
         vote: None,
-        events: vec![AuditDraft::new(
-            now,
-            AuditKind::SlackUpdated,
-            Actor::system("relay"),
-            Some(r.id),
-        )],
+        events: vec![AuditDraft::new(now, AuditKind::SlackUpdated, Actor::system("relay"), Some(r.id))],
         guard: Guard::VersionOnly,
     };
     h.store.commit(c).await.unwrap();
@@ -585,26 +441,15 @@ async fn expired_request_cannot_be_approved_although_its_item_exists() {
     // The sweeper cannot expire it early ...
     let early = r.expire(late).unwrap();
     assert!(matches!(
-        h.store
-            .commit(commit_of(early, 1, Guard::ExpiredAt(late.plus_millis(-1))))
-            .await,
+        h.store.commit(commit_of(early, 1, Guard::ExpiredAt(late.plus_millis(-1)))).await,
         Err(StoreError::Conflict(Conflict::Stale))
     ));
     // ... but can once it is due, which frees the pending slot.
     let exp = r.expire(late).unwrap();
-    h.store
-        .commit(commit_of(exp, 1, Guard::ExpiredAt(late)))
-        .await
-        .unwrap();
-    assert_eq!(
-        h.store.get_request(&r.id).await.unwrap().unwrap().status,
-        Status::Expired
-    );
+    h.store.commit(commit_of(exp, 1, Guard::ExpiredAt(late))).await.unwrap();
+    assert_eq!(h.store.get_request(&r.id).await.unwrap().unwrap().status, Status::Expired);
     assert!(h.store.list_pending(10).await.unwrap().is_empty());
-    assert_eq!(
-        create(&h.store, &sample(1, T0, 2), 1).await,
-        CreateOutcome::Created
-    );
+    assert_eq!(create(&h.store, &sample(1, T0, 2), 1).await, CreateOutcome::Created);
 }
 
 #[tokio::test]
@@ -613,12 +458,7 @@ async fn commit_refuses_a_version_that_does_not_follow_the_expected_one() {
     let r = sample(1, T0, 1);
     create(&h.store, &r, 5).await;
     let t = r.approve(&u("UALICE01"), T0).unwrap();
-    assert!(matches!(
-        h.store
-            .commit(commit_of(t.clone(), 0, Guard::OpenAt(T0)))
-            .await,
-        Err(StoreError::Other(_))
-    ));
+    assert!(matches!(h.store.commit(commit_of(t.clone(), 0, Guard::OpenAt(T0))).await, Err(StoreError::Other(_))));
     // Expected version that is not the stored one: stale.
     let mut ahead = t;
     ahead.request.version = 3;
@@ -641,31 +481,17 @@ async fn audit_read_from_returns_chain_order_across_many_pages() {
     for batch in 0..5 {
         let drafts = (0..5)
             .map(|j| {
-                AuditDraft::new(
-                    T0.plus_seconds(batch),
-                    AuditKind::CallbackRejected,
-                    Actor::system("t"),
-                    None,
-                )
-                .with("i", (batch * 5 + j).to_string())
+                AuditDraft::new(T0.plus_seconds(batch), AuditKind::CallbackRejected, Actor::system("t"), None)
+                    .with("i", (batch * 5 + j).to_string())
             })
             .collect();
         store.append(drafts).await.unwrap();
     }
     let all = store.read_from(1, 1000).await.unwrap();
-    assert_eq!(
-        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (1..=25).collect::<Vec<_>>()
-    );
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=25).collect::<Vec<_>>());
     verify_chain(&all).unwrap();
     assert_eq!(
-        store
-            .read_from(10, 9)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect::<Vec<_>>(),
+        store.read_from(10, 9).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(),
         (10..=18).collect::<Vec<_>>()
     );
     assert!(store.read_from(26, 10).await.unwrap().is_empty());
@@ -694,8 +520,7 @@ async fn for_request_pages_through_the_index() {
     for i in 0..6 {
         store
             .append(vec![
-                AuditDraft::new(T0, AuditKind::SlackReminded, Actor::system("t"), Some(r.id))
-                    .with("i", i.to_string()),
+                AuditDraft::new(T0, AuditKind::SlackReminded, Actor::system("t"), Some(r.id)).with("i", i.to_string()),
                 AuditDraft::new(T0, AuditKind::CallbackRejected, Actor::system("t"), None),
             ])
             .await
@@ -725,10 +550,7 @@ async fn list_pending_is_oldest_expiry_first_and_drops_decided_requests() {
     assert_eq!(store.list_pending(3).await.unwrap().len(), 3);
 
     let t = reqs[4].approve(&u("UALICE01"), T0).unwrap();
-    store
-        .commit(commit_of(t, 1, Guard::OpenAt(T0)))
-        .await
-        .unwrap();
+    store.commit(commit_of(t, 1, Guard::OpenAt(T0))).await.unwrap();
     let listed = store.list_pending(100).await.unwrap();
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|r| r.id != reqs[4].id));
@@ -747,27 +569,12 @@ async fn list_notification_due_holds_only_owed_messages_that_are_due() {
     }
     let ids = |v: Vec<ApprovalRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(store
-            .list_notification_due(T0.plus_seconds(10), 10)
-            .await
-            .unwrap()),
+        ids(store.list_notification_due(T0.plus_seconds(10), 10).await.unwrap()),
         vec![reqs[0].id, reqs[1].id, reqs[2].id]
     );
     // Due exactly at `now` counts; one millisecond later does not.
-    assert_eq!(
-        ids(store
-            .list_notification_due(T0.plus_seconds(1), 10)
-            .await
-            .unwrap()),
-        vec![reqs[0].id, reqs[1].id]
-    );
-    assert_eq!(
-        ids(store
-            .list_notification_due(T0.plus_millis(-1), 10)
-            .await
-            .unwrap()),
-        vec![]
-    );
+    assert_eq!(ids(store.list_notification_due(T0.plus_seconds(1), 10).await.unwrap()), vec![reqs[0].id, reqs[1].id]);
+    assert_eq!(ids(store.list_notification_due(T0.plus_millis(-1), 10).await.unwrap()), vec![]);
 
     // Posted: no longer due.
     let mut posted = reqs[0].clone();
@@ -799,41 +606,16 @@ async fn list_notification_due_holds_only_owed_messages_that_are_due() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        ids(store
-            .list_notification_due(T0.plus_seconds(10), 10)
-            .await
-            .unwrap()),
-        vec![reqs[2].id]
-    );
-    assert_eq!(
-        ids(store
-            .list_notification_due(T0.plus_seconds(60), 10)
-            .await
-            .unwrap()),
-        vec![reqs[2].id, reqs[1].id]
-    );
+    assert_eq!(ids(store.list_notification_due(T0.plus_seconds(10), 10).await.unwrap()), vec![reqs[2].id]);
+    assert_eq!(ids(store.list_notification_due(T0.plus_seconds(60), 10).await.unwrap()), vec![reqs[2].id, reqs[1].id]);
 
     // A vote makes the posted message stale: due again.
     let t = posted.approve(&u("UALICE01"), T0.plus_seconds(20)).unwrap();
     assert!(t.request.notification.update_pending);
-    store
-        .commit(commit_of(t, 2, Guard::OpenAt(T0.plus_seconds(20))))
-        .await
-        .unwrap();
-    let due = ids(store
-        .list_notification_due(T0.plus_seconds(30), 10)
-        .await
-        .unwrap());
+    store.commit(commit_of(t, 2, Guard::OpenAt(T0.plus_seconds(20)))).await.unwrap();
+    let due = ids(store.list_notification_due(T0.plus_seconds(30), 10).await.unwrap());
     assert_eq!(due, vec![reqs[0].id, reqs[2].id]);
-    assert_eq!(
-        store
-            .list_notification_due(T0.plus_seconds(30), 1)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store.list_notification_due(T0.plus_seconds(30), 1).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -846,35 +628,17 @@ async fn list_by_principal_is_newest_first_since_a_time() {
         create(&store, &r, 10).await;
         mine.push(r);
     }
-    create(
-        &store,
-        &sample_for(OTHER_ROLE, "deploy-production", 1, T0.plus_seconds(15), 100),
-        10,
-    )
-    .await;
+    create(&store, &sample_for(OTHER_ROLE, "deploy-production", 1, T0.plus_seconds(15), 100), 10).await;
     let principal = &mine[0].requester.principal;
 
     let all = store.list_by_principal(principal, T0, 100).await.unwrap();
-    assert_eq!(
-        all.iter().map(|r| r.id).collect::<Vec<_>>(),
-        mine.iter().rev().map(|r| r.id).collect::<Vec<_>>()
-    );
-    let since = store
-        .list_by_principal(principal, T0.plus_seconds(20), 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        since.iter().map(|r| r.id).collect::<Vec<_>>(),
-        vec![mine[4].id, mine[3].id, mine[2].id]
-    );
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), mine.iter().rev().map(|r| r.id).collect::<Vec<_>>());
+    let since = store.list_by_principal(principal, T0.plus_seconds(20), 100).await.unwrap();
+    assert_eq!(since.iter().map(|r| r.id).collect::<Vec<_>>(), vec![mine[4].id, mine[3].id, mine[2].id]);
     let limited = store.list_by_principal(principal, T0, 3).await.unwrap();
     assert_eq!(limited.len(), 3);
     assert_eq!(limited[0].id, mine[4].id);
-    assert!(store
-        .list_by_principal("arn:aws:iam::111122223333:role/nobody", T0, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.list_by_principal("arn:aws:iam::111122223333:role/nobody", T0, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -894,20 +658,9 @@ async fn corrupt_items_are_reported_never_skipped() {
         .send()
         .await
         .unwrap();
-    assert!(matches!(
-        h.store.get_request(&r.id).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        h.store.list_pending(10).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        h.store
-            .list_by_principal(&r.requester.principal, T0, 10)
-            .await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(h.store.get_request(&r.id).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(h.store.list_pending(10).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(h.store.list_by_principal(&r.requester.principal, T0, 10).await, Err(StoreError::Corrupt(_))));
 
     // An audit record whose document no longer parses.
     h.client
@@ -919,10 +672,7 @@ async fn corrupt_items_are_reported_never_skipped() {
         .send()
         .await
         .unwrap();
-    assert!(matches!(
-        h.store.read_from(1, 10).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(h.store.read_from(1, 10).await, Err(StoreError::Corrupt(_))));
     assert!(matches!(h.store.last().await, Err(StoreError::Corrupt(_))));
 }
 
@@ -930,10 +680,7 @@ async fn corrupt_items_are_reported_never_skipped() {
 async fn audit_tampering_shows_up_in_the_chain() {
     let h = harness!("audit_tampering_shows_up_in_the_chain");
     let drafts = (0..4)
-        .map(|i| {
-            AuditDraft::new(T0, AuditKind::CallbackRejected, Actor::system("t"), None)
-                .with("i", i.to_string())
-        })
+        .map(|i| AuditDraft::new(T0, AuditKind::CallbackRejected, Actor::system("t"), None).with("i", i.to_string()))
         .collect();
     let sealed = h.store.append(drafts).await.unwrap();
     // Edit record 2's details without fixing its hash.
@@ -944,17 +691,11 @@ async fn audit_tampering_shows_up_in_the_chain() {
         .table_name(&h.tables.audit)
         .item(keys::PK, AttributeValue::S(keys::CHAIN_PK.into()))
         .item(keys::SEQ, AttributeValue::N("2".into()))
-        .item(
-            keys::DOC,
-            AttributeValue::S(serde_json::to_string(&edited).unwrap()),
-        )
+        .item(keys::DOC, AttributeValue::S(serde_json::to_string(&edited).unwrap()))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        verify_chain(&whole_chain(&h.store).await),
-        Err(ChainBreak::Edited { seq: 2 })
-    );
+    assert_eq!(verify_chain(&whole_chain(&h.store).await), Err(ChainBreak::Edited { seq: 2 }));
     // Delete record 3.
     h.client
         .delete_item()
@@ -965,21 +706,10 @@ async fn audit_tampering_shows_up_in_the_chain() {
         .await
         .unwrap();
     let chain = whole_chain(&h.store).await;
-    assert_eq!(
-        chain.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![1, 2, 4]
-    );
+    assert_eq!(chain.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 4]);
     // The next append goes after the last stored key, never into the hole.
-    let next = h
-        .store
-        .append(vec![AuditDraft::new(
-            T0,
-            AuditKind::CallbackRejected,
-            Actor::system("t"),
-            None,
-        )])
-        .await
-        .unwrap();
+    let next =
+        h.store.append(vec![AuditDraft::new(T0, AuditKind::CallbackRejected, Actor::system("t"), None)]).await.unwrap();
     assert_eq!(next[0].seq, 5);
     assert_eq!(next[0].prev_hash, sealed[3].hash);
 }
@@ -994,48 +724,27 @@ async fn policies_put_list_get_delete_each_with_an_audit_record() {
         AuditDraft::new(T0, kind, Actor::cli("test"), None).with("policy", p.name.as_str())
     };
     for p in &policies {
-        store
-            .put_policy(p, ev(AuditKind::PolicyChanged, p))
-            .await
-            .unwrap();
+        store.put_policy(p, ev(AuditKind::PolicyChanged, p)).await.unwrap();
     }
     let mut want = policies.clone();
     want.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(store.list_policies().await.unwrap(), want);
-    assert_eq!(
-        store.get_policy(&policies[0].name).await.unwrap(),
-        Some(policies[0].clone())
-    );
+    assert_eq!(store.get_policy(&policies[0].name).await.unwrap(), Some(policies[0].clone()));
 
     // Replace one.
     let mut changed = policies[0].clone();
     changed.required_approvals = 1;
-    store
-        .put_policy(&changed, ev(AuditKind::PolicyChanged, &changed))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_policy(&changed.name).await.unwrap(),
-        Some(changed.clone())
-    );
+    store.put_policy(&changed, ev(AuditKind::PolicyChanged, &changed)).await.unwrap();
+    assert_eq!(store.get_policy(&changed.name).await.unwrap(), Some(changed.clone()));
 
-    store
-        .delete_policy(&changed.name, ev(AuditKind::PolicyDeleted, &changed))
-        .await
-        .unwrap();
+    store.delete_policy(&changed.name, ev(AuditKind::PolicyDeleted, &changed)).await.unwrap();
     assert_eq!(store.get_policy(&changed.name).await.unwrap(), None);
     assert!(matches!(
-        store
-            .delete_policy(&changed.name, ev(AuditKind::PolicyDeleted, &changed))
-            .await,
+        store.delete_policy(&changed.name, ev(AuditKind::PolicyDeleted, &changed)).await,
         Err(StoreError::Conflict(Conflict::Stale))
     ));
     let chain = whole_chain(&store).await;
-    assert_eq!(
-        chain.len(),
-        policies.len() + 2,
-        "the refused delete wrote no record"
-    );
+    assert_eq!(chain.len(), policies.len() + 2, "the refused delete wrote no record");
     assert_eq!(chain.last().unwrap().kind, AuditKind::PolicyDeleted);
     verify_chain(&chain).unwrap();
 }

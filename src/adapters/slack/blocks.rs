@@ -57,14 +57,7 @@ pub mod limits {
 pub const MAX_DETAILS_SHOWN: usize = 2 * limits::MAX_FIELDS;
 const DETAIL_KEY_CHARS: usize = 100;
 
-/// What the service knows about earlier requests of the same kind (same principal, action, environment).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct History {
-    /// Earlier requests of this kind in the last 30 days, this one excluded. 0 → "first of its kind".
-    pub same_kind_last_30_days: u32,
-    /// Status and time (decision or creation) of the most recent earlier one.
-    pub last_outcome: Option<(Status, Timestamp)>,
-}
+pub use crate::domain::History;
 
 /// Everything the approval message shows.
 #[derive(Debug, Clone, Copy)]
@@ -102,17 +95,11 @@ pub fn truncate_escaped(s: &str, max_chars: usize) -> String {
     if max_chars == 0 {
         return String::new();
     }
-    let end = s
-        .char_indices()
-        .nth(max_chars - 1)
-        .map_or(s.len(), |(i, _)| i);
+    let end = s.char_indices().nth(max_chars - 1).map_or(s.len(), |(i, _)| i);
     let mut cut = &s[..end];
     if let Some(amp) = cut.rfind('&') {
         let tail = &s[amp..];
-        if ["&amp;", "&lt;", "&gt;"]
-            .iter()
-            .any(|e| tail.starts_with(e) && amp + e.len() > end)
-        {
+        if ["&amp;", "&lt;", "&gt;"].iter().any(|e| tail.starts_with(e) && amp + e.len() > end) {
             cut = &cut[..amp];
         }
     }
@@ -121,9 +108,7 @@ pub fn truncate_escaped(s: &str, max_chars: usize) -> String {
 
 /// Labels are one line: a key with line breaks could otherwise draw its own headings.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Escapes then truncates: the form every requester-supplied string takes in mrkdwn.
@@ -148,11 +133,7 @@ fn field(label: &str, value_escaped: &str) -> Value {
 
 /// A Slack date token: readers see their own time zone; clients that cannot render it show RFC 3339.
 pub fn date_token(t: Timestamp) -> String {
-    format!(
-        "<!date^{}^{{date_short_pretty}} {{time}}|{}>",
-        t.unix_seconds(),
-        t.to_rfc3339()
-    )
+    format!("<!date^{}^{{date_short_pretty}} {{time}}|{}>", t.unix_seconds(), t.to_rfc3339())
 }
 
 fn day(t: Timestamp) -> String {
@@ -185,11 +166,7 @@ fn mention_list(tokens: &[String], max_chars: usize) -> String {
     for (i, t) in tokens.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let rest = tokens.len() - i - 1;
-        let more = if rest > 0 {
-            format!(" and {rest} more")
-        } else {
-            String::new()
-        };
+        let more = if rest > 0 { format!(" and {rest} more") } else { String::new() };
         if out.chars().count() + sep.len() + t.chars().count() + more.len() > max_chars {
             let left = tokens.len() - i;
             return format!("{out} and {left} more");
@@ -222,11 +199,7 @@ fn fallback_text(r: &ApprovalRequest, status: Status) -> String {
 }
 
 fn approvals_by(r: &ApprovalRequest) -> String {
-    let tokens: Vec<String> = r
-        .approvals
-        .iter()
-        .map(|a| user_mention(&a.user_id))
-        .collect();
+    let tokens: Vec<String> = r.approvals.iter().map(|a| user_mention(&a.user_id)).collect();
     mention_list(&tokens, 1000)
 }
 
@@ -242,22 +215,13 @@ fn status_section(r: &ApprovalRequest, status: Status) -> Value {
     } else {
         match status {
             Status::Pending => {
-                let by = if have == 0 {
-                    String::new()
-                } else {
-                    format!(": {}", approvals_by(r))
-                };
+                let by = if have == 0 { String::new() } else { format!(": {}", approvals_by(r)) };
                 let noun = if need == 1 { "approval" } else { "approvals" };
-                format!(
-                    ":hourglass_flowing_sand: *Waiting for approval*\n{have} of {need} {noun}{by}"
-                )
+                format!(":hourglass_flowing_sand: *Waiting for approval*\n{have} of {need} {noun}{by}")
             }
             Status::Approved => {
                 let when = r.decided_at.map(date_token).unwrap_or_default();
-                format!(
-                    ":white_check_mark: *Approved* by {} · {when}",
-                    approvals_by(r)
-                )
+                format!(":white_check_mark: *Approved* by {} · {when}", approvals_by(r))
             }
             Status::Denied => match &r.denial {
                 Some(d) => {
@@ -276,10 +240,7 @@ fn status_section(r: &ApprovalRequest, status: Status) -> Value {
             },
             Status::Expired => {
                 let noun = if need == 1 { "approval" } else { "approvals" };
-                format!(
-                    ":hourglass: *Expired* {} with {have} of {need} {noun}",
-                    date_token(r.expires_at)
-                )
+                format!(":hourglass: *Expired* {} with {have} of {need} {noun}", date_token(r.expires_at))
             }
             Status::Cancelled => {
                 let when = r.decided_at.map(date_token).unwrap_or_default();
@@ -318,10 +279,7 @@ fn principal_kind_and_name(identity: &str) -> (&'static str, &str) {
 fn verified_section(r: &ApprovalRequest) -> Value {
     let q = &r.requester;
     let (kind, name) = principal_kind_and_name(&q.principal);
-    let session = q
-        .session
-        .as_deref()
-        .map_or_else(|| "—".to_string(), |s| format!("`{}`", safe(s, 200)));
+    let session = q.session.as_deref().map_or_else(|| "—".to_string(), |s| format!("`{}`", safe(s, 200)));
     let key = q.access_key_id.as_deref().map_or_else(
         || "—".to_string(),
         |k| {
@@ -350,9 +308,7 @@ fn stated_blocks(r: &ApprovalRequest) -> Vec<Value> {
             let room = limits::SECTION_TEXT.saturating_sub(text.chars().count());
             text.push_str(&safe(reason, room));
         }
-        None if r.resource.is_none() && r.details.is_empty() => {
-            text.push_str("\n_Nothing stated._")
-        }
+        None if r.resource.is_none() && r.details.is_empty() => text.push_str("\n_Nothing stated._"),
         None => {}
     }
     let mut head = json!({ "type": "section", "text": mrkdwn(text) });

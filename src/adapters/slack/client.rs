@@ -91,23 +91,14 @@ pub enum SlackError {
 }
 
 /// Slack error codes that describe a transient condition on Slack's side.
-const RETRYABLE_API_ERRORS: &[&str] = &[
-    "internal_error",
-    "fatal_error",
-    "service_unavailable",
-    "request_timeout",
-    "ratelimited",
-    "team_added_to_org",
-];
+const RETRYABLE_API_ERRORS: &[&str] =
+    &["internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited", "team_added_to_org"];
 
 impl SlackError {
     /// Whether trying the same call later may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::RateLimited { .. }
-            | Self::Timeout
-            | Self::Network(_)
-            | Self::TokenUnavailable(_) => true,
+            Self::RateLimited { .. } | Self::Timeout | Self::Network(_) | Self::TokenUnavailable(_) => true,
             Self::Http(s) => *s >= 500 || *s == 408,
             Self::Api(code) => RETRYABLE_API_ERRORS.contains(&code.as_str()),
             Self::InvalidResponse(_) => true,
@@ -151,14 +142,10 @@ impl fmt::Debug for SlackClient {
 fn parse_base(url: &str) -> Result<Url, SlackError> {
     let mut u = Url::parse(url).map_err(|_| SlackError::InvalidRequest("base URL is not a URL"))?;
     if !matches!(u.scheme(), "https" | "http") || u.host_str().is_none() {
-        return Err(SlackError::InvalidRequest(
-            "base URL must be http(s)://host/…",
-        ));
+        return Err(SlackError::InvalidRequest("base URL must be http(s)://host/…"));
     }
     if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
-        return Err(SlackError::InvalidRequest(
-            "base URL must not carry credentials or a query",
-        ));
+        return Err(SlackError::InvalidRequest("base URL must not carry credentials or a query"));
     }
     // A trailing slash makes `join("chat.postMessage")` append instead of replacing the last segment.
     if !u.path().ends_with('/') {
@@ -170,10 +157,7 @@ fn parse_base(url: &str) -> Result<Url, SlackError> {
 
 /// Slack error codes are short snake_case words; anything else is replaced so it cannot smuggle data.
 fn sanitize_code(code: &str) -> String {
-    if !code.is_empty()
-        && code.len() <= 64
-        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    {
+    if !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         code.to_string()
     } else {
         "unrecognized_error".to_string()
@@ -185,9 +169,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_RETRY_AFTER, |s| {
-            Duration::from_secs(s).min(MAX_RETRY_AFTER)
-        })
+        .map_or(DEFAULT_RETRY_AFTER, |s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 fn network(e: reqwest::Error) -> SlackError {
@@ -214,9 +196,7 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, SlackError
 async fn classify(resp: reqwest::Response, require_json: bool) -> Result<Value, SlackError> {
     let status = resp.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(SlackError::RateLimited {
-            retry_after: retry_after(resp.headers()),
-        });
+        return Err(SlackError::RateLimited { retry_after: retry_after(resp.headers()) });
     }
     if !status.is_success() {
         return Err(SlackError::Http(status.as_u16()));
@@ -240,9 +220,7 @@ async fn classify(resp: reqwest::Response, require_json: bool) -> Result<Value, 
 }
 
 fn object(v: &Value, what: &'static str) -> Result<Map<String, Value>, SlackError> {
-    v.as_object()
-        .cloned()
-        .ok_or(SlackError::InvalidRequest(what))
+    v.as_object().cloned().ok_or(SlackError::InvalidRequest(what))
 }
 
 impl SlackClient {
@@ -253,12 +231,7 @@ impl SlackClient {
             .user_agent(concat!("countersign/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(network)?;
-        Ok(Self {
-            http,
-            base_url: parse_base(DEFAULT_BASE_URL)?,
-            token,
-            timeout: DEFAULT_TIMEOUT,
-        })
+        Ok(Self { http, base_url: parse_base(DEFAULT_BASE_URL)?, token, timeout: DEFAULT_TIMEOUT })
     }
 
     /// Points the client at another API root (the fake Slack, a proxy).
@@ -282,36 +255,21 @@ impl SlackClient {
         self.timeout
     }
 
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, SlackError>>,
-    ) -> Result<T, SlackError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .unwrap_or(Err(SlackError::Timeout))
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, SlackError>>) -> Result<T, SlackError> {
+        tokio::time::timeout(self.timeout, fut).await.unwrap_or(Err(SlackError::Timeout))
     }
 
     /// POSTs to a Web API method with the bearer token. `body` is JSON unless `form` is given.
     async fn call(&self, method: &'static str, body: ApiBody) -> Result<Value, SlackError> {
-        let url = self
-            .base_url
-            .join(method)
-            .map_err(|_| SlackError::InvalidRequest("method name"))?;
+        let url = self.base_url.join(method).map_err(|_| SlackError::InvalidRequest("method name"))?;
         self.bounded(async {
             let token = self.token.bot_token().await?;
-            let req = self
-                .http
-                .post(url)
-                .bearer_auth(token.expose())
-                .timeout(self.timeout);
+            let req = self.http.post(url).bearer_auth(token.expose()).timeout(self.timeout);
             let req = match body {
                 ApiBody::Json(v) => req.json(&v),
-                ApiBody::Form(f) => req
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                    .body(f),
+                ApiBody::Form(f) => {
+                    req.header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(f)
+                }
             };
             tracing::debug!(method, "calling Slack");
             let resp = req.send().await.map_err(network)?;
@@ -322,18 +280,12 @@ impl SlackClient {
     }
 
     /// `chat.postMessage`: `message` is `{"text", "blocks"}` (see `blocks::request_message`).
-    pub async fn post_message(
-        &self,
-        channel: &SlackChannelId,
-        message: &Value,
-    ) -> Result<PostedMessage, SlackError> {
+    pub async fn post_message(&self, channel: &SlackChannelId, message: &Value) -> Result<PostedMessage, SlackError> {
         let mut body = object(message, "message must be a JSON object")?;
         body.insert("channel".into(), channel.as_str().into());
         body.insert("unfurl_links".into(), false.into());
         body.insert("unfurl_media".into(), false.into());
-        let answer = self
-            .call("chat.postMessage", ApiBody::Json(Value::Object(body)))
-            .await?;
+        let answer = self.call("chat.postMessage", ApiBody::Json(Value::Object(body))).await?;
         let ts = answer
             .get("ts")
             .and_then(Value::as_str)
@@ -344,25 +296,15 @@ impl SlackClient {
             .and_then(Value::as_str)
             .and_then(|c| SlackChannelId::parse(c).ok())
             .unwrap_or_else(|| channel.clone());
-        Ok(PostedMessage {
-            channel,
-            ts: ts.to_string(),
-        })
+        Ok(PostedMessage { channel, ts: ts.to_string() })
     }
 
     /// `chat.update` of a message we posted.
-    pub async fn update_message(
-        &self,
-        channel: &SlackChannelId,
-        ts: &str,
-        message: &Value,
-    ) -> Result<(), SlackError> {
+    pub async fn update_message(&self, channel: &SlackChannelId, ts: &str, message: &Value) -> Result<(), SlackError> {
         let mut body = object(message, "message must be a JSON object")?;
         body.insert("channel".into(), channel.as_str().into());
         body.insert("ts".into(), ts.into());
-        self.call("chat.update", ApiBody::Json(Value::Object(body)))
-            .await
-            .map(|_| ())
+        self.call("chat.update", ApiBody::Json(Value::Object(body))).await.map(|_| ())
     }
 
     /// `chat.postEphemeral`: a message only `user` sees.
@@ -378,9 +320,7 @@ impl SlackClient {
         body.remove("replace_original");
         body.insert("channel".into(), channel.as_str().into());
         body.insert("user".into(), user.as_str().into());
-        self.call("chat.postEphemeral", ApiBody::Json(Value::Object(body)))
-            .await
-            .map(|_| ())
+        self.call("chat.postEphemeral", ApiBody::Json(Value::Object(body))).await.map(|_| ())
     }
 
     /// `views.open`: shows a modal (the deny dialog) to the user whose click gave `trigger_id`.
@@ -389,31 +329,17 @@ impl SlackClient {
             return Err(SlackError::InvalidRequest("trigger_id"));
         }
         let body = serde_json::json!({ "trigger_id": trigger_id, "view": view });
-        self.call("views.open", ApiBody::Json(body))
-            .await
-            .map(|_| ())
+        self.call("views.open", ApiBody::Json(body)).await.map(|_| ())
     }
 
     /// `usergroups.users.list`: the members of a user group. Ids that do not parse are dropped (they can
     /// match no clicker).
-    pub async fn usergroup_members(
-        &self,
-        group: &SlackGroupId,
-    ) -> Result<Vec<SlackUserId>, SlackError> {
+    pub async fn usergroup_members(&self, group: &SlackGroupId) -> Result<Vec<SlackUserId>, SlackError> {
         // Group ids are [A-Z0-9]: nothing to percent-encode. This read method takes form data.
         let form = format!("usergroup={}&include_disabled=false", group.as_str());
-        let answer = self
-            .call("usergroups.users.list", ApiBody::Form(form))
-            .await?;
-        let users = answer
-            .get("users")
-            .and_then(Value::as_array)
-            .ok_or(SlackError::InvalidResponse("no users"))?;
-        Ok(users
-            .iter()
-            .filter_map(Value::as_str)
-            .filter_map(|u| SlackUserId::parse(u).ok())
-            .collect())
+        let answer = self.call("usergroups.users.list", ApiBody::Form(form)).await?;
+        let users = answer.get("users").and_then(Value::as_array).ok_or(SlackError::InvalidResponse("no users"))?;
+        Ok(users.iter().filter_map(Value::as_str).filter_map(|u| SlackUserId::parse(u).ok()).collect())
     }
 
     /// Whether `url` may be called as a response URL: `https://hooks.slack.com/…` or under the configured
@@ -423,27 +349,17 @@ impl SlackClient {
         if !u.username().is_empty() || u.password().is_some() {
             return None;
         }
-        let slack_hooks = u.scheme() == "https"
-            && u.host_str() == Some(RESPONSE_URL_HOST)
-            && u.port_or_known_default() == Some(443);
+        let slack_hooks =
+            u.scheme() == "https" && u.host_str() == Some(RESPONSE_URL_HOST) && u.port_or_known_default() == Some(443);
         let same_origin = u.origin() == self.base_url.origin();
         (slack_hooks || same_origin).then_some(u)
     }
 
     /// POSTs `body` to a `response_url` from a verified callback, without the bot token.
     pub async fn respond(&self, response_url: &str, body: &Value) -> Result<(), SlackError> {
-        let url = self
-            .response_url_allowed(response_url)
-            .ok_or(SlackError::ForbiddenUrl)?;
+        let url = self.response_url_allowed(response_url).ok_or(SlackError::ForbiddenUrl)?;
         self.bounded(async {
-            let resp = self
-                .http
-                .post(url)
-                .timeout(self.timeout)
-                .json(body)
-                .send()
-                .await
-                .map_err(network)?;
+            let resp = self.http.post(url).timeout(self.timeout).json(body).send().await.map_err(network)?;
             classify(resp, false).await.map(|_| ())
         })
         .await

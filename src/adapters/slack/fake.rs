@@ -106,11 +106,7 @@ impl FakeSlack {
     }
 
     pub async fn start_with_token(token: &str) -> std::io::Result<Self> {
-        let state: Shared = Arc::new(Mutex::new(Inner {
-            token: token.to_string(),
-            next_ts: 1,
-            ..Inner::default()
-        }));
+        let state: Shared = Arc::new(Mutex::new(Inner { token: token.to_string(), next_ts: 1, ..Inner::default() }));
         let app = Router::new()
             .route("/api/{method}", post(api))
             .route("/response/{id}", post(response_url))
@@ -142,10 +138,7 @@ impl FakeSlack {
 
     /// Members returned by `usergroups.users.list` for `group`.
     pub fn set_usergroup(&self, group: &str, members: &[&str]) {
-        lock(&self.state).usergroups.insert(
-            group.to_string(),
-            members.iter().map(|m| (*m).to_string()).collect(),
-        );
+        lock(&self.state).usergroups.insert(group.to_string(), members.iter().map(|m| (*m).to_string()).collect());
     }
 
     pub fn messages(&self) -> Vec<FakeMessage> {
@@ -158,31 +151,19 @@ impl FakeSlack {
 
     /// Recorded calls of one method (`views.open`, `chat.postEphemeral`, `response_url`, …).
     pub fn calls_to(&self, method: &str) -> Vec<Call> {
-        lock(&self.state)
-            .calls
-            .iter()
-            .filter(|c| c.method == method)
-            .cloned()
-            .collect()
+        lock(&self.state).calls.iter().filter(|c| c.method == method).cloned().collect()
     }
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
     let is_form = content_type.is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     if is_form {
         return match parse_form(body) {
-            Ok(pairs) => Value::Object(
-                pairs
-                    .into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
-                    .collect(),
-            ),
+            Ok(pairs) => Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
             Err(_) => Value::Null,
         };
     }
@@ -209,8 +190,7 @@ fn slack_err(error: &str) -> Response {
 }
 
 fn slack_err_with(error: &str, details: Vec<String>) -> Response {
-    Json(json!({ "ok": false, "error": error, "response_metadata": { "messages": details } }))
-        .into_response()
+    Json(json!({ "ok": false, "error": error, "response_metadata": { "messages": details } })).into_response()
 }
 
 /// Records the call and returns the behaviour to apply.
@@ -233,9 +213,7 @@ fn record(state: &Shared, method: &str, headers: &HeaderMap, body: &[u8]) -> (Be
 async fn injected(behaviour: Behaviour) -> Option<Response> {
     match behaviour {
         Behaviour::Ok => None,
-        Behaviour::Status500 => {
-            Some((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response())
-        }
+        Behaviour::Status500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()),
         Behaviour::RateLimited(secs) => Some(
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -264,12 +242,7 @@ async fn response_url(
     slack_ok(json!({}))
 }
 
-async fn api(
-    State(state): State<Shared>,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn api(State(state): State<Shared>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let (behaviour, body) = record(&state, &method, &headers, &body);
     if let Some(r) = injected(behaviour).await {
         return r;
@@ -297,9 +270,7 @@ async fn api(
 }
 
 fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    body.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 /// Slack's checks on a message body: `Some` is the error response to send.
@@ -334,9 +305,7 @@ fn post_message(state: &Shared, body: &Map<String, Value>) -> Response {
         updates: vec![],
     };
     s.messages.push(message);
-    slack_ok(
-        json!({ "channel": channel, "ts": ts, "message": { "ts": ts, "text": body.get("text") } }),
-    )
+    slack_ok(json!({ "channel": channel, "ts": ts, "message": { "ts": ts, "text": body.get("text") } }))
 }
 
 fn update_message(state: &Shared, body: &Map<String, Value>) -> Response {
@@ -347,11 +316,7 @@ fn update_message(state: &Shared, body: &Map<String, Value>) -> Response {
         return r;
     }
     let mut s = lock(state);
-    let Some(m) = s
-        .messages
-        .iter_mut()
-        .find(|m| m.channel == channel && m.ts == ts)
-    else {
+    let Some(m) = s.messages.iter_mut().find(|m| m.channel == channel && m.ts == ts) else {
         return slack_err("message_not_found");
     };
     if let Some(t) = body.get("text").and_then(Value::as_str) {
@@ -437,58 +402,18 @@ fn check_text(out: &mut Vec<String>, path: &str, t: Option<&Value>, max: usize, 
 }
 
 fn check_confirm(out: &mut Vec<String>, path: &str, c: &Value) {
-    check_text(
-        out,
-        &format!("{path}.title"),
-        c.get("title"),
-        limits::CONFIRM_TITLE,
-        true,
-    );
-    check_text(
-        out,
-        &format!("{path}.text"),
-        c.get("text"),
-        limits::CONFIRM_TEXT,
-        false,
-    );
-    check_text(
-        out,
-        &format!("{path}.confirm"),
-        c.get("confirm"),
-        limits::CONFIRM_BUTTON,
-        true,
-    );
-    check_text(
-        out,
-        &format!("{path}.deny"),
-        c.get("deny"),
-        limits::CONFIRM_BUTTON,
-        true,
-    );
+    check_text(out, &format!("{path}.title"), c.get("title"), limits::CONFIRM_TITLE, true);
+    check_text(out, &format!("{path}.text"), c.get("text"), limits::CONFIRM_TEXT, false);
+    check_text(out, &format!("{path}.confirm"), c.get("confirm"), limits::CONFIRM_BUTTON, true);
+    check_text(out, &format!("{path}.deny"), c.get("deny"), limits::CONFIRM_BUTTON, true);
 }
 
 fn check_element(out: &mut Vec<String>, path: &str, e: &Value) {
-    check_len(
-        out,
-        &format!("{path}.action_id"),
-        e.get("action_id"),
-        limits::ACTION_ID,
-    );
+    check_len(out, &format!("{path}.action_id"), e.get("action_id"), limits::ACTION_ID);
     match e.get("type").and_then(Value::as_str) {
         Some("button") => {
-            check_text(
-                out,
-                &format!("{path}.text"),
-                e.get("text"),
-                limits::BUTTON_TEXT,
-                true,
-            );
-            check_len(
-                out,
-                &format!("{path}.value"),
-                e.get("value"),
-                limits::BUTTON_VALUE,
-            );
+            check_text(out, &format!("{path}.text"), e.get("text"), limits::BUTTON_TEXT, true);
+            check_len(out, &format!("{path}.value"), e.get("value"), limits::BUTTON_VALUE);
             if let Some(c) = e.get("confirm") {
                 check_confirm(out, &format!("{path}.confirm"), c);
             }
@@ -500,113 +425,58 @@ fn check_element(out: &mut Vec<String>, path: &str, e: &Value) {
                 }
             }
         }
-        other => out.push(format!(
-            "{path}: element type {other:?} not supported by the fake"
-        )),
+        other => out.push(format!("{path}: element type {other:?} not supported by the fake")),
     }
 }
 
 fn check_block(out: &mut Vec<String>, path: &str, b: &Value) {
-    check_len(
-        out,
-        &format!("{path}.block_id"),
-        b.get("block_id"),
-        limits::BLOCK_ID,
-    );
+    check_len(out, &format!("{path}.block_id"), b.get("block_id"), limits::BLOCK_ID);
     match b.get("type").and_then(Value::as_str) {
         Some("divider") => {}
-        Some("header") => check_text(
-            out,
-            &format!("{path}.text"),
-            b.get("text"),
-            limits::HEADER_TEXT,
-            true,
-        ),
+        Some("header") => check_text(out, &format!("{path}.text"), b.get("text"), limits::HEADER_TEXT, true),
         Some("section") => {
             let fields = b.get("fields").and_then(Value::as_array);
             if b.get("text").is_none() && fields.is_none() {
                 out.push(format!("{path}: section needs text or fields"));
             }
             if b.get("text").is_some() {
-                check_text(
-                    out,
-                    &format!("{path}.text"),
-                    b.get("text"),
-                    limits::SECTION_TEXT,
-                    false,
-                );
+                check_text(out, &format!("{path}.text"), b.get("text"), limits::SECTION_TEXT, false);
             }
             if let Some(fields) = fields {
                 if fields.is_empty() || fields.len() > limits::MAX_FIELDS {
-                    out.push(format!(
-                        "{path}.fields: {} fields, limit {}",
-                        fields.len(),
-                        limits::MAX_FIELDS
-                    ));
+                    out.push(format!("{path}.fields: {} fields, limit {}", fields.len(), limits::MAX_FIELDS));
                 }
                 for (i, f) in fields.iter().enumerate() {
-                    check_text(
-                        out,
-                        &format!("{path}.fields[{i}]"),
-                        Some(f),
-                        limits::FIELD_TEXT,
-                        false,
-                    );
+                    check_text(out, &format!("{path}.fields[{i}]"), Some(f), limits::FIELD_TEXT, false);
                 }
             }
         }
         Some("context") => {
-            let elements = b
-                .get("elements")
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice);
+            let elements = b.get("elements").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
             if elements.is_empty() || elements.len() > limits::MAX_CONTEXT_ELEMENTS {
-                out.push(format!(
-                    "{path}.elements: {} elements, limit 10",
-                    elements.len()
-                ));
+                out.push(format!("{path}.elements: {} elements, limit 10", elements.len()));
             }
             for (i, e) in elements.iter().enumerate() {
-                check_text(
-                    out,
-                    &format!("{path}.elements[{i}]"),
-                    Some(e),
-                    limits::TEXT_OBJECT,
-                    false,
-                );
+                check_text(out, &format!("{path}.elements[{i}]"), Some(e), limits::TEXT_OBJECT, false);
             }
         }
         Some("actions") => {
-            let elements = b
-                .get("elements")
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice);
+            let elements = b.get("elements").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
             if elements.is_empty() || elements.len() > limits::MAX_ACTION_ELEMENTS {
-                out.push(format!(
-                    "{path}.elements: {} elements, limit 25",
-                    elements.len()
-                ));
+                out.push(format!("{path}.elements: {} elements, limit 25", elements.len()));
             }
             for (i, e) in elements.iter().enumerate() {
                 check_element(out, &format!("{path}.elements[{i}]"), e);
             }
         }
         Some("input") => {
-            check_text(
-                out,
-                &format!("{path}.label"),
-                b.get("label"),
-                limits::INPUT_LABEL,
-                true,
-            );
+            check_text(out, &format!("{path}.label"), b.get("label"), limits::INPUT_LABEL, true);
             match b.get("element") {
                 Some(e) => check_element(out, &format!("{path}.element"), e),
                 None => out.push(format!("{path}: input without element")),
             }
         }
-        other => out.push(format!(
-            "{path}: block type {other:?} not supported by the fake"
-        )),
+        other => out.push(format!("{path}: block type {other:?} not supported by the fake")),
     }
 }
 
@@ -638,36 +508,14 @@ pub fn modal_limit_violations(view: &Value) -> Vec<String> {
     if view.get("type").and_then(Value::as_str) != Some("modal") {
         out.push("view.type: must be modal".into());
     }
-    check_text(
-        &mut out,
-        "view.title",
-        view.get("title"),
-        limits::MODAL_TITLE,
-        true,
-    );
+    check_text(&mut out, "view.title", view.get("title"), limits::MODAL_TITLE, true);
     for key in ["submit", "close"] {
         if let Some(t) = view.get(key) {
-            check_text(
-                &mut out,
-                &format!("view.{key}"),
-                Some(t),
-                limits::MODAL_BUTTON,
-                true,
-            );
+            check_text(&mut out, &format!("view.{key}"), Some(t), limits::MODAL_BUTTON, true);
         }
     }
-    check_len(
-        &mut out,
-        "view.private_metadata",
-        view.get("private_metadata"),
-        limits::PRIVATE_METADATA,
-    );
-    check_len(
-        &mut out,
-        "view.callback_id",
-        view.get("callback_id"),
-        limits::CALLBACK_ID,
-    );
+    check_len(&mut out, "view.private_metadata", view.get("private_metadata"), limits::PRIVATE_METADATA);
+    check_len(&mut out, "view.callback_id", view.get("callback_id"), limits::CALLBACK_ID);
     if view.get("blocks").is_none() {
         out.push("view.blocks: missing".into());
     }

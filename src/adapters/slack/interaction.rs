@@ -11,8 +11,8 @@
 use serde::Deserialize;
 
 use super::blocks::{
-    ACTIONS_BLOCK_ID, APPROVE_ACTION_ID, DENY_ACTION_ID, DENY_MODAL_CALLBACK_ID,
-    DENY_REASON_ACTION_ID, DENY_REASON_BLOCK_ID, DENY_REASON_MAX_CHARS,
+    ACTIONS_BLOCK_ID, APPROVE_ACTION_ID, DENY_ACTION_ID, DENY_MODAL_CALLBACK_ID, DENY_REASON_ACTION_ID,
+    DENY_REASON_BLOCK_ID, DENY_REASON_MAX_CHARS,
 };
 use crate::domain::{RequestId, SlackChannelId, SlackUserId};
 
@@ -204,10 +204,9 @@ fn decode_component(s: &[u8]) -> Result<String, InteractionError> {
         match s[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    s.get(i + 1).copied().and_then(hex_val),
-                    s.get(i + 2).copied().and_then(hex_val),
-                ) else {
+                let (Some(h), Some(l)) =
+                    (s.get(i + 1).copied().and_then(hex_val), s.get(i + 2).copied().and_then(hex_val))
+                else {
                     return Err(InteractionError::BadForm("bad percent-encoding"));
                 };
                 out.push(h << 4 | l);
@@ -242,17 +241,12 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Interacti
 // --- validation helpers -----------------------------------------------------------------------------------
 
 /// A Slack workspace/enterprise/app id: a known prefix, then upper-case letters and digits.
-fn slack_id(
-    v: Option<String>,
-    prefixes: &[char],
-    what: &'static str,
-) -> Result<String, InteractionError> {
+fn slack_id(v: Option<String>, prefixes: &[char], what: &'static str) -> Result<String, InteractionError> {
     let s = v.ok_or(InteractionError::Field(what))?;
     let ok = s.len() >= 3
         && s.len() <= MAX_ID_CHARS
         && s.starts_with(prefixes)
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     if ok {
         Ok(s)
     } else {
@@ -260,22 +254,14 @@ fn slack_id(
     }
 }
 
-fn opt_slack_id(
-    v: Option<String>,
-    prefixes: &[char],
-    what: &'static str,
-) -> Result<Option<String>, InteractionError> {
+fn opt_slack_id(v: Option<String>, prefixes: &[char], what: &'static str) -> Result<Option<String>, InteractionError> {
     match v {
         None => Ok(None),
         Some(s) => slack_id(Some(s), prefixes, what).map(Some),
     }
 }
 
-fn bounded_ascii(
-    v: Option<String>,
-    max: usize,
-    what: &'static str,
-) -> Result<String, InteractionError> {
+fn bounded_ascii(v: Option<String>, max: usize, what: &'static str) -> Result<String, InteractionError> {
     let s = v.ok_or(InteractionError::Field(what))?;
     if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(InteractionError::Field(what));
@@ -309,26 +295,13 @@ struct Who {
 
 fn who(w: &mut Wire) -> Result<Who, InteractionError> {
     let team_id = slack_id(w.team.take().and_then(|t| t.id), &['T'], "team.id")?;
-    let enterprise_id = opt_slack_id(
-        w.enterprise.take().and_then(|e| e.id),
-        &['E'],
-        "enterprise.id",
-    )?;
+    let enterprise_id = opt_slack_id(w.enterprise.take().and_then(|e| e.id), &['E'], "enterprise.id")?;
     let api_app_id = slack_id(w.api_app_id.take(), &['A'], "api_app_id")?;
     let user = w.user.take().ok_or(InteractionError::Field("user"))?;
-    let user_id = user
-        .id
-        .as_deref()
-        .and_then(|u| SlackUserId::parse(u).ok())
-        .ok_or(InteractionError::Field("user.id"))?;
+    let user_id =
+        user.id.as_deref().and_then(|u| SlackUserId::parse(u).ok()).ok_or(InteractionError::Field("user.id"))?;
     let user_team_id = opt_slack_id(user.team_id, &['T', 'E'], "user.team_id")?;
-    Ok(Who {
-        team_id,
-        enterprise_id,
-        api_app_id,
-        user_id,
-        user_team_id,
-    })
+    Ok(Who { team_id, enterprise_id, api_app_id, user_id, user_team_id })
 }
 
 fn block_actions(mut w: Wire) -> Result<BlockActions, InteractionError> {
@@ -349,16 +322,9 @@ fn block_actions(mut w: Wire) -> Result<BlockActions, InteractionError> {
     if action.block_id.as_deref() != Some(ACTIONS_BLOCK_ID) {
         return Err(InteractionError::UnknownBlock);
     }
-    let value = action
-        .value
-        .as_deref()
-        .and_then(|v| RequestId::parse(v).ok())
-        .ok_or(InteractionError::BadRequestId)?;
+    let value = action.value.as_deref().and_then(|v| RequestId::parse(v).ok()).ok_or(InteractionError::BadRequestId)?;
 
-    let container = w
-        .container
-        .take()
-        .ok_or(InteractionError::Field("container"))?;
+    let container = w.container.take().ok_or(InteractionError::Field("container"))?;
     if container.kind.as_deref() != Some("message") {
         return Err(InteractionError::Field("container.type"));
     }
@@ -379,10 +345,7 @@ fn block_actions(mut w: Wire) -> Result<BlockActions, InteractionError> {
             return Err(InteractionError::Inconsistent);
         }
     }
-    let response_url = w
-        .response_url
-        .take()
-        .ok_or(InteractionError::Field("response_url"))?;
+    let response_url = w.response_url.take().ok_or(InteractionError::Field("response_url"))?;
     if response_url.is_empty() || response_url.len() > MAX_URL_CHARS || !response_url.is_ascii() {
         return Err(InteractionError::Field("response_url"));
     }
@@ -453,10 +416,8 @@ pub fn parse(body: &[u8]) -> Result<Interaction, InteractionError> {
     if name != "payload" {
         return Err(InteractionError::BadForm("the field is not `payload`"));
     }
-    let wire: Wire = serde_json::from_str(payload).map_err(|e| InteractionError::BadJson {
-        line: e.line(),
-        column: e.column(),
-    })?;
+    let wire: Wire =
+        serde_json::from_str(payload).map_err(|e| InteractionError::BadJson { line: e.line(), column: e.column() })?;
     match wire.kind.as_str() {
         "block_actions" => block_actions(wire).map(Interaction::BlockActions),
         "view_submission" => view_submission(wire).map(Interaction::ViewSubmission),

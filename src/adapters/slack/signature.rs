@@ -66,18 +66,14 @@ where
     if !first.is_ascii() {
         return Err(SignatureError::NonAsciiHeader);
     }
-    std::str::from_utf8(first)
-        .map(Some)
-        .map_err(|_| SignatureError::NonAsciiHeader)
+    std::str::from_utf8(first).map(Some).map_err(|_| SignatureError::NonAsciiHeader)
 }
 
 /// API Gateway proxy events carry binary or non-text bodies base64-encoded (`isBase64Encoded`). Slack signs
 /// the decoded bytes, which are always UTF-8 form data: anything else is refused before verification.
 pub fn decode_body(body: &[u8], is_base64: bool) -> Result<Vec<u8>, SignatureError> {
     let bytes = if is_base64 {
-        base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .map_err(|_| SignatureError::BadBase64)?
+        base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| SignatureError::BadBase64)?
     } else {
         body.to_vec()
     };
@@ -93,22 +89,14 @@ fn parse_timestamp(header: Option<&str>) -> Result<(&str, i64), SignatureError> 
     if ts.is_empty() || ts.len() > MAX_TIMESTAMP_DIGITS || !ts.bytes().all(|b| b.is_ascii_digit()) {
         return Err(SignatureError::MalformedTimestamp);
     }
-    let secs = ts
-        .parse::<i64>()
-        .map_err(|_| SignatureError::MalformedTimestamp)?;
+    let secs = ts.parse::<i64>().map_err(|_| SignatureError::MalformedTimestamp)?;
     Ok((ts, secs))
 }
 
 fn parse_signature(header: Option<&str>) -> Result<[u8; 32], SignatureError> {
     let sig = header.ok_or(SignatureError::MissingSignature)?;
-    let hex_part = sig
-        .strip_prefix(PREFIX)
-        .ok_or(SignatureError::MalformedSignature)?;
-    if hex_part.len() != 64
-        || !hex_part
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
+    let hex_part = sig.strip_prefix(PREFIX).ok_or(SignatureError::MalformedSignature)?;
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(SignatureError::MalformedSignature);
     }
     let mut out = [0u8; 32];
@@ -149,14 +137,7 @@ pub fn verify(
     body: &[u8],
     now_unix: i64,
 ) -> Result<(), SignatureError> {
-    verify_any(
-        &[("", secret)],
-        timestamp_header,
-        signature_header,
-        body,
-        now_unix,
-    )
-    .map(|_| ())
+    verify_any(&[("", secret)], timestamp_header, signature_header, body, now_unix).map(|_| ())
 }
 
 /// Verifies against each `(stage label, secret)` in order (AWSCURRENT, then AWSPREVIOUS) and returns the
@@ -188,9 +169,7 @@ pub struct SlackVerifier {
 impl fmt::Debug for SlackVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stages: Vec<&str> = self.secrets.iter().map(|(l, _)| l.as_str()).collect();
-        f.debug_struct("SlackVerifier")
-            .field("stages", &stages)
-            .finish_non_exhaustive()
+        f.debug_struct("SlackVerifier").field("stages", &stages).finish_non_exhaustive()
     }
 }
 
@@ -212,11 +191,7 @@ impl SlackVerifier {
         body: &[u8],
         now_unix: i64,
     ) -> Result<&str, SignatureError> {
-        let refs: Vec<(&str, &[u8])> = self
-            .secrets
-            .iter()
-            .map(|(l, s)| (l.as_str(), s.as_slice()))
-            .collect();
+        let refs: Vec<(&str, &[u8])> = self.secrets.iter().map(|(l, s)| (l.as_str(), s.as_slice())).collect();
         verify_any(&refs, timestamp_header, signature_header, body, now_unix)
     }
 }
@@ -260,19 +235,12 @@ mod tests {
         for i in 0..BODY.len() {
             let mut b = BODY.to_vec();
             b[i] ^= 0x01;
-            assert_eq!(
-                check(TS, SIG, &b, NOW),
-                Err(SignatureError::Mismatch),
-                "byte {i}"
-            );
+            assert_eq!(check(TS, SIG, &b, NOW), Err(SignatureError::Mismatch), "byte {i}");
         }
         let mut longer = BODY.to_vec();
         longer.push(b'&');
         assert_eq!(check(TS, SIG, &longer, NOW), Err(SignatureError::Mismatch));
-        assert_eq!(
-            check(TS, SIG, &BODY[..BODY.len() - 1], NOW),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(check(TS, SIG, &BODY[..BODY.len() - 1], NOW), Err(SignatureError::Mismatch));
         assert_eq!(check(TS, SIG, b"", NOW), Err(SignatureError::Mismatch));
     }
 
@@ -284,17 +252,10 @@ mod tests {
             t[i] = if t[i] == b'9' { b'8' } else { t[i] + 1 };
             let t = String::from_utf8(t).unwrap();
             let now: i64 = t.parse().unwrap();
-            assert_eq!(
-                check(&t, SIG, BODY, now),
-                Err(SignatureError::Mismatch),
-                "digit {i}"
-            );
+            assert_eq!(check(&t, SIG, BODY, now), Err(SignatureError::Mismatch), "digit {i}");
         }
         // One second off, with the clock following it.
-        assert_eq!(
-            check("1531420619", SIG, BODY, NOW + 1),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(check("1531420619", SIG, BODY, NOW + 1), Err(SignatureError::Mismatch));
     }
 
     #[test]
@@ -303,34 +264,18 @@ mod tests {
             let mut s = SIG.as_bytes().to_vec();
             s[i] = if s[i] == b'0' { b'1' } else { b'0' };
             let s = String::from_utf8(s).unwrap();
-            assert_eq!(
-                check(TS, &s, BODY, NOW),
-                Err(SignatureError::Mismatch),
-                "char {i}"
-            );
+            assert_eq!(check(TS, &s, BODY, NOW), Err(SignatureError::Mismatch), "char {i}");
         }
-        assert_eq!(
-            check(TS, &SIG.replacen("v0=", "v1=", 1), BODY, NOW),
-            Err(SignatureError::MalformedSignature)
-        );
+        assert_eq!(check(TS, &SIG.replacen("v0=", "v1=", 1), BODY, NOW), Err(SignatureError::MalformedSignature));
     }
 
     #[test]
     fn t01_wrong_secret_is_rejected() {
         assert_eq!(
-            verify(
-                b"8f742231b10e8888abcd99yyyzzz85a6",
-                Some(TS),
-                Some(SIG),
-                BODY,
-                NOW
-            ),
+            verify(b"8f742231b10e8888abcd99yyyzzz85a6", Some(TS), Some(SIG), BODY, NOW),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(
-            verify(b"", Some(TS), Some(SIG), BODY, NOW),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(b"", Some(TS), Some(SIG), BODY, NOW), Err(SignatureError::Mismatch));
     }
 
     #[test]
@@ -362,22 +307,12 @@ mod tests {
             huge.as_str(),
         ];
         for ts in cases {
-            assert_eq!(
-                check(ts, SIG, BODY, NOW),
-                Err(SignatureError::MalformedTimestamp),
-                "{ts:?}"
-            );
+            assert_eq!(check(ts, SIG, BODY, NOW), Err(SignatureError::MalformedTimestamp), "{ts:?}");
         }
         // Well-formed but far away: stale, not malformed.
         assert_eq!(check("0", SIG, BODY, NOW), Err(SignatureError::Stale));
-        assert_eq!(
-            check("999999999999", SIG, BODY, NOW),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            verify(SECRET, None, Some(SIG), BODY, NOW),
-            Err(SignatureError::MissingTimestamp)
-        );
+        assert_eq!(check("999999999999", SIG, BODY, NOW), Err(SignatureError::Stale));
+        assert_eq!(verify(SECRET, None, Some(SIG), BODY, NOW), Err(SignatureError::MissingTimestamp));
     }
 
     #[test]
@@ -396,16 +331,9 @@ mod tests {
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b50é",
         ];
         for sig in cases {
-            assert_eq!(
-                check(TS, sig, BODY, NOW),
-                Err(SignatureError::MalformedSignature),
-                "{sig:?}"
-            );
+            assert_eq!(check(TS, sig, BODY, NOW), Err(SignatureError::MalformedSignature), "{sig:?}");
         }
-        assert_eq!(
-            verify(SECRET, Some(TS), None, BODY, NOW),
-            Err(SignatureError::MissingSignature)
-        );
+        assert_eq!(verify(SECRET, Some(TS), None, BODY, NOW), Err(SignatureError::MissingSignature));
     }
 
     #[test]
@@ -416,10 +344,7 @@ mod tests {
         assert_eq!(single_header(one), Ok(Some(TS)));
         assert_eq!(single_header(two), Err(SignatureError::DuplicateHeader));
         assert_eq!(single_header(none), Ok(None));
-        assert_eq!(
-            single_header([&[0xff_u8][..]]),
-            Err(SignatureError::NonAsciiHeader)
-        );
+        assert_eq!(single_header([&[0xff_u8][..]]), Err(SignatureError::NonAsciiHeader));
     }
 
     #[test]
@@ -430,46 +355,25 @@ mod tests {
         assert_eq!(plain, decoded);
         assert_eq!(check(TS, SIG, &decoded, NOW), Ok(()));
         // The encoded bytes themselves are not what Slack signed.
-        assert_eq!(
-            check(TS, SIG, b64.as_bytes(), NOW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            decode_body(b"not base64!", true),
-            Err(SignatureError::BadBase64)
-        );
+        assert_eq!(check(TS, SIG, b64.as_bytes(), NOW), Err(SignatureError::Mismatch));
+        assert_eq!(decode_body(b"not base64!", true), Err(SignatureError::BadBase64));
     }
 
     #[test]
     fn t04_invalid_utf8_is_rejected() {
-        assert_eq!(
-            decode_body(b"payload=\xff\xfe", false),
-            Err(SignatureError::NotUtf8)
-        );
+        assert_eq!(decode_body(b"payload=\xff\xfe", false), Err(SignatureError::NotUtf8));
         let b64 = base64::engine::general_purpose::STANDARD.encode(b"payload=\xc3");
-        assert_eq!(
-            decode_body(b64.as_bytes(), true),
-            Err(SignatureError::NotUtf8)
-        );
+        assert_eq!(decode_body(b64.as_bytes(), true), Err(SignatureError::NotUtf8));
     }
 
     #[test]
     fn rotation_tries_current_then_previous_and_names_the_stage() {
         let cur: &[u8] = b"new-secret-000000000000000000000";
         let secrets = [("AWSCURRENT", cur), ("AWSPREVIOUS", SECRET)];
-        assert_eq!(
-            verify_any(&secrets, Some(TS), Some(SIG), BODY, NOW),
-            Ok("AWSPREVIOUS")
-        );
+        assert_eq!(verify_any(&secrets, Some(TS), Some(SIG), BODY, NOW), Ok("AWSPREVIOUS"));
         let only_new = [("AWSCURRENT", cur)];
-        assert_eq!(
-            verify_any(&only_new, Some(TS), Some(SIG), BODY, NOW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_any(&[], Some(TS), Some(SIG), BODY, NOW),
-            Err(SignatureError::NoSecret)
-        );
+        assert_eq!(verify_any(&only_new, Some(TS), Some(SIG), BODY, NOW), Err(SignatureError::Mismatch));
+        assert_eq!(verify_any(&[], Some(TS), Some(SIG), BODY, NOW), Err(SignatureError::NoSecret));
         let v = SlackVerifier::new(vec![("AWSCURRENT".into(), SECRET.to_vec())]);
         assert_eq!(v.verify(Some(TS), Some(SIG), BODY, NOW), Ok("AWSCURRENT"));
     }
@@ -480,12 +384,8 @@ mod tests {
         let wrong_sig = format!("v0={}", "0".repeat(64));
         let computed = sign(SECRET, TS, BODY);
         let mut outputs = Vec::new();
-        for (ts, sig, now) in [
-            (TS, wrong_sig.as_str(), NOW),
-            (TS, SIG, NOW + 301),
-            ("x", SIG, NOW),
-            (TS, "v0=zz", NOW),
-        ] {
+        for (ts, sig, now) in [(TS, wrong_sig.as_str(), NOW), (TS, SIG, NOW + 301), ("x", SIG, NOW), (TS, "v0=zz", NOW)]
+        {
             let e = check(ts, sig, b"tampered", now).unwrap_err();
             outputs.push(format!("{e} {e:?}"));
         }

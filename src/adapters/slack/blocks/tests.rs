@@ -18,28 +18,20 @@ fn u(s: &str) -> SlackUserId {
 }
 
 fn request(required: u32) -> ApprovalRequest {
-    let p =
-        Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
+    let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
     let mut details = BTreeMap::new();
     details.insert("commit".to_string(), "9f1c2ab".to_string());
     details.insert("pipeline".to_string(), "payments/main #1234".to_string());
     ApprovalRequest {
         id: RequestId::from_parts(T0.unix_millis() as u64, 42),
-        status: if required == 0 {
-            Status::Approved
-        } else {
-            Status::Pending
-        },
+        status: if required == 0 { Status::Approved } else { Status::Pending },
         action: Action::parse("deploy").unwrap(),
         environment: Environment::parse("production").unwrap(),
         resource: Some(Resource::parse("service/payments").unwrap()),
         reason: Some("Release 2026.11.3: fixes the refund rounding bug".to_string()),
         details,
         requester: Requester::from_principal(&p, Some("ASIAEXAMPLE00001234".to_string())),
-        policy: PolicyRef {
-            name: PolicyName::parse("deploy-production").unwrap(),
-            version: "v1".to_string(),
-        },
+        policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "v1".to_string() },
         required_approvals: required,
         approvals: vec![],
         denial: None,
@@ -53,6 +45,7 @@ fn request(required: u32) -> ApprovalRequest {
             attempts: 0,
             next_attempt_at: None,
             update_pending: false,
+            reminders_sent: 0,
         },
         idempotency_key: None,
         body_hash: None,
@@ -71,65 +64,38 @@ fn groups() -> Vec<SlackGroupId> {
 fn seen_before() -> History {
     History {
         same_kind_last_30_days: 2,
-        last_outcome: Some((
-            Status::Approved,
-            Timestamp::parse_rfc3339("2026-11-20T10:00:00Z").unwrap(),
-        )),
+        last_outcome: Some((Status::Approved, Timestamp::parse_rfc3339("2026-11-20T10:00:00Z").unwrap())),
     }
 }
 
 fn first_time() -> History {
-    History {
-        same_kind_last_30_days: 0,
-        last_outcome: None,
-    }
+    History { same_kind_last_30_days: 0, last_outcome: None }
 }
 
 fn render(r: &ApprovalRequest, history: &History, sensitive: bool, now: Timestamp) -> Value {
     let (us, gs) = (users(), groups());
-    request_message(&MessageView {
-        request: r,
-        approver_users: &us,
-        approver_groups: &gs,
-        history,
-        sensitive,
-        now,
-    })
+    request_message(&MessageView { request: r, approver_users: &us, approver_groups: &gs, history, sensitive, now })
 }
 
 fn golden(name: &str, actual: &Value) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.json"));
     if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, serde_json::to_string_pretty(actual).unwrap() + "\n").unwrap();
         return;
     }
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run the tests with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run the tests with UPDATE_GOLDEN=1 to create it", path.display()));
     let expected: Value = serde_json::from_str(&text).unwrap();
     if &expected != actual {
-        let (want, got) = (
-            serde_json::to_string_pretty(&expected).unwrap(),
-            serde_json::to_string_pretty(actual).unwrap(),
-        );
+        let (want, got) =
+            (serde_json::to_string_pretty(&expected).unwrap(), serde_json::to_string_pretty(actual).unwrap());
         let line = want
             .lines()
             .zip(got.lines())
             .position(|(a, b)| a != b)
             .unwrap_or_else(|| want.lines().count().min(got.lines().count()));
-        let around = |s: &str| {
-            s.lines()
-                .skip(line.saturating_sub(2))
-                .take(5)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let around = |s: &str| s.lines().skip(line.saturating_sub(2)).take(5).collect::<Vec<_>>().join("\n");
         panic!(
             "{} differs from line {}:\n--- golden\n{}\n--- rendered\n{}\n\
              If the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff.",
@@ -146,23 +112,15 @@ fn blocks_of(msg: &Value) -> &Vec<Value> {
 }
 
 fn actions(msg: &Value) -> Vec<&Value> {
-    blocks_of(msg)
-        .iter()
-        .filter(|b| b["type"] == "actions")
-        .collect()
+    blocks_of(msg).iter().filter(|b| b["type"] == "actions").collect()
 }
 
 /// Every string in the JSON, with its path.
 fn strings<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a str)>) {
     match v {
         Value::String(s) => out.push((path, s)),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .for_each(|(i, x)| strings(x, format!("{path}[{i}]"), out)),
-        Value::Object(m) => m
-            .iter()
-            .for_each(|(k, x)| strings(x, format!("{path}.{k}"), out)),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| strings(x, format!("{path}[{i}]"), out)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| strings(x, format!("{path}.{k}"), out)),
         _ => {}
     }
 }
@@ -205,9 +163,7 @@ fn assert_no_split_entities(msg: &Value) {
         for (i, _) in s.match_indices('&') {
             let tail = &s[i..];
             assert!(
-                ["&amp;", "&lt;", "&gt;"]
-                    .iter()
-                    .any(|e| tail.starts_with(e)),
+                ["&amp;", "&lt;", "&gt;"].iter().any(|e| tail.starts_with(e)),
                 "{path}: broken escape at byte {i}: {:?}",
                 &tail[..tail.len().min(8)]
             );
@@ -219,10 +175,7 @@ fn assert_no_split_entities(msg: &Value) {
 
 #[test]
 fn golden_pending_with_two_approvals_required() {
-    let r = request(2)
-        .approve(&u("UALICE01"), T0.plus_seconds(60))
-        .unwrap()
-        .request;
+    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(61));
     assert_within_limits(&msg);
     golden("pending_two_approvals", &msg);
@@ -237,14 +190,8 @@ fn golden_pending_sensitive_has_confirm_dialog() {
 
 #[test]
 fn golden_approved_final() {
-    let r = request(2)
-        .approve(&u("UALICE01"), T0.plus_seconds(60))
-        .unwrap()
-        .request;
-    let r = r
-        .approve(&u("UBOB0001"), T0.plus_seconds(120))
-        .unwrap()
-        .request;
+    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
+    let r = r.approve(&u("UBOB0001"), T0.plus_seconds(120)).unwrap().request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(121));
     assert_within_limits(&msg);
     golden("approved_final", &msg);
@@ -253,11 +200,7 @@ fn golden_approved_final() {
 #[test]
 fn golden_denied_final_with_reason() {
     let r = request(2)
-        .deny(
-            &u("UBOB0001"),
-            "Freeze until the incident review <#INC-42> is done",
-            T0.plus_seconds(90),
-        )
+        .deny(&u("UBOB0001"), "Freeze until the incident review <#INC-42> is done", T0.plus_seconds(90))
         .unwrap()
         .request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(91));
@@ -275,44 +218,24 @@ fn golden_auto_approved() {
 
 #[test]
 fn golden_expired_final() {
-    let r = request(2)
-        .approve(&u("UALICE01"), T0.plus_seconds(60))
-        .unwrap()
-        .request;
+    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
     let r = r.expire(r.expires_at).unwrap().request;
     let msg = render(&r, &seen_before(), false, r.expires_at.plus_seconds(5));
     assert_within_limits(&msg);
     golden("expired_final", &msg);
 }
 
-const HOSTILE: &[&str] = &[
-    "<!channel>",
-    "<!here>",
-    "<@U123>",
-    "<https://evil.example|Approve>",
-    "<!everyone>",
-];
+const HOSTILE: &[&str] = &["<!channel>", "<!here>", "<@U123>", "<https://evil.example|Approve>", "<!everyone>"];
 
 fn hostile_request() -> ApprovalRequest {
     let mut r = request(2);
-    r.reason = Some(
-        "urgent <!channel> <!here> ping <@U123>, click <https://evil.example|Approve> & go".into(),
-    );
+    r.reason = Some("urgent <!channel> <!here> ping <@U123>, click <https://evil.example|Approve> & go".into());
     r.resource = Some(Resource::parse("service/<!channel>").unwrap());
     r.details = BTreeMap::from([
         ("<!here>".to_string(), "<@U123>".to_string()),
-        (
-            "link".to_string(),
-            "<https://evil.example|Approve>".to_string(),
-        ),
-        (
-            "everyone".to_string(),
-            "<!everyone> &lt; already escaped".to_string(),
-        ),
-        (
-            "x\n:lock: *Verified by AWS IAM*".to_string(),
-            "fake heading".to_string(),
-        ),
+        ("link".to_string(), "<https://evil.example|Approve>".to_string()),
+        ("everyone".to_string(), "<!everyone> &lt; already escaped".to_string()),
+        ("x\n:lock: *Verified by AWS IAM*".to_string(), "fake heading".to_string()),
     ]);
     // Not a valid IAM session name, but the renderer must not rely on upstream validation.
     r.requester.session = Some("<!channel>".into());
@@ -336,10 +259,7 @@ fn t19_mrkdwn_injection_is_escaped() {
         }
     }
     let text = msg.to_string();
-    assert!(
-        text.contains("&lt;!channel&gt;"),
-        "escaped text is still shown"
-    );
+    assert!(text.contains("&lt;!channel&gt;"), "escaped text is still shown");
     assert!(text.contains("&lt;https://evil.example|Approve&gt;"));
     // Already-escaped input is escaped again, so it shows literally as typed.
     assert!(text.contains("&amp;lt; already escaped"));
@@ -350,10 +270,7 @@ fn t19_mrkdwn_injection_is_escaped() {
 
 #[test]
 fn t19_denial_reason_is_escaped_too() {
-    let r = request(1)
-        .deny(&u("UBOB0001"), "see <!channel> & <@U123>", T0)
-        .unwrap()
-        .request;
+    let r = request(1).deny(&u("UBOB0001"), "see <!channel> & <@U123>", T0).unwrap().request;
     let msg = render(&r, &first_time(), false, T0);
     let s = msg.to_string();
     assert!(!s.contains("<!channel>") && !s.contains("<@U123>"));
@@ -364,13 +281,7 @@ fn t19_denial_reason_is_escaped_too() {
 fn t19_fallback_text_carries_no_requester_text() {
     let msg = render(&hostile_request(), &seen_before(), false, T0);
     let text = msg["text"].as_str().unwrap();
-    assert_eq!(
-        text,
-        format!(
-            "Approval requested: deploy → production ({})",
-            request(2).id
-        )
-    );
+    assert_eq!(text, format!("Approval requested: deploy → production ({})", request(2).id));
 }
 
 #[test]
@@ -466,12 +377,7 @@ fn t20_truncate_property_over_every_cut_point() {
         assert!(s.starts_with(body), "{max}: {t} is not a prefix");
         for (i, _) in body.match_indices('&') {
             let tail = &body[i..];
-            assert!(
-                ["&amp;", "&lt;", "&gt;"]
-                    .iter()
-                    .any(|e| tail.starts_with(e)),
-                "{max}: split escape in {t}"
-            );
+            assert!(["&amp;", "&lt;", "&gt;"].iter().any(|e| tail.starts_with(e)), "{max}: split escape in {t}");
         }
     }
 }
@@ -483,13 +389,9 @@ fn t20_maximal_request_stays_within_every_block_kit_limit() {
     r.reason = Some("&<>é".repeat(2000));
     r.resource = Some(Resource::parse(&"<&>é".repeat(64)).unwrap());
     r.requester.session = Some("&<>".repeat(100));
-    r.details = (0..20)
-        .map(|i| (format!("{i:02}{}", "&<".repeat(60)), nasty.clone()))
-        .collect();
+    r.details = (0..20).map(|i| (format!("{i:02}{}", "&<".repeat(60)), nasty.clone())).collect();
     let many_users: Vec<SlackUserId> = (0..300).map(|i| u(&format!("U{i:010}"))).collect();
-    let many_groups: Vec<SlackGroupId> = (0..100)
-        .map(|i| SlackGroupId::parse(&format!("S{i:010}")).unwrap())
-        .collect();
+    let many_groups: Vec<SlackGroupId> = (0..100).map(|i| SlackGroupId::parse(&format!("S{i:010}")).unwrap()).collect();
     let history = seen_before();
     let view = MessageView {
         request: &r,
@@ -506,12 +408,7 @@ fn t20_maximal_request_stays_within_every_block_kit_limit() {
     let detail_sections = blocks_of(&msg)
         .iter()
         .filter(|b| b["type"] == "section" && b.get("text").is_none())
-        .filter(|b| {
-            !b["fields"][0]["text"]
-                .as_str()
-                .unwrap()
-                .starts_with("*Policy*")
-        })
+        .filter(|b| !b["fields"][0]["text"].as_str().unwrap().starts_with("*Policy*"))
         .count();
     assert_eq!(detail_sections, 2);
     // The reason was cut to the section limit, visibly.
@@ -520,11 +417,7 @@ fn t20_maximal_request_stays_within_every_block_kit_limit() {
     let who = blocks_of(&msg)
         .iter()
         .flat_map(|b| b["fields"].as_array().into_iter().flatten())
-        .find_map(|f| {
-            f["text"]
-                .as_str()
-                .filter(|t| t.starts_with("*Who may approve*"))
-        })
+        .find_map(|f| f["text"].as_str().filter(|t| t.starts_with("*Who may approve*")))
         .unwrap();
     assert!(who.ends_with(" more"), "{who}");
     for tok in angle_tokens(who) {
@@ -537,13 +430,8 @@ fn t20_maximal_request_stays_within_every_block_kit_limit() {
 
     // More details than can be shown: counted, not shown, still within limits.
     let mut r2 = r.clone();
-    r2.details = (0..60)
-        .map(|i| (format!("k{i:02}"), nasty.clone()))
-        .collect();
-    let msg = request_message(&MessageView {
-        request: &r2,
-        ..view
-    });
+    r2.details = (0..60).map(|i| (format!("k{i:02}"), nasty.clone())).collect();
+    let msg = request_message(&MessageView { request: &r2, ..view });
     assert_within_limits(&msg);
     assert!(msg.to_string().contains("_40 more details not shown_"));
 }
@@ -584,10 +472,7 @@ fn sensitive_environment_puts_a_confirm_on_approve_only() {
     let msg = render(&request(2), &first_time(), true, T0);
     let acts = actions(&msg);
     let els = acts[0]["elements"].as_array().unwrap();
-    assert!(els[0]["confirm"]["title"]["text"]
-        .as_str()
-        .unwrap()
-        .contains("production"));
+    assert!(els[0]["confirm"]["title"]["text"].as_str().unwrap().contains("production"));
     assert!(els[1].get("confirm").is_none());
 }
 
@@ -616,12 +501,7 @@ fn terminal_and_overdue_requests_have_no_buttons() {
     assert!(msg.to_string().contains("*Expired*"));
     assert!(msg["text"].as_str().unwrap().starts_with("Expired:"));
     // One millisecond before: buttons.
-    let msg = render(
-        &pending,
-        &first_time(),
-        false,
-        pending.expires_at.plus_millis(-1),
-    );
+    let msg = render(&pending, &first_time(), false, pending.expires_at.plus_millis(-1));
     assert_eq!(actions(&msg).len(), 1);
 }
 
@@ -640,28 +520,16 @@ fn verified_facts_are_separate_from_stated_ones_and_key_is_masked() {
     let msg = render(&request(1), &first_time(), false, T0);
     let blocks = blocks_of(&msg);
     let pos = |needle: &str| {
-        blocks
-            .iter()
-            .position(|b| {
-                b["text"]["text"]
-                    .as_str()
-                    .is_some_and(|t| t.contains(needle))
-            })
-            .unwrap()
+        blocks.iter().position(|b| b["text"]["text"].as_str().is_some_and(|t| t.contains(needle))).unwrap()
     };
     let verified = pos("Verified by AWS IAM");
     let stated = pos("Stated by the workload");
     assert!(verified < stated);
-    assert!(blocks[verified + 1..stated]
-        .iter()
-        .any(|b| b["type"] == "divider"));
+    assert!(blocks[verified + 1..stated].iter().any(|b| b["type"] == "divider"));
     let v = blocks[verified].to_string();
     assert!(v.contains("111122223333") && v.contains("github-deploy") && v.contains("run-42"));
     assert!(v.contains("`…1234`"));
-    assert!(
-        !msg.to_string().contains("ASIAEXAMPLE"),
-        "full access key id must not be shown"
-    );
+    assert!(!msg.to_string().contains("ASIAEXAMPLE"), "full access key id must not be shown");
     // Reason, resource and details are in the stated part only.
     assert!(!v.contains("payments"));
     assert!(blocks[stated].to_string().contains("service/payments"));
@@ -673,25 +541,10 @@ fn history_line_flags_first_request_and_counts_others() {
     assert!(first.contains(":warning: *First request of its kind*"));
     let seen = render(&request(1), &seen_before(), false, T0).to_string();
     assert!(seen.contains("3rd request of this kind in 30 days; last one approved 2026-11-20"));
-    for (n, want) in [
-        (0, "1st"),
-        (1, "2nd"),
-        (2, "3rd"),
-        (3, "4th"),
-        (10, "11th"),
-        (11, "12th"),
-        (12, "13th"),
-    ] {
+    for (n, want) in [(0, "1st"), (1, "2nd"), (2, "3rd"), (3, "4th"), (10, "11th"), (11, "12th"), (12, "13th")] {
         assert_eq!(ordinal(n + 1), want);
     }
-    for (n, want) in [
-        (21, "21st"),
-        (22, "22nd"),
-        (23, "23rd"),
-        (101, "101st"),
-        (111, "111th"),
-        (112, "112th"),
-    ] {
+    for (n, want) in [(21, "21st"), (22, "22nd"), (23, "23rd"), (101, "101st"), (111, "111th"), (112, "112th")] {
         assert_eq!(ordinal(n), want);
     }
 }
@@ -700,11 +553,8 @@ fn history_line_flags_first_request_and_counts_others() {
 fn expiry_is_a_slack_date_token_with_rfc3339_fallback() {
     let r = request(1);
     let msg = render(&r, &first_time(), false, T0).to_string();
-    let token = format!(
-        "<!date^{}^{{date_short_pretty}} {{time}}|{}>",
-        r.expires_at.unix_seconds(),
-        r.expires_at.to_rfc3339()
-    );
+    let token =
+        format!("<!date^{}^{{date_short_pretty}} {{time}}|{}>", r.expires_at.unix_seconds(), r.expires_at.to_rfc3339());
     assert!(msg.contains(&token), "{msg}");
 }
 
@@ -712,11 +562,7 @@ fn expiry_is_a_slack_date_token_with_rfc3339_fallback() {
 fn deny_modal_carries_only_the_request_id() {
     let r = request(2);
     let v = deny_modal(&r.id, &r);
-    assert!(
-        modal_limit_violations(&v).is_empty(),
-        "{:?}",
-        modal_limit_violations(&v)
-    );
+    assert!(modal_limit_violations(&v).is_empty(), "{:?}", modal_limit_violations(&v));
     assert_eq!(v["type"], "modal");
     assert_eq!(v["callback_id"], DENY_MODAL_CALLBACK_ID);
     assert_eq!(v["private_metadata"], r.id.to_string());
@@ -735,10 +581,7 @@ fn t19_ephemeral_text_is_escaped_and_bounded() {
     let v = ephemeral_text("You are not an approver of <!channel> & co");
     assert_eq!(v["response_type"], "ephemeral");
     assert_eq!(v["replace_original"], false);
-    assert_eq!(
-        v["text"],
-        "You are not an approver of &lt;!channel&gt; &amp; co"
-    );
+    assert_eq!(v["text"], "You are not an approver of &lt;!channel&gt; &amp; co");
     let long = ephemeral_text(&"<".repeat(5000));
     assert!(long["text"].as_str().unwrap().chars().count() <= limits::TEXT_OBJECT);
 }

@@ -9,9 +9,7 @@ use super::*;
 const RID: &str = "req_01JDQ7Z8W6G5T9ZC3X4Y5N8K2M";
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/slack")
-        .join(format!("{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slack").join(format!("{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -20,9 +18,7 @@ fn form_encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -68,9 +64,7 @@ fn parses_the_approve_click_fixture() {
             value: RequestId::parse(RID).unwrap(),
             channel_id: SlackChannelId::parse("C0APPROVALS").unwrap(),
             message_ts: "1795621463.000200".into(),
-            response_url:
-                "https://hooks.slack.com/actions/T0CSIGN01/7982215450000/AbCdEfGhIjKlMnOpQrStUvWx"
-                    .into(),
+            response_url: "https://hooks.slack.com/actions/T0CSIGN01/7982215450000/AbCdEfGhIjKlMnOpQrStUvWx".into(),
             trigger_id: "7982215451111.1234567890123.0a1b2c3d4e5f67890a1b2c3d4e5f6789".into(),
         }
     );
@@ -113,19 +107,10 @@ fn parses_the_deny_modal_submission_fixture() {
 
 #[test]
 fn t11_unknown_action_id_is_rejected() {
-    for id in [
-        "countersign_approve_all",
-        "approve",
-        "",
-        "COUNTERSIGN_APPROVE",
-    ] {
+    for id in ["countersign_approve_all", "approve", "", "COUNTERSIGN_APPROVE"] {
         let mut p = fixture("block_actions_approve");
         p["actions"][0]["action_id"] = json!(id);
-        assert_eq!(
-            parse_value(&p),
-            Err(InteractionError::UnknownAction),
-            "{id}"
-        );
+        assert_eq!(parse_value(&p), Err(InteractionError::UnknownAction), "{id}");
     }
     let mut p = fixture("block_actions_approve");
     p["actions"][0].as_object_mut().unwrap().remove("action_id");
@@ -164,18 +149,11 @@ fn t11_value_must_be_exactly_a_request_id() {
     for v in wrong {
         let mut p = fixture("block_actions_approve");
         p["actions"][0]["value"] = json!(v);
-        assert_eq!(
-            parse_value(&p),
-            Err(InteractionError::BadRequestId),
-            "{v:?}"
-        );
+        assert_eq!(parse_value(&p), Err(InteractionError::BadRequestId), "{v:?}");
     }
     let mut p = fixture("block_actions_approve");
     p["actions"][0]["value"] = json!(42);
-    assert!(matches!(
-        parse_value(&p),
-        Err(InteractionError::BadJson { .. })
-    ));
+    assert!(matches!(parse_value(&p), Err(InteractionError::BadJson { .. })));
 }
 
 #[test]
@@ -195,16 +173,10 @@ fn t11_channel_and_message_must_agree_with_the_container() {
     assert_eq!(parse_value(&p), Err(InteractionError::Inconsistent));
     let mut p = fixture("block_actions_approve");
     p["container"]["type"] = json!("view");
-    assert_eq!(
-        parse_value(&p),
-        Err(InteractionError::Field("container.type"))
-    );
+    assert_eq!(parse_value(&p), Err(InteractionError::Field("container.type")));
     let mut p = fixture("block_actions_approve");
     p["container"]["message_ts"] = json!("yesterday");
-    assert_eq!(
-        parse_value(&p),
-        Err(InteractionError::Field("container.message_ts"))
-    );
+    assert_eq!(parse_value(&p), Err(InteractionError::Field("container.message_ts")));
 }
 
 // --- identity fields (checked against configuration by the caller, t08) ------------------------------------
@@ -213,31 +185,11 @@ fn t11_channel_and_message_must_agree_with_the_container() {
 fn missing_or_malformed_identity_fields_are_rejected() {
     let cases: [(&str, Value, InteractionError); 7] = [
         ("team", Value::Null, InteractionError::Field("team.id")),
-        (
-            "team",
-            json!({"id": "E0NOTATEAM"}),
-            InteractionError::Field("team.id"),
-        ),
-        (
-            "api_app_id",
-            Value::Null,
-            InteractionError::Field("api_app_id"),
-        ),
-        (
-            "api_app_id",
-            json!("a0lower"),
-            InteractionError::Field("api_app_id"),
-        ),
-        (
-            "enterprise",
-            json!({"id": "T0NOTENT1"}),
-            InteractionError::Field("enterprise.id"),
-        ),
-        (
-            "user",
-            json!({"id": "C0NOTAUSER"}),
-            InteractionError::Field("user.id"),
-        ),
+        ("team", json!({"id": "E0NOTATEAM"}), InteractionError::Field("team.id")),
+        ("api_app_id", Value::Null, InteractionError::Field("api_app_id")),
+        ("api_app_id", json!("a0lower"), InteractionError::Field("api_app_id")),
+        ("enterprise", json!({"id": "T0NOTENT1"}), InteractionError::Field("enterprise.id")),
+        ("user", json!({"id": "C0NOTAUSER"}), InteractionError::Field("user.id")),
         ("user", Value::Null, InteractionError::Field("user")),
     ];
     for (key, value, want) in cases {
@@ -264,10 +216,7 @@ fn only_a_single_payload_field_is_accepted() {
     ];
     for body in cases {
         assert!(
-            matches!(
-                parse(body.as_bytes()),
-                Err(InteractionError::BadForm(_) | InteractionError::BadJson { .. })
-            ),
+            matches!(parse(body.as_bytes()), Err(InteractionError::BadForm(_) | InteractionError::BadJson { .. })),
             "{}",
             &body[..body.len().min(40)]
         );
@@ -277,14 +226,8 @@ fn only_a_single_payload_field_is_accepted() {
 
 #[test]
 fn t04_bad_percent_encoding_and_non_utf8_are_rejected() {
-    assert_eq!(
-        parse(b"payload=%7"),
-        Err(InteractionError::BadForm("bad percent-encoding"))
-    );
-    assert_eq!(
-        parse(b"payload=%zz"),
-        Err(InteractionError::BadForm("bad percent-encoding"))
-    );
+    assert_eq!(parse(b"payload=%7"), Err(InteractionError::BadForm("bad percent-encoding")));
+    assert_eq!(parse(b"payload=%zz"), Err(InteractionError::BadForm("bad percent-encoding")));
     assert_eq!(parse(b"payload=%FF%FE"), Err(InteractionError::NotUtf8));
     assert_eq!(parse(b"payload=\xff"), Err(InteractionError::NotUtf8));
 }
@@ -297,37 +240,14 @@ fn oversized_bodies_are_rejected_before_parsing() {
 
 #[test]
 fn unknown_interaction_types_are_rejected() {
-    for kind in [
-        "view_closed",
-        "message_action",
-        "shortcut",
-        "interactive_message",
-        "block_suggestion",
-    ] {
+    for kind in ["view_closed", "message_action", "shortcut", "interactive_message", "block_suggestion"] {
         let mut p = fixture("block_actions_approve");
         p["type"] = json!(kind);
-        assert_eq!(
-            parse_value(&p),
-            Err(InteractionError::UnsupportedType),
-            "{kind}"
-        );
+        assert_eq!(parse_value(&p), Err(InteractionError::UnsupportedType), "{kind}");
     }
-    for payload in [
-        "[]",
-        "null",
-        "\"block_actions\"",
-        "{}",
-        "{\"type\":1}",
-        "not json",
-    ] {
+    for payload in ["[]", "null", "\"block_actions\"", "{}", "{\"type\":1}", "not json"] {
         let body = format!("payload={}", form_encode(payload));
-        assert!(
-            matches!(
-                parse(body.as_bytes()),
-                Err(InteractionError::BadJson { .. })
-            ),
-            "{payload}"
-        );
+        assert!(matches!(parse(body.as_bytes()), Err(InteractionError::BadJson { .. })), "{payload}");
     }
 }
 
@@ -343,10 +263,7 @@ fn view_submission_needs_our_callback_and_a_bare_request_id() {
     assert_eq!(parse_value(&p), Err(InteractionError::BadRequestId));
     let mut p = fixture("view_submission_deny");
     p["view"]["state"]["values"] = json!({});
-    assert_eq!(
-        parse_value(&p),
-        Err(InteractionError::Field("view.state.values.reason"))
-    );
+    assert_eq!(parse_value(&p), Err(InteractionError::Field("view.state.values.reason")));
 }
 
 #[test]
@@ -365,10 +282,7 @@ fn deny_reason_is_trimmed_required_and_bounded_in_characters() {
         Interaction::ViewSubmission(v) => assert_eq!(v.reason, max),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        with_reason(&"é".repeat(501)),
-        Err(InteractionError::ReasonTooLong)
-    );
+    assert_eq!(with_reason(&"é".repeat(501)), Err(InteractionError::ReasonTooLong));
 }
 
 // --- robustness -------------------------------------------------------------------------------------------------------
@@ -389,10 +303,7 @@ fn t03_truncated_or_mangled_bodies_never_panic() {
     // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let body = format!("payload={}", form_encode(&deep));
-    assert!(matches!(
-        parse(body.as_bytes()),
-        Err(InteractionError::BadJson { .. })
-    ));
+    assert!(matches!(parse(body.as_bytes()), Err(InteractionError::BadJson { .. })));
 }
 
 #[test]
