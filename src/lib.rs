@@ -8,6 +8,7 @@
 //! - [`cli`]: the `countersign` command.
 
 pub mod adapters;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -4,5 +4,6 @@
 pub mod api;
 pub mod error;
 pub mod identity;
+pub mod slack;
 
 pub use error::ApiError;

@@ -13,4 +13,5 @@ pub mod blocks;
 pub mod client;
 pub mod fake;
 pub mod interaction;
+pub mod notifier;
 pub mod signature;

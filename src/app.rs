@@ -1,0 +1,147 @@
+//! Wiring: builds the services and routers from their parts, once per execution environment. The Lambda
+//! `main`s, local mode and the tests all go through here, so they run the same graph.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+use crate::adapters::dynamodb::{DynamoStore, TableNames};
+use crate::adapters::secrets::SecretsManagerSlackSecrets;
+use crate::adapters::slack::client::{SlackClient, SlackError};
+use crate::adapters::slack::notifier::{SecretsToken, SlackNotifier};
+use crate::config::LambdaConfig;
+use crate::domain::Environment;
+use crate::http::slack::{SlackIdentity, SlackState};
+use crate::ports::{Clock, Notifier, SlackSecrets, Stores, SystemClock};
+use crate::service::notify::Dispatcher;
+use crate::service::requests::{RequestService, RequestSettings};
+use crate::service::sweeper::Sweeper;
+use crate::service::votes::VoteService;
+
+/// Everything the routers and the sweeper need.
+#[derive(Clone)]
+pub struct App {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub secrets: Arc<dyn SlackSecrets>,
+    pub slack: Arc<SlackClient>,
+    pub notifier: Arc<dyn Notifier>,
+    pub settings: Arc<RequestSettings>,
+    pub slack_identity: Arc<SlackIdentity>,
+    /// Time the Slack handler may spend on message updates and replies inside Slack's 3 s.
+    pub slack_budget: Duration,
+}
+
+/// The parts an [`App`] is built from.
+pub struct Parts {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub secrets: Arc<dyn SlackSecrets>,
+    pub slack_api_base_url: String,
+    pub slack_timeout: Duration,
+    pub settings: RequestSettings,
+    pub slack_identity: SlackIdentity,
+}
+
+impl App {
+    pub fn build(p: Parts) -> Result<Self, SlackError> {
+        let client = SlackClient::new(Arc::new(SecretsToken(p.secrets.clone())))?
+            .with_base_url(&p.slack_api_base_url)?
+            .with_timeout(p.slack_timeout);
+        let client = Arc::new(client);
+        let notifier: Arc<dyn Notifier> = Arc::new(SlackNotifier::new(client.clone()));
+        Ok(Self {
+            stores: p.stores,
+            clock: p.clock,
+            secrets: p.secrets,
+            slack: client,
+            notifier,
+            settings: Arc::new(p.settings),
+            slack_identity: Arc::new(p.slack_identity),
+            slack_budget: p.slack_timeout.min(Duration::from_millis(1500)),
+        })
+    }
+
+    /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock.
+    pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, SlackError> {
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let tables = TableNames {
+            policies: cfg.tables.policies.clone(),
+            requests: cfg.tables.requests.clone(),
+            audit: cfg.tables.audit.clone(),
+        };
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), tables));
+        let secrets = Arc::new(SecretsManagerSlackSecrets::new(
+            aws_sdk_secretsmanager::Client::new(&aws),
+            cfg.slack_secret_id.clone(),
+            cfg.secret_cache_ttl,
+        ));
+        Self::build(Parts {
+            stores: Stores::from_one(store),
+            clock: Arc::new(SystemClock),
+            secrets,
+            slack_api_base_url: cfg.slack_api_base_url.clone(),
+            slack_timeout: cfg.slack_timeout,
+            settings: RequestSettings {
+                allowed_accounts: cfg.allowed_accounts.clone(),
+                allowed_org_id: cfg.allowed_org_id.clone(),
+                sensitive_environments: cfg.sensitive_environments.clone(),
+            },
+            slack_identity: SlackIdentity {
+                app_id: cfg.slack_app_id.clone().unwrap_or_default(),
+                team_id: cfg.slack_team_id.clone().unwrap_or_default(),
+            },
+        })
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher {
+        let sensitive: BTreeSet<Environment> = self.settings.sensitive_environments.clone();
+        Dispatcher {
+            stores: self.stores.clone(),
+            notifier: self.notifier.clone(),
+            clock: self.clock.clone(),
+            sensitive_environments: Arc::new(sensitive),
+        }
+    }
+
+    pub fn request_service(&self) -> RequestService {
+        RequestService {
+            stores: self.stores.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    pub fn vote_service(&self) -> VoteService {
+        VoteService {
+            stores: self.stores.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher(),
+            update_budget: self.slack_budget,
+        }
+    }
+
+    pub fn sweeper(&self) -> Sweeper {
+        Sweeper { stores: self.stores.clone(), clock: self.clock.clone(), dispatcher: self.dispatcher() }
+    }
+
+    /// The request API router (`/v1/...`, `/healthz`).
+    pub fn request_api(&self) -> Router {
+        crate::http::api::router(self.request_service())
+    }
+
+    /// The Slack interactions router (`/slack/interactions`).
+    pub fn slack_interactions(&self) -> Router {
+        crate::http::slack::router(SlackState {
+            votes: self.vote_service(),
+            secrets: self.secrets.clone(),
+            client: self.slack.clone(),
+            clock: self.clock.clone(),
+            identity: self.slack_identity.clone(),
+            reply_budget: self.slack_budget,
+        })
+    }
+}

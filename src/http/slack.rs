@@ -1,0 +1,289 @@
+//! `POST /slack/interactions`: Slack's interactivity callbacks. The signature is the only proof of origin,
+//! so it is checked first, over the exact raw bytes, and nothing else runs when it fails (401). Then the
+//! app and workspace, then the payload; every decision is re-checked and committed by the vote service.
+//!
+//! Status codes by cause: 401 bad signature (generic body), 503 signing secret unreadable (never accept),
+//! 403 foreign app or workspace (audited), 400 a signed payload we do not understand (audited), 200
+//! otherwise — Slack shows the outcome through an ephemeral reply or the modal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::adapters::slack::blocks;
+use crate::adapters::slack::client::SlackClient;
+use crate::adapters::slack::interaction::{self, ButtonAction, Interaction};
+use crate::adapters::slack::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::ports::{Clock, SecretError, SlackSecrets};
+use crate::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteService};
+
+/// Who may call: the Slack app and workspace (or Enterprise Grid organization) from configuration.
+#[derive(Debug, Clone)]
+pub struct SlackIdentity {
+    pub app_id: String,
+    /// `T…` (a workspace) or `E…` (an Enterprise Grid organization).
+    pub team_id: String,
+}
+
+#[derive(Clone)]
+pub struct SlackState {
+    pub votes: VoteService,
+    pub secrets: Arc<dyn SlackSecrets>,
+    pub client: Arc<SlackClient>,
+    pub clock: Arc<dyn Clock>,
+    pub identity: Arc<SlackIdentity>,
+    /// Bound on replies to Slack (ephemeral messages, views.open) inside the 3 s budget.
+    pub reply_budget: Duration,
+}
+
+pub fn router(state: SlackState) -> Router {
+    Router::new().route("/slack/interactions", post(interactions)).with_state(state)
+}
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "unauthorized", "message": "invalid request signature"}})))
+        .into_response()
+}
+
+fn status(code: StatusCode, error: &str, message: &str) -> Response {
+    (code, Json(json!({"error": {"code": error, "message": message}}))).into_response()
+}
+
+fn unavailable() -> Response {
+    let mut r = status(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry");
+    r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(2));
+    r
+}
+
+/// Reads one header that must appear at most once; `Err` on duplicates or non-ASCII.
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, signature::SignatureError> {
+    signature::single_header(h.get_all(name).iter().map(|v| v.as_bytes()))
+}
+
+/// Verifies the signature with the current secrets, refreshing them once on a mismatch (rotation).
+async fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    let (ts, sig) = match (header(headers, TIMESTAMP_HEADER), header(headers, SIGNATURE_HEADER)) {
+        (Ok(t), Ok(s)) => (t, s),
+        _ => return Err(unauthorized()),
+    };
+    let now = state.clock.now().unix_seconds();
+    for refresh in [false, true] {
+        let secrets = match state.secrets.signing_secrets(refresh).await {
+            Ok(s) => s,
+            Err(e) => {
+                log_secret_error(&e);
+                return Err(unavailable());
+            }
+        };
+        let refs: Vec<(&str, &[u8])> = secrets.iter().map(|(l, s)| (l.as_str(), s.expose().as_bytes())).collect();
+        match signature::verify_any(&refs, ts, sig, body, now) {
+            Ok(stage) => {
+                tracing::info!(stage, "slack signature verified");
+                return Ok(());
+            }
+            Err(signature::SignatureError::Mismatch) if !refresh => continue,
+            Err(e) => {
+                tracing::warn!(reason = %e, "slack callback refused");
+                return Err(unauthorized());
+            }
+        }
+    }
+    Err(unauthorized())
+}
+
+fn log_secret_error(e: &SecretError) {
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    tracing::error!(error = %chain, "cannot read the Slack signing secret");
+}
+
+async fn interactions(State(state): State<SlackState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = match to_bytes(body, interaction::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return unauthorized(),
+    };
+    // 1. Signature over the raw bytes, before anything is parsed.
+    if let Err(resp) = verify(&state, &parts.headers, &body).await {
+        return resp;
+    }
+    // 2. Only now: the payload.
+    let parsed = match interaction::parse(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(reason = %e, "signed callback with an unusable payload");
+            if state.votes.audit_rejected_callback(None, "bad_payload", &e.to_string()).await.is_err() {
+                return unavailable();
+            }
+            return status(StatusCode::BAD_REQUEST, "invalid_payload", "unsupported interaction payload");
+        }
+    };
+    // 3. The app and workspace must be ours (row 8).
+    let (app, team, enterprise, user, user_team) = match &parsed {
+        Interaction::BlockActions(a) => (&a.api_app_id, &a.team_id, &a.enterprise_id, &a.user_id, &a.user_team_id),
+        Interaction::ViewSubmission(v) => (&v.api_app_id, &v.team_id, &v.enterprise_id, &v.user_id, &v.user_team_id),
+    };
+    if let Err(why) = check_workspace(&state.identity, app, team, enterprise.as_deref(), user_team.as_deref()) {
+        tracing::warn!(reason = why, "callback from a foreign app or workspace");
+        if state.votes.audit_rejected_callback(Some(user.as_str()), "foreign_workspace", why).await.is_err() {
+            return unavailable();
+        }
+        return status(StatusCode::FORBIDDEN, "forbidden", "this app or workspace is not allowed");
+    }
+    match parsed {
+        Interaction::BlockActions(a) => {
+            let clicked = (a.channel_id.to_string(), a.message_ts.clone());
+            match a.action_id {
+                ButtonAction::Approve => {
+                    let v = VoteRequest {
+                        user: a.user_id.clone(),
+                        request_id: a.value,
+                        clicked: Some(clicked),
+                        decision: Decision::Approve,
+                    };
+                    match state.votes.vote(v).await {
+                        Ok(VoteOutcome::Recorded(_)) => StatusCode::OK.into_response(),
+                        Ok(VoteOutcome::Duplicate(_)) => {
+                            reply(&state, &a.response_url, "You have already voted on this request.").await;
+                            StatusCode::OK.into_response()
+                        }
+                        Ok(VoteOutcome::Rejected(why)) => {
+                            reply(&state, &a.response_url, &why.message()).await;
+                            StatusCode::OK.into_response()
+                        }
+                        Err(e) => store_failure(&e),
+                    }
+                }
+                ButtonAction::Deny => match state.votes.authorize(&a.user_id, &a.value, Some(&clicked)).await {
+                    Ok(Ok((request, _))) => {
+                        let view = blocks::deny_modal(&request.id, &request);
+                        let open =
+                            tokio::time::timeout(state.reply_budget, state.client.open_view(&a.trigger_id, &view));
+                        match open.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "could not open the deny dialog");
+                                reply(&state, &a.response_url, "Could not open the deny dialog; please try again.")
+                                    .await;
+                            }
+                            Err(_) => tracing::warn!("opening the deny dialog timed out"),
+                        }
+                        StatusCode::OK.into_response()
+                    }
+                    Ok(Err(why)) => {
+                        reply(&state, &a.response_url, &why.message()).await;
+                        StatusCode::OK.into_response()
+                    }
+                    Err(e) => store_failure(&e),
+                },
+            }
+        }
+        Interaction::ViewSubmission(v) => {
+            let vote = VoteRequest {
+                user: v.user_id.clone(),
+                request_id: v.request_id,
+                clicked: None,
+                decision: Decision::Deny { reason: v.reason.clone() },
+            };
+            match state.votes.vote(vote).await {
+                Ok(VoteOutcome::Recorded(_)) => Json(json!({"response_action": "clear"})).into_response(),
+                Ok(VoteOutcome::Duplicate(_)) => modal_error("You have already voted on this request."),
+                Ok(VoteOutcome::Rejected(why)) => modal_error(&rejection_text(&why)),
+                Err(e) => store_failure(&e),
+            }
+        }
+    }
+}
+
+fn rejection_text(why: &Rejection) -> String {
+    why.message()
+}
+
+fn modal_error(message: &str) -> Response {
+    let text: String = message.chars().take(150).collect();
+    Json(json!({"response_action": "errors", "errors": {blocks::DENY_REASON_BLOCK_ID: text}})).into_response()
+}
+
+fn store_failure(e: &crate::ports::StoreError) -> Response {
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    tracing::error!(error = %chain, "store failure while handling a Slack callback");
+    unavailable()
+}
+
+/// Sends an ephemeral reply through the callback's `response_url`, bounded in time; failures are logged.
+async fn reply(state: &SlackState, response_url: &str, text: &str) {
+    let body = blocks::ephemeral_text(text);
+    match tokio::time::timeout(state.reply_budget, state.client.respond(response_url, &body)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "ephemeral reply failed"),
+        Err(_) => tracing::warn!("ephemeral reply timed out"),
+    }
+}
+
+/// Row 8: the app id must be ours; the workspace (or Enterprise Grid org) must be ours; the clicking user
+/// must belong to it (a Slack Connect user from another organization is refused).
+pub fn check_workspace(
+    id: &SlackIdentity,
+    app: &str,
+    team: &str,
+    enterprise: Option<&str>,
+    user_team: Option<&str>,
+) -> Result<(), &'static str> {
+    if app != id.app_id {
+        return Err("api_app_id does not match");
+    }
+    if id.team_id.starts_with('E') {
+        if enterprise != Some(id.team_id.as_str()) {
+            return Err("enterprise id does not match");
+        }
+        if user_team.is_none() {
+            return Err("user has no team");
+        }
+        return Ok(());
+    }
+    if team != id.team_id {
+        return Err("team id does not match");
+    }
+    match user_team {
+        Some(t) if t == id.team_id => Ok(()),
+        Some(_) => Err("user belongs to another workspace"),
+        None => Err("user has no team"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t08_foreign_app_team_enterprise_and_connect_users_are_refused() {
+        let id = SlackIdentity { app_id: "A0APP".into(), team_id: "T0TEAM".into() };
+        assert!(check_workspace(&id, "A0APP", "T0TEAM", None, Some("T0TEAM")).is_ok());
+        assert!(check_workspace(&id, "A0OTHER", "T0TEAM", None, Some("T0TEAM")).is_err());
+        assert!(check_workspace(&id, "A0APP", "T0OTHER", None, Some("T0OTHER")).is_err());
+        assert!(check_workspace(&id, "A0APP", "T0TEAM", None, Some("T0GUEST")).is_err());
+        assert!(check_workspace(&id, "A0APP", "T0TEAM", None, None).is_err());
+        let grid = SlackIdentity { app_id: "A0APP".into(), team_id: "E0GRID".into() };
+        assert!(check_workspace(&grid, "A0APP", "T0ANY", Some("E0GRID"), Some("T0ANY")).is_ok());
+        assert!(check_workspace(&grid, "A0APP", "T0ANY", Some("E0OTHER"), Some("T0ANY")).is_err());
+        assert!(check_workspace(&grid, "A0APP", "T0ANY", None, Some("T0ANY")).is_err());
+    }
+}
