@@ -10,3 +10,5 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod smoke;
+mod support;
