@@ -6,6 +6,7 @@
 //! - [`adapters`]: DynamoDB, the embedded store, Slack, Secrets Manager.
 //! - [`config`]: configuration from the environment (Lambda) or files (local mode).
 //! - [`cli`]: the `countersign` command.
+//! - [`local`]: local mode (`countersign dev`): one server, embedded store, SigV4 verifier, Slack simulator.
 
 pub mod adapters;
 pub mod app;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod local;
 pub mod ports;
 pub mod service;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The `countersign` command: clap types and one module per command group. `main → run → ExitCode`;
 //! errors are printed once, with their cause chain, by [`run`].
 
+pub mod dev;
 pub mod policy;
 pub mod store;
 
@@ -54,6 +55,9 @@ pub enum Command {
     /// Create the storage (DynamoDB tables or the embedded database).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Run the whole product on this machine: request API (SigV4), Slack interactions, a Slack simulator in
+    /// the browser, the embedded store and the sweeper, on one HTTP server (default 127.0.0.1:8787).
+    Dev(dev::DevArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +166,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Policy(PolicyCommand::Diff { file, store }) => policy::diff(&file, &store).await,
         Command::Policy(PolicyCommand::Apply { file, store, yes }) => policy::apply(&file, &store, yes).await,
         Command::Store(StoreCommand::Init { store }) => store::init(&store).await,
+        Command::Dev(args) => dev::run(&args).await,
     }
 }
 

@@ -1,0 +1,173 @@
+//! `countersign dev`: local mode. Loads (or, on the first run, writes) the dev config, starts the server
+//! (see [`crate::local`]) and prints what to do next.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::local::config::{self, DevConfig};
+use crate::local::{default_config_path, shutdown_signal, LocalServer};
+
+use super::{exit, CliError};
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// The dev config (TOML; docs/local-mode.md). Without it, DATA_DIR/dev.toml is used, and written with
+    /// fresh random dev secrets on the first run.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`; default 127.0.0.1:8787).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store and the simulator's messages (overrides `data_dir`; default
+    /// .countersign).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Writes a new config without ever replacing an existing file; owner-only on Unix (it holds secrets).
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+fn load_config(args: &DevArgs) -> Result<(DevConfig, PathBuf, bool), CliError> {
+    let (path, created) = match &args.config {
+        Some(p) => (p.clone(), false),
+        None => {
+            let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+            let path = default_config_path(&dir);
+            if path.exists() {
+                (path, false)
+            } else {
+                let text = config::generate(&dir).map_err(|e| CliError::new(exit::FAILED, e.to_string()))?;
+                write_new(&path, &text)
+                    .map_err(|e| CliError::failed(&format!("cannot write {}", path.display()), &e))?;
+                (path, true)
+            }
+        }
+    };
+    let mut cfg =
+        DevConfig::load(&path).map_err(|e| CliError::new(exit::FAILED, format!("{}: {e}", path.display())))?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir.clone_from(d);
+    }
+    Ok((cfg, path, created))
+}
+
+/// The copy-paste block: where things are and how to make a first request.
+fn banner(cfg: &DevConfig, config_path: &Path, created: bool, server: &LocalServer) -> String {
+    let s = &server.summary;
+    let mut out = String::new();
+    let line = |out: &mut String, l: &str| {
+        out.push_str(l);
+        out.push('\n');
+    };
+    line(&mut out, "");
+    line(&mut out, &format!("Countersign local mode is running on {}", s.origin));
+    line(&mut out, "");
+    match &s.simulator_url {
+        Some(u) => line(&mut out, &format!("  Slack simulator  {u}   <- open in a browser")),
+        None => line(&mut out, &format!("  Slack            {} (real Slack; simulator off)", s.slack_api_base_url)),
+    }
+    line(
+        &mut out,
+        &format!("  Request API      {}/v1/requests   (SigV4: region {}, service execute-api)", s.origin, cfg.region),
+    );
+    let note = if created { "   (just written, with random dev secrets)" } else { "" };
+    line(&mut out, &format!("  Config           {}{note}", config_path.display()));
+    line(&mut out, &format!("  Data             {}", cfg.data_dir.display()));
+    let from = cfg.policies.as_ref().map_or_else(|| "the store".to_string(), |p| p.display().to_string());
+    line(&mut out, &format!("  Policies         {} loaded from {from}", s.policies_loaded));
+    if !s.policy_changes.is_empty() {
+        for l in s.policy_changes.lines() {
+            line(&mut out, &format!("                   {l}"));
+        }
+    }
+    line(&mut out, "");
+    match cfg.identities.first() {
+        None => {
+            line(&mut out, "No [[identities]] are configured: add one to the config to sign requests.");
+        }
+        Some(id) => {
+            let body =
+                r#"{"action":"deploy","environment":"production","resource":"service/payments","reason":"Release 42"}"#;
+            line(&mut out, &format!("Make a request from a second terminal, signed as {}:", id.arn));
+            line(&mut out, "");
+            line(
+                &mut out,
+                &format!(
+                    "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY='{}' AWS_REGION={}",
+                    id.access_key_id,
+                    id.secret_access_key.expose(),
+                    cfg.region
+                ),
+            );
+            line(
+                &mut out,
+                &format!(
+                    "  cargo run --release -- request --endpoint {} \\\n      --action deploy --env production \
+                     --resource service/payments --reason \"Release 42\" --wait",
+                    s.origin
+                ),
+            );
+            line(&mut out, "");
+            line(&mut out, "or with curl:");
+            line(&mut out, "");
+            line(
+                &mut out,
+                &format!(
+                    "  curl --aws-sigv4 \"aws:amz:{}:execute-api\" --user \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\" \\\n      \
+                     -H 'content-type: application/json' -d '{body}' \\\n      {}/v1/requests",
+                    cfg.region, s.origin
+                ),
+            );
+            line(&mut out, "");
+            if s.simulator_url.is_some() {
+                line(&mut out, "Then, in the simulator, act as alice and as bob and click Approve on the message.");
+            }
+        }
+    }
+    line(&mut out, "Ctrl-C stops the server; requests, votes, the audit trail and messages are kept.");
+    out
+}
+
+pub async fn run(args: &DevArgs) -> Result<u8, CliError> {
+    crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    let (cfg, path, created) = load_config(args)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| {
+        CliError::failed(
+            &format!(
+                "cannot listen on {} (is another `countersign dev` running? try --listen 127.0.0.1:8788)",
+                cfg.listen
+            ),
+            &e,
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| CliError::failed("cannot read the listening address", &e))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "local mode is listening beyond the loopback: anyone who reaches it can act as any simulated Slack user");
+    }
+    let server = LocalServer::build(&cfg, addr).await.map_err(|e| CliError::failed("local mode cannot start", &e))?;
+    print!("{}", banner(&cfg, &path, created, &server));
+    let _ = std::io::stdout().flush();
+    server.run(listener, shutdown_signal()).await.map_err(|e| CliError::failed("local mode stopped", &e))?;
+    println!("Stopped. Data kept in {}.", cfg.data_dir.display());
+    Ok(exit::OK)
+}
