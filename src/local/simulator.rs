@@ -55,6 +55,7 @@ const WORKSPACE_DOMAIN: &str = "countersign-local";
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const APP_CSS: &str = include_str!("page/app.css");
+const FAVICON: &str = include_str!("page/favicon.svg");
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -304,6 +305,7 @@ impl Simulator {
             .route("/slack/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
             .route("/slack/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
             .route("/slack/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+            .route("/slack/favicon.svg", get(|| async { asset("image/svg+xml", FAVICON) }))
             .route("/slack/api/{method}", post(api))
             .route("/slack/response/{id}", post(response_url))
             .route("/slack/sim/state", get(page_state))
