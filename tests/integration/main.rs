@@ -10,5 +10,6 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod local_mode;
 mod smoke;
 mod support;
