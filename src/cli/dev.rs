@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::local::config::{self, DevConfig};
-use crate::local::{default_config_path, shutdown_signal, LocalServer};
+use crate::local::{default_config_path, shutdown_signal, LocalServer, StartSummary};
 
 use super::{exit, CliError};
 
@@ -72,8 +72,7 @@ fn load_config(args: &DevArgs) -> Result<(DevConfig, PathBuf, bool), CliError> {
 }
 
 /// The copy-paste block: where things are and how to make a first request.
-fn banner(cfg: &DevConfig, config_path: &Path, created: bool, server: &LocalServer) -> String {
-    let s = &server.summary;
+fn banner(cfg: &DevConfig, config_path: &Path, created: bool, s: &StartSummary) -> String {
     let mut out = String::new();
     let line = |out: &mut String, l: &str| {
         out.push_str(l);
@@ -165,9 +164,60 @@ pub async fn run(args: &DevArgs) -> Result<u8, CliError> {
         tracing::warn!(%addr, "local mode is listening beyond the loopback: anyone who reaches it can act as any simulated Slack user");
     }
     let server = LocalServer::build(&cfg, addr).await.map_err(|e| CliError::failed("local mode cannot start", &e))?;
-    print!("{}", banner(&cfg, &path, created, &server));
+    print!("{}", banner(&cfg, &path, created, &server.summary));
     let _ = std::io::stdout().flush();
     server.run(listener, shutdown_signal()).await.map_err(|e| CliError::failed("local mode stopped", &e))?;
     println!("Stopped. Data kept in {}.", cfg.data_dir.display());
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn first_run_writes_a_private_config_once_and_later_runs_reuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let args = DevArgs { config: None, listen: None, data_dir: Some(data.clone()) };
+        let (first, path, created) = load_config(&args).unwrap();
+        assert!(created);
+        assert_eq!(path, data.join("dev.toml"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let (again, _, created) = load_config(&args).unwrap();
+        assert!(!created, "an existing config is never replaced");
+        assert_eq!(first.identities[0].access_key_id, again.identities[0].access_key_id);
+        assert_eq!(again.data_dir, data);
+    }
+
+    #[test]
+    fn an_explicit_config_that_does_not_exist_is_an_error_not_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let args = DevArgs { config: Some(missing.clone()), listen: None, data_dir: None };
+        assert!(load_config(&args).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn banner_gives_copy_paste_commands_for_the_cli_and_curl() {
+        let cfg = DevConfig::parse(&config::generate(Path::new(".countersign")).unwrap()).unwrap();
+        let summary = StartSummary {
+            origin: "http://127.0.0.1:8787".into(),
+            slack_api_base_url: "http://127.0.0.1:8787/slack/api".into(),
+            simulator_url: Some("http://127.0.0.1:8787/slack/".into()),
+            policies_loaded: 4,
+            policy_changes: String::new(),
+        };
+        let b = banner(&cfg, Path::new(".countersign/dev.toml"), true, &summary);
+        assert!(b.contains("http://127.0.0.1:8787/slack/"));
+        assert!(b.contains(&format!("export AWS_ACCESS_KEY_ID={}", cfg.identities[0].access_key_id)));
+        assert!(b.contains("cargo run --release -- request --endpoint http://127.0.0.1:8787"));
+        assert!(b.contains("curl --aws-sigv4 \"aws:amz:us-east-1:execute-api\""));
+    }
 }

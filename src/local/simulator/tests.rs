@@ -1,1 +1,137 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::body::Body;
+use axum::http::Request;
+use tower::ServiceExt;
+
+use super::*;
+use crate::domain::policy::parse_policies;
+use crate::local::config::DevConfig;
+
+const BOT: &str = "xoxb-sim-test";
+
+fn settings(state_file: Option<PathBuf>) -> SimSettings {
+    SimSettings {
+        bot_token: SecretString::new(BOT),
+        signing_secret: SecretString::new("secret"),
+        team_id: "T0LOCAL01".into(),
+        app_id: "A0LOCAL01".into(),
+        users: vec![UserInfo { id: "U012AB3CD".into(), name: "alice".into(), title: None, roles: vec![] }],
+        groups: vec![],
+        channels: vec![],
+        // Nothing listens here: these tests never click.
+        interactions_url: "http://127.0.0.1:9/slack/interactions".into(),
+        origin: "http://127.0.0.1:9".into(),
+        state_file,
+    }
+}
+
+async fn call(sim: &Simulator, method: &str, body: Value) -> Value {
+    let req = Request::post(format!("/slack/api/{method}"))
+        .header("authorization", format!("Bearer {BOT}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = sim.router().oneshot(req).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn directory_lists_configured_users_then_policy_users_with_what_each_may_do() {
+    let cfg = DevConfig::parse(&crate::local::config::generate(std::path::Path::new(".countersign")).unwrap()).unwrap();
+    let policies = parse_policies(crate::domain::policy::tests::EXAMPLE).unwrap();
+    let (users, channels) = directory(&cfg.slack, &policies);
+    let roles = |id: &str| users.iter().find(|u| u.id == id).unwrap().roles.clone();
+    assert_eq!(users[0].name, "alice");
+    assert_eq!(roles("U012AB3CD"), vec!["approver for deploy-production"]);
+    assert_eq!(roles("U0SRE0001"), vec!["approver for deploy-production via @sre-oncall"]);
+    assert_eq!(roles("U0OWNER01"), vec!["owner of deploy-production (cannot approve)"]);
+    assert_eq!(roles("U0SEC0001"), vec!["approver for rotate-secrets via @security"]);
+    assert!(roles("U0VISITOR").is_empty());
+    assert!(users.iter().any(|u| u.id == "U0DBA0001"), "users named only by a policy are listed too");
+    assert!(channels.iter().any(|c| c.id.as_str() == "C0APPROVALS" && c.name == "deploy-approvals"));
+}
+
+#[tokio::test]
+async fn messages_are_checked_against_block_kit_limits_and_threads_attach_to_their_parent() {
+    let sim = Simulator::new(settings(None)).unwrap();
+    let too_long = "x".repeat(151);
+    let r = call(
+        &sim,
+        "chat.postMessage",
+        json!({"channel": "C0APPROVALS", "blocks": [{"type": "header", "text": {"type": "plain_text", "text": too_long}}]}),
+    )
+    .await;
+    assert_eq!(r["error"], "invalid_blocks", "{r}");
+    let r = call(&sim, "chat.postMessage", json!({"channel": "D0DIRECT", "text": "hi"})).await;
+    assert_eq!(r["error"], "channel_not_found");
+    let r = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "parent"})).await;
+    let ts = r["ts"].as_str().unwrap().to_string();
+    let r = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "reply", "thread_ts": ts})).await;
+    assert_eq!(r["ok"], true);
+    let r =
+        call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "x", "thread_ts": "1.000001"})).await;
+    assert_eq!(r["error"], "thread_not_found");
+    let msgs = sim.messages("C0APPROVALS");
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[1].thread_ts.as_deref(), Some(ts.as_str()));
+    assert!(msgs[0].ts < msgs[1].ts, "timestamps increase");
+    let r = call(&sim, "chat.update", json!({"channel": "C0APPROVALS", "ts": "9.000001", "text": "y"})).await;
+    assert_eq!(r["error"], "message_not_found");
+}
+
+#[tokio::test]
+async fn messages_survive_a_new_simulator_on_the_same_state_file_and_a_corrupt_file_is_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(STATE_FILE);
+    let sim = Simulator::new(settings(Some(file.clone()))).unwrap();
+    call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "kept"})).await;
+    let again = Simulator::new(settings(Some(file.clone()))).unwrap();
+    assert_eq!(again.messages("C0APPROVALS")[0].text.as_deref(), Some("kept"));
+    let r = call(&again, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "later"})).await;
+    assert!(r["ts"].as_str().unwrap() > again.messages("C0APPROVALS")[0].ts.as_str());
+
+    std::fs::write(&file, b"{not json").unwrap();
+    let fresh = Simulator::new(settings(Some(file.clone()))).unwrap();
+    assert!(fresh.messages("C0APPROVALS").is_empty());
+    assert_eq!(std::fs::read(file.with_extension("json.corrupt")).unwrap(), b"{not json");
+}
+
+#[test]
+fn clicked_elements_come_from_the_message_and_modal_state_from_its_input_blocks() {
+    let blocks = json!([
+        {"type": "section", "text": {"type": "mrkdwn", "text": "x"}},
+        {"type": "actions", "block_id": "countersign_actions", "elements": [
+            {"type": "button", "action_id": "countersign_approve", "value": "req_1", "style": "primary"}
+        ]}
+    ]);
+    assert_eq!(find_element(&blocks, "countersign_actions", "countersign_approve").unwrap()["value"], "req_1");
+    assert!(find_element(&blocks, "countersign_actions", "countersign_deny").is_none());
+    assert!(find_element(&blocks, "other_block", "countersign_approve").is_none());
+
+    let view = json!({"blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "x"}},
+        {"type": "input", "block_id": "reason", "element": {"type": "plain_text_input", "action_id": "reason"}}
+    ]});
+    let given = BTreeMap::from([("reason".to_string(), BTreeMap::from([("reason".to_string(), "why".to_string())]))]);
+    assert_eq!(
+        state_values(&view, &given),
+        json!({"reason": {"reason": {"type": "plain_text_input", "value": "why"}}})
+    );
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_content_security_policy() {
+    let sim = Simulator::new(settings(None)).unwrap();
+    for (path, kind) in [("/slack/", "text/html"), ("/slack/app.js", "text/javascript"), ("/slack/app.css", "text/css")]
+    {
+        let resp = sim.router().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let h = resp.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    }
+    // The page builds DOM nodes; it never parses message text as HTML.
+    assert!(!APP_JS.contains("innerHTML") && !APP_JS.contains("insertAdjacentHTML") && !APP_JS.contains("eval("));
+}
