@@ -576,3 +576,27 @@ async fn a_missing_policy_file_stops_start_up_with_its_name() {
     assert!(matches!(e, LocalError::PolicyFile { .. }), "{text}");
     assert!(text.contains(&PathBuf::from(dir.path()).join("policies.yaml").display().to_string()), "{text}");
 }
+
+#[tokio::test]
+async fn the_sweeper_runs_in_process_and_posts_a_reminder_in_the_message_thread() {
+    // A 60 s request is due its first reminder at a third of its life: 20 s. The sweeper runs every second.
+    let dir = data_dir();
+    let dev = Dev::start(dir.path()).await;
+    let body = json!({"action": "deploy", "environment": "production", "reason": "r", "ttl_seconds": 60});
+    let (status, j) = dev.call("POST", "/v1/requests", Some(&body)).await;
+    assert_eq!(status, 201, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let replies = dev.message_for(&id).await["replies"].as_array().map_or(0, Vec::len);
+        if replies == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reminder was posted in the thread within 40 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    dev.stop().await;
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let trail = store.for_request(&RequestId::parse(&id).unwrap()).await.unwrap();
+    assert!(trail.iter().any(|e| e.kind == AuditKind::SlackReminded));
+}
