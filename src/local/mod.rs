@@ -19,7 +19,7 @@ pub mod config;
 pub mod sigv4;
 pub mod simulator;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +50,8 @@ use self::simulator::{SimError, SimSettings, Simulator};
 
 /// Time each Slack API call may take (the simulator answers in microseconds; real Slack within 2 s).
 pub const SLACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long in-flight requests may run on after Ctrl-C.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -253,9 +255,32 @@ impl LocalServer {
                 }
             }
         }));
-        let served = axum::serve(listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // In-flight requests get SHUTDOWN_GRACE to finish (a `?wait=20` long poll would otherwise hold Ctrl-C).
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let mut graceful = stopping.clone();
+        let mut deadline = stopping;
+        let server = axum::serve(listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = graceful.wait_for(|s| *s).await;
+            })
+            .into_future();
+        let trigger = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+            std::future::pending::<()>().await;
+        };
+        let cut_off = async move {
+            let _ = deadline.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let served = tokio::select! {
+            r = server => r,
+            () = trigger => Ok(()),
+            () = cut_off => {
+                tracing::warn!("requests still in flight after {} s were cut off", SHUTDOWN_GRACE.as_secs());
+                Ok(())
+            }
+        };
         drop(sweeping);
         served.map_err(LocalError::Io)
     }

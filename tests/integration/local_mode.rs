@@ -128,37 +128,7 @@ impl Dev {
         service: &str,
         time: SystemTime,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let url = self.url(path);
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let mut headers: Vec<(&str, &str)> = vec![];
-        if body.is_some() {
-            headers.push(("content-type", "application/json"));
-        }
-        let identity = Credentials::new(key, secret, None, None, "local-mode-test").into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name(service)
-            .time(time)
-            .settings(SigningSettings::default())
-            .build()
-            .expect("signing params")
-            .into();
-        let signable =
-            SignableRequest::new(method, url.as_str(), headers.iter().copied(), SignableBody::Bytes(&bytes)).unwrap();
-        let (instructions, _) = sign(signable, &params).expect("signs").into_parts();
-        let mut req = self.http.request(method.parse().unwrap(), &url).body(bytes.clone());
-        for (k, v) in &headers {
-            req = req.header(*k, *v);
-        }
-        for (k, v) in instructions.headers() {
-            req = req.header(k, v);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status().as_u16();
-        let h = resp.headers().clone();
-        let json = resp.json::<Value>().await.unwrap_or(Value::Null);
-        (status, json, h)
+        send_signed(&self.http, method, &self.url(path), body, (key, secret, region, service), time).await
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -213,6 +183,46 @@ impl Dev {
         )
         .await
     }
+}
+
+/// Sends a request signed by `aws-sigv4` exactly as the CLI signs: `(key, secret, region, service)`.
+async fn send_signed(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+    (key, secret, region, service): (&str, &str, &str, &str),
+    time: SystemTime,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let mut headers: Vec<(&str, &str)> = vec![];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let identity = Credentials::new(key, secret, None, None, "local-mode-test").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(&bytes)).unwrap();
+    let (instructions, _) = sign(signable, &params).expect("signs").into_parts();
+    let mut req = http.request(method.parse().unwrap(), url).body(bytes.clone());
+    for (k, v) in &headers {
+        req = req.header(*k, *v);
+    }
+    for (k, v) in instructions.headers() {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let json = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, json, h)
 }
 
 fn has_buttons(message: &Value) -> bool {
@@ -599,4 +609,24 @@ async fn the_sweeper_runs_in_process_and_posts_a_reminder_in_the_message_thread(
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let trail = store.for_request(&RequestId::parse(&id).unwrap()).await.unwrap();
     assert!(trail.iter().any(|e| e.kind == AuditKind::SlackReminded));
+}
+
+#[tokio::test]
+async fn stopping_with_a_long_poll_in_flight_takes_at_most_the_grace_period() {
+    let dir = data_dir();
+    let dev = Dev::start(dir.path()).await;
+    let id = dev.create("release 42").await;
+    let addr = dev.addr;
+    let poll = tokio::spawn(async move {
+        let url = format!("http://{addr}/v1/requests/{id}?wait=20");
+        let creds = (KEY_ID, SECRET, "us-east-1", "execute-api");
+        send_signed(&reqwest::Client::new(), "GET", &url, None, creds, SystemTime::now()).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    dev.stop().await;
+    let took = started.elapsed();
+    assert!(took < countersign::local::SHUTDOWN_GRACE + Duration::from_secs(2), "stopping took {took:?}");
+    assert!(took >= countersign::local::SHUTDOWN_GRACE, "the long poll was in flight ({took:?})");
+    poll.abort();
 }
