@@ -197,6 +197,10 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
 }
 
 async fn create(State(svc): State<RequestService>, Identity(caller): Identity, req: Request) -> Response {
+    // Who is calling comes first: an unidentified or disallowed caller learns nothing about body rules.
+    if let Err(e) = svc.identify(&caller) {
+        return ApiError::from(svc.refuse(&caller, None, e).await).into_response();
+    }
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -227,10 +231,7 @@ async fn create(State(svc): State<RequestService>, Identity(caller): Identity, r
         Err(e) => {
             // Refusals are audited like any other "no".
             let re = crate::service::requests::RequestError::Invalid { field: e.field, message: e.message.clone() };
-            return match svc.refuse_unparsed(&caller, re).await {
-                Some(unavailable) => ApiError::from(unavailable).into_response(),
-                None => e.into_response(),
-            };
+            return ApiError::from(svc.refuse(&caller, None, re).await).into_response();
         }
     };
     match svc.submit(&caller, input).await {

@@ -188,8 +188,9 @@ impl RequestService {
         self.clock.now()
     }
 
-    /// Records a refusal and returns it (or `Unavailable` if even the audit record cannot be written).
-    async fn refuse(&self, caller: &Caller, input: Option<&NewRequest>, e: RequestError) -> RequestError {
+    /// Records a refusal and returns it (or `Unavailable` if even the audit record cannot be written: the
+    /// caller then gets a retryable 503 instead of an unrecorded "no").
+    pub async fn refuse(&self, caller: &Caller, input: Option<&NewRequest>, e: RequestError) -> RequestError {
         let actor = caller.user_arn.as_deref().map_or_else(|| Actor("anonymous".into()), Actor::aws);
         let mut d = AuditDraft::new(self.now(), AuditKind::RequestRefused, actor, None)
             .with("code", e.code())
@@ -200,15 +201,6 @@ impl RequestService {
         match self.stores.audit.append(vec![d]).await {
             Ok(_) => e,
             Err(se) => RequestError::Unavailable(se),
-        }
-    }
-
-    /// Audits a refusal found before the body could be parsed. Returns `Some(Unavailable)` when even the
-    /// audit record cannot be written (the caller then gets a retryable 503 instead of the refusal).
-    pub async fn refuse_unparsed(&self, caller: &Caller, e: RequestError) -> Option<RequestError> {
-        match self.refuse(caller, None, e).await {
-            u @ RequestError::Unavailable(_) => Some(u),
-            _ => None,
         }
     }
 
