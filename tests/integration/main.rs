@@ -10,5 +10,6 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod operator_cli;
 mod smoke;
 mod support;
