@@ -10,6 +10,7 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod layering;
 mod operator_cli;
 mod smoke;
 mod support;
