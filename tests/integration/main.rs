@@ -14,3 +14,4 @@ mod layering;
 mod operator_cli;
 mod smoke;
 mod support;
+mod template;
