@@ -74,8 +74,12 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Ask for approval, wait, and run COMMAND only if approved (exit code: the command's). The command gets
-    /// COUNTERSIGN_REQUEST_ID in its environment. countersign's own output goes to stderr.
+    /// Ask for approval, wait, and run COMMAND only if approved.
+    ///
+    /// Exits with the command's exit code once it has run; otherwise with countersign's (3 denied, 4 expired,
+    /// 5 cancelled, 6 still pending at --timeout, 7 refused, 8 unavailable) and the command does not run. The
+    /// command gets COUNTERSIGN_REQUEST_ID in its environment. countersign's own output goes to stderr, so
+    /// stdout is the command's.
     #[command(after_help = EXIT_CODES_HELP)]
     Run {
         #[command(flatten)]
@@ -239,9 +243,11 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Stream audit records in chain order as JSON lines or CSV, ending with a summary (records, first and
-    /// last hash). A time range is a contiguous segment of the chain; --request / --principal give a
-    /// filtered view (marked as such; it cannot be verified as a chain).
+    /// Stream audit records in chain order as JSON lines or CSV, with a summary at the end.
+    ///
+    /// The summary gives the records, first and last hash (a `{"summary": …}` last line in JSONL; on stderr
+    /// always). A time range is a contiguous segment of the chain; --request / --principal give a filtered
+    /// view (marked as such; it cannot be verified as a chain).
     Export {
         #[command(flatten)]
         range: RangeArgs,
@@ -259,8 +265,10 @@ pub enum AuditCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Check the hash chain in the store (optionally a time range) or in a JSONL export, and report the
-    /// first broken link. Exit 0 only when intact.
+    /// Check the hash chain and report the first broken link; exit 0 only when intact.
+    ///
+    /// Checks the store (from genesis, or a --since/--until segment) or a JSONL export (--file): names the
+    /// first record that was edited, is missing or is out of order.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify {
         #[command(flatten)]
