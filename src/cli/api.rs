@@ -197,8 +197,9 @@ impl ApiClient {
                 CliError::new(exit::FAILED, format!("{method} {url}: {status} with a body that is not JSON"))
             });
         }
+        let retry = is_transient(status, json.as_ref());
         let (code, message) = error_of(json.as_ref(), error_type);
-        if status.is_server_error() {
+        if retry {
             return Ok(Attempt::Retry { error: format!("{status} {code}: {message}"), retry_after });
         }
         if status.is_client_error() {
@@ -260,6 +261,13 @@ impl ApiClient {
 enum Attempt {
     Done(Value),
     Retry { error: String, retry_after: Option<Duration> },
+}
+
+/// Worth retrying: any 5xx, and a 429 from API Gateway's throttling (the API's own 429 `too_many_pending`
+/// carries an `error` object and is a refusal: waiting a few seconds will not free a pending slot).
+fn is_transient(status: reqwest::StatusCode, json: Option<&Value>) -> bool {
+    status.is_server_error()
+        || (status == reqwest::StatusCode::TOO_MANY_REQUESTS && json.and_then(|j| j.get("error")).is_none())
 }
 
 /// The API's `{"error": {"code", "message"}}`, or API Gateway's own `{"message"}` with `x-amzn-ErrorType`.
@@ -344,6 +352,18 @@ mod tests {
             ("UnrecognizedClientException".into(), "The security token included in the request is invalid.".into())
         );
         assert_eq!(error_of(None, None), ("unknown_error".into(), "(no message)".into()));
+    }
+
+    #[test]
+    fn gateway_throttling_and_5xx_are_retried_refusals_are_not() {
+        use reqwest::StatusCode as S;
+        let api_429 = json!({"error": {"code": "too_many_pending", "message": "m"}});
+        let gw_429 = json!({"message": "Too Many Requests"});
+        assert!(!is_transient(S::TOO_MANY_REQUESTS, Some(&api_429)));
+        assert!(is_transient(S::TOO_MANY_REQUESTS, Some(&gw_429)));
+        assert!(is_transient(S::SERVICE_UNAVAILABLE, Some(&json!({"error": {"code": "unavailable"}}))));
+        assert!(is_transient(S::GATEWAY_TIMEOUT, None));
+        assert!(!is_transient(S::FORBIDDEN, Some(&gw_429)));
     }
 
     #[test]

@@ -214,8 +214,8 @@ pub struct ApiArgs {
     pub aws: AwsArgs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// How many times to retry a call that failed with a 5xx or a network error (exponential backoff,
-    /// honouring Retry-After) before giving up with exit 8.
+    /// How many times to retry a call that failed with a 5xx, API Gateway throttling or a network error
+    /// (exponential backoff, honouring Retry-After) before giving up with exit 8.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
 }
