@@ -41,7 +41,7 @@ pub fn router(service: RequestService) -> Router {
 }
 
 /// The request object of the API.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequestView {
     pub id: String,
     pub status: String,
@@ -61,7 +61,7 @@ pub struct RequestView {
     pub notification: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequesterView {
     pub arn: String,
     pub account_id: String,
@@ -69,19 +69,19 @@ pub struct RequesterView {
     pub session: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PolicyView {
     pub name: String,
     pub version: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApprovalView {
     pub user_id: String,
     pub at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DenialView {
     pub user_id: String,
     pub reason: String,

@@ -179,6 +179,11 @@ pub struct DynamoTamper {
 }
 
 impl DynamoTamper {
+    /// Raw access to the audit table `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { client, table }
+    }
+
     fn key(seq: u64) -> HashMap<String, AttributeValue> {
         HashMap::from([
             (keys::PK.to_string(), AttributeValue::S(keys::CHAIN_PK.to_string())),

@@ -3,10 +3,12 @@
 //! - `harness`: builds the stores under test (a fresh embedded database or fresh DynamoDB tables per test)
 //!   and their raw-access tampering.
 //! - `conformance`: the store contract, written once and run against every store.
+//! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod conformance;
 mod dynamodb_store;
 mod harness;

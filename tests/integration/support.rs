@@ -96,6 +96,12 @@ pub async fn spawn_app_with(kind: StoreKind, settings: RequestSettings) -> Optio
             (Stores::from_one(store), Box::new(()))
         }
     };
+    Some(spawn_app_on(stores, keep, settings).await)
+}
+
+/// A fresh app on stores the test built itself (so it knows where they live, e.g. to point the CLI at them).
+pub async fn spawn_app_on(stores: Stores, keep: Box<dyn Send + Sync>, settings: RequestSettings) -> TestApp {
+    init_once();
     let slack = FakeSlack::start().await.expect("fake Slack starts");
     let clock = Arc::new(ManualClock::new(T0));
     let secrets = Arc::new(StaticSlackSecrets {
@@ -118,7 +124,7 @@ pub async fn spawn_app_with(kind: StoreKind, settings: RequestSettings) -> Optio
     .expect("app builds");
     let t = TestApp { app, slack, clock, _keep: keep };
     t.apply_policies(POLICIES).await;
-    Some(t)
+    t
 }
 
 /// An API Gateway REST proxy event (tests/fixtures/apigw/rest-iam-request.json) turned into the request
