@@ -40,14 +40,16 @@ pub fn next_attempt(now: Timestamp, attempts: u32, retry_after: Option<Duration>
 }
 
 impl Dispatcher {
-    /// This principal's earlier requests of the same kind in the last 30 days.
+    /// This principal's earlier requests of the same kind in the last 30 days. "Earlier" is by
+    /// (created_at, id), so two requests created in the same millisecond never both count the other, and a
+    /// message re-rendered later (after a vote or cancel) still ignores requests that came after it.
     pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
         let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
         let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
         let same: Vec<&ApprovalRequest> = earlier
             .iter()
             .filter(|o| {
-                o.id != r.id && o.action == r.action && o.environment == r.environment && o.created_at <= r.created_at
+                o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
             })
             .collect();
         let last = same.iter().max_by_key(|o| (o.created_at, o.id));

@@ -10,5 +10,6 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod request_api;
 mod smoke;
 mod support;
