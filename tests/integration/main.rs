@@ -4,6 +4,7 @@
 //!   and their raw-access tampering.
 //! - `conformance`: the store contract, written once and run against every store.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
+//! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

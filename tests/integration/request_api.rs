@@ -59,6 +59,7 @@ on_both_stores!(
     wrong_content_type_is_415_and_audited,
     unknown_foreign_or_malformed_ids_are_404_and_audited,
     unknown_routes_and_methods_answer_json_errors,
+    no_caller_input_gets_a_5xx_or_an_error_of_another_shape,
     wait_returns_as_soon_as_the_request_is_decided,
     wait_returns_pending_after_n_seconds_and_bounds_n,
     cancel_by_owner_updates_the_message_others_get_404_twice_is_409,
@@ -551,6 +552,116 @@ async fn unknown_routes_and_methods_answer_json_errors(kind: StoreKind) {
     assert_eq!((a.status.as_u16(), &a.json), (200, &json!({"ok": true})));
 }
 
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap()
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+async fn no_caller_input_gets_a_5xx_or_an_error_of_another_shape(kind: StoreKind) {
+    let Some(t) = spawn_app(kind).await else { return };
+    let mut rng = Rng(0x5eed_cafe_f00d_0001);
+    let valid = json!({"action": "deploy", "environment": "production", "reason": "r", "resource": "svc/a",
+        "details": {"k": "v"}, "idempotency_key": "key-1", "ttl_seconds": 600})
+    .to_string();
+    let splices: &[&str] = &[
+        "\"",
+        "\\",
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        "null",
+        "-1",
+        "1e400",
+        "18446744073709551616",
+        "\\u0000",
+        "\\ud800",
+        "é",
+        "\u{10FFFF}",
+        "\u{202E}",
+        "<!channel>",
+        "&amp;",
+        "\n",
+        "\t",
+        " ",
+        "true",
+        "\"channel\":1,",
+    ];
+    let paths: &[&str] = &[
+        "/v1/requests",
+        "/v1/requests/",
+        "/v1/requests/req_01JD0000000000000000000000",
+        "/v1/requests/%00",
+        "/v1/requests/%C3%28",
+        "/v1/requests/a/b/c",
+        "/v1/requests//cancel",
+        "/v1//requests",
+        "/V1/REQUESTS",
+        "/v1/requests/req_01JD0000000000000000000000/cancel/x",
+        "/healthz/x",
+        "/",
+    ];
+    let queries: &[&str] = &["", "?wait=1", "?wait=", "?wait=%32", "?wait=-0", "?wait=0&wait=99", "?x", "?wait=1e3"];
+    let content_types: &[Option<&str>] =
+        &[Some("application/json"), Some("application/json; charset=latin1"), Some(""), None, Some("*/*")];
+    let callers: &[Option<&str>] = &[Some(DEPLOY_ARN), Some(DEPLOY_ARN), None, Some("arn:aws:iam::111122223333:root")];
+    for i in 0..200 {
+        let mut body = valid.clone().into_bytes();
+        for _ in 0..=rng.below(4) {
+            match rng.below(3) {
+                0 if !body.is_empty() => {
+                    let at = rng.below(body.len());
+                    body.truncate(at);
+                }
+                1 if !body.is_empty() => {
+                    let at = rng.below(body.len());
+                    body[at] = u8::try_from(rng.below(256)).unwrap();
+                }
+                _ => {
+                    let at = rng.below(body.len() + 1);
+                    let s = rng.pick(splices).as_bytes().to_vec();
+                    body.splice(at..at, s);
+                }
+            }
+        }
+        // Mostly mutated bodies for POST /v1/requests; otherwise any method, path and query.
+        let (method, path, content_type) = if rng.below(10) < 7 {
+            ("POST", "/v1/requests".to_string(), Some("application/json"))
+        } else {
+            let method = *rng.pick(&["POST", "GET", "PUT", "DELETE", "PATCH"]);
+            (method, format!("{}{}", rng.pick(paths), rng.pick(queries)), *rng.pick(content_types))
+        };
+        let mut req = api_event(method, &path, Some("{}"), *rng.pick(callers));
+        set_content_type(&mut req, content_type);
+        let (parts, _) = req.into_parts();
+        let shown = format!("#{i} {method} {path} {}", String::from_utf8_lossy(&body));
+        let a = t.call_api(Request::from_parts(parts, lambda_http::Body::Binary(body))).await;
+        assert!(a.status.as_u16() < 500, "{shown}: {} {}", a.status, a.json);
+        if a.status.as_u16() >= 400 {
+            let code = a.json["error"]["code"].as_str().unwrap_or_else(|| panic!("{shown}: {}", a.json));
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{shown}: {code}");
+            assert!(a.json["error"]["message"].is_string(), "{shown}: {}", a.json);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Long polling and cancel
 
@@ -656,7 +767,7 @@ async fn history_line_counts_this_principals_earlier_requests_of_the_same_kind(k
     let first = id_of(&t.create(DEPLOY_ARN, &deploy("one")).await);
     assert_eq!(history_line(&t.slack.messages()[0]), ":warning: *First request of its kind* in the last 30 days");
 
-    t.clock.advance_seconds(1);
+    // In the same millisecond: creation order still decides which one is earlier.
     let second = id_of(&t.create(DEPLOY_ARN, &deploy("two")).await);
     assert_eq!(
         history_line(&t.slack.messages()[1]),
@@ -961,6 +1072,23 @@ async fn t18_concurrent_retries_with_one_key_make_one_request_and_one_message(ki
     t.clock.advance_seconds(120);
     t.app.sweeper().run_once().await.unwrap();
     assert_eq!(t.slack.calls_to("chat.postMessage").len(), 1, "one message, also after the relay ran");
+
+    // Six different requests at once with two pending slots left (max_pending 3): exactly two get in.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let body = deploy(&format!("burst {i}")).to_string();
+            let req = to_axum(api_event("POST", "/v1/requests", Some(&body), Some(DEPLOY_ARN)));
+            let api = api.clone();
+            tokio::spawn(async move { to_answer(api.oneshot(req).await.unwrap()).await })
+        })
+        .collect();
+    let mut statuses = vec![];
+    for task in tasks {
+        statuses.push(task.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 201, 429, 429, 429, 429]);
+    assert_eq!(t.slack.calls_to("chat.postMessage").len(), 3, "no post for the refused ones");
 }
 
 async fn t19_mrkdwn_injection_is_escaped_end_to_end(kind: StoreKind) {
@@ -1221,6 +1349,27 @@ fn openapi_paths_match_the_router() {
     let served: BTreeSet<(String, String)> =
         countersign::http::api::ROUTES.iter().map(|(m, p)| ((*m).to_string(), (*p).to_string())).collect();
     assert_eq!(documented, served);
+    // Every error code the API answers is in the documented enum.
+    let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+    let codes: BTreeSet<&str> =
+        codes.as_sequence().expect("error code enum").iter().filter_map(|c| c.as_str()).collect();
+    for code in [
+        "invalid_request",
+        "unauthenticated",
+        "account_not_allowed",
+        "no_matching_policy",
+        "reason_required",
+        "payload_too_large",
+        "unsupported_media_type",
+        "too_many_pending",
+        "not_found",
+        "method_not_allowed",
+        "idempotency_conflict",
+        "already_decided",
+        "unavailable",
+    ] {
+        assert!(codes.contains(code), "{code} is not documented in openapi.yaml");
+    }
 }
 
 /// `POST /v1/requests` without any IAM identity in the request context.
