@@ -63,6 +63,7 @@ on_both_stores!(
     wait_returns_as_soon_as_the_request_is_decided,
     wait_returns_pending_after_n_seconds_and_bounds_n,
     cancel_by_owner_updates_the_message_others_get_404_twice_is_409,
+    cancel_while_slack_fails_is_still_cancelled_and_the_update_is_relayed,
     history_line_counts_this_principals_earlier_requests_of_the_same_kind,
     store_unavailable_is_503_with_retry_after,
     slack_ok_false_leaves_the_request_pending_and_retrying,
@@ -756,6 +757,24 @@ async fn cancel_by_owner_updates_the_message_others_get_404_twice_is_409(kind: S
     t.clock.advance_seconds(60);
     assert_refused(&t, &cancel(&t, &short, Some(DEPLOY_ARN)).await, 409, "already_decided", None).await;
     assert_eq!(get(&t, &short, Some(DEPLOY_ARN)).await.json["status"], "expired");
+}
+
+async fn cancel_while_slack_fails_is_still_cancelled_and_the_update_is_relayed(kind: StoreKind) {
+    let Some(t) = spawn_app(kind).await else { return };
+    let id = id_of(&t.create(DEPLOY_ARN, &deploy("release")).await);
+    t.slack.set_behaviour([Behaviour::Status500]);
+    let a = cancel(&t, &id, Some(DEPLOY_ARN)).await;
+    assert_eq!((a.status.as_u16(), a.json["status"].as_str()), (200, Some("cancelled")), "{}", a.json);
+    let m = &t.slack.messages()[0];
+    assert!(m.updates.is_empty() && has_buttons(m), "Slack refused the update");
+    let r = t.app.stores.requests.get_request(&RequestId::parse(&id).unwrap()).await.unwrap().unwrap();
+    assert!(r.notification.update_pending, "the update is still owed");
+    t.clock.set(r.notification.next_attempt_at.unwrap());
+    t.app.sweeper().run_once().await.unwrap();
+    let m = &t.slack.messages()[0];
+    assert_eq!(m.updates.len(), 1, "the relay updated the message");
+    assert!(!has_buttons(m));
+    assert_eq!(t.slack.messages().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
