@@ -5,6 +5,7 @@
 //! - `conformance`: the store contract, written once and run against every store.
 //! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
+//! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +15,7 @@ mod dynamodb_store;
 mod harness;
 mod layering;
 mod operator_cli;
+mod request_api;
 mod smoke;
 mod support;
 mod template;
