@@ -10,5 +10,6 @@
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod slack_interactions;
 mod smoke;
 mod support;
