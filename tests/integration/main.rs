@@ -13,3 +13,4 @@ mod harness;
 mod slack_interactions;
 mod smoke;
 mod support;
+mod sweeper;
