@@ -416,7 +416,8 @@ async fn sm_client_at(endpoint: &str) -> aws_sdk_secretsmanager::Client {
 }
 
 async fn secret_store_failure_is_503(kind: StoreKind, endpoint: &str) {
-    let secrets = SecretsManagerSlackSecrets::new(sm_client_at(endpoint).await, "countersign/slack".into(), ZERO);
+    let secrets =
+        SecretsManagerSlackSecrets::new(sm_client_at(endpoint).await, "countersign/slack".into(), Duration::ZERO);
     let Some(t) = spawn_app_with_secrets(kind, Arc::new(secrets)).await else { return };
     // The bot token comes from the same place, so the request's message could not be posted.
     let a = t
@@ -437,8 +438,6 @@ async fn secret_store_failure_is_503(kind: StoreKind, endpoint: &str) {
     assert!(took < Duration::from_millis(2500), "a secret store failure answered after {took:?}");
     assert_unchanged(&t, &before, "secret store failure").await;
 }
-
-const ZERO: Duration = Duration::ZERO;
 
 async fn t05_secret_fetch_failure_is_503(kind: StoreKind) {
     // Nothing listens on port 1: every fetch fails.
@@ -509,7 +508,7 @@ async fn t06_rotation_previous_secret_accepted_until_gone(kind: StoreKind) {
         ("first-signing-secret-111111111111", "second-signing-secret-22222222222", "third-signing-secret-333333333333");
     sm.create_secret().name(&name).secret_string(secret_json(s1)).send().await.unwrap();
     // TTL 0: every callback reads Secrets Manager again, so each rotation step is seen at once.
-    let adapter = SecretsManagerSlackSecrets::new(sm.clone(), name.clone(), ZERO);
+    let adapter = SecretsManagerSlackSecrets::new(sm.clone(), name.clone(), Duration::ZERO);
     let Some(t) = spawn_app_with_secrets(kind, Arc::new(adapter)).await else { return };
     let (buf, _guard) = capture_logs();
     let p = t.pending_request().await;
@@ -567,7 +566,8 @@ async fn t06_mismatch_refetches_once_and_refetches_are_rate_limited() {
     let hour = Duration::from_secs(3600);
 
     // Refetching allowed at once: the rotation is seen by the first callback signed with the new secret.
-    let adapter = SecretsManagerSlackSecrets::new(sm.clone(), name.clone(), hour).with_min_refresh_interval(ZERO);
+    let adapter =
+        SecretsManagerSlackSecrets::new(sm.clone(), name.clone(), hour).with_min_refresh_interval(Duration::ZERO);
     let Some(t) = spawn_app_with_secrets(StoreKind::Embedded, Arc::new(adapter)).await else { return };
     let p = t.pending_request().await;
     let ts = now_secs(&t).to_string();
