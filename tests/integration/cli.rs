@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use countersign::adapters::dynamodb::{DynamoStore, TableNames};
 use countersign::domain::{Actor, AuditDraft, AuditEvent, AuditKind, Timestamp};
 use countersign::ports::{AuditLog, Stores};
-use countersign::service::requests::RequestSettings;
 use lambda_http::request::RequestContext;
 use serde_json::{json, Value};
 
@@ -230,7 +229,7 @@ fn with_endpoint<'a>(api: &'a StandIn, args: &[&'a str]) -> Vec<&'a str> {
 async fn local_app() -> (TestApp, PathBuf) {
     let (dir, store) = crate::harness::embedded();
     let path = dir.path().to_path_buf();
-    let t = spawn_app_on(Stores::from_one(store), Box::new(dir), RequestSettings::default()).await;
+    let t = spawn_app_on(Stores::from_one(store), Box::new(dir), crate::support::AppOptions::default()).await;
     (t, path)
 }
 
@@ -744,7 +743,7 @@ async fn emulator_init_apply_whoami_request_and_audit_round_trip() {
     }
 
     // The request flow on the same tables, through the CLI.
-    let t = spawn_app_on(Stores::from_one(store.clone()), Box::new(()), RequestSettings::default()).await;
+    let t = spawn_app_on(Stores::from_one(store.clone()), Box::new(()), crate::support::AppOptions::default()).await;
     let api = stand_in(&t, DEPLOY_ARN).await;
     let child = spawn_cli(&with_endpoint(&api, &args(&["request"], &args(PROD, &["--wait", "--timeout", "30s"]))));
     approve(&t, &["UALICE0001", "UBOB000001"]).await;

@@ -6,6 +6,10 @@
 //! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
 //! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
+//! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
+//!   22, 24 and 26.
+//! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
+//!   security posture, and one end-to-end flow.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +20,8 @@ mod harness;
 mod layering;
 mod operator_cli;
 mod request_api;
+mod slack_interactions;
 mod smoke;
 mod support;
+mod sweeper;
 mod template;
