@@ -121,6 +121,7 @@ impl App {
             clock: self.clock.clone(),
             dispatcher: self.dispatcher(),
             update_budget: self.slack_budget,
+            deadline: None,
         }
     }
 

@@ -17,6 +17,10 @@ use crate::ports::{SecretError, SecretString, SlackSecrets};
 
 /// At most one forced refetch per this interval.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest wait for the secret (cache lock and both stages). The SDK has no read timeout by default, so a
+/// Secrets Manager that accepts the connection and never answers would hold a callback past Slack's 3 s;
+/// after this the callback answers 503 instead.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 struct SecretJson {
@@ -34,12 +38,35 @@ pub struct SecretsManagerSlackSecrets {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
     ttl: Duration,
+    min_refresh: Duration,
+    fetch_timeout: Duration,
     cache: Mutex<Option<(Instant, Versions)>>,
 }
 
 impl SecretsManagerSlackSecrets {
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
-        Self { client, secret_id, ttl, cache: Mutex::new(None) }
+        Self {
+            client,
+            secret_id,
+            ttl,
+            min_refresh: MIN_REFRESH_INTERVAL,
+            fetch_timeout: FETCH_TIMEOUT,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Changes the rate limit on forced refreshes (default [`MIN_REFRESH_INTERVAL`]).
+    #[must_use]
+    pub fn with_min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.min_refresh = interval;
+        self
+    }
+
+    /// Changes the bound on one read of the secret (default [`FETCH_TIMEOUT`]).
+    #[must_use]
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
     }
 
     async fn fetch_stage(&self, stage: &str) -> Result<Option<SecretJson>, SecretError> {
@@ -61,21 +88,37 @@ impl SecretsManagerSlackSecrets {
     }
 
     async fn load(&self) -> Result<Versions, SecretError> {
-        let mut stages = Vec::new();
-        for stage in ["AWSCURRENT", "AWSPREVIOUS"] {
-            if let Some(j) = self.fetch_stage(stage).await? {
-                stages.push((stage.to_string(), SecretString::new(j.bot_token), SecretString::new(j.signing_secret)));
-            }
-        }
+        // Both stages at once: one round trip of latency inside the fetch timeout, not two.
+        let (current, previous) = tokio::try_join!(self.fetch_stage("AWSCURRENT"), self.fetch_stage("AWSPREVIOUS"))?;
+        let stages = [("AWSCURRENT", current), ("AWSPREVIOUS", previous)]
+            .into_iter()
+            .filter_map(|(stage, j)| {
+                j.map(|j| (stage.to_string(), SecretString::new(j.bot_token), SecretString::new(j.signing_secret)))
+            })
+            .collect();
         Ok(Versions { stages })
     }
 
+    /// The cached versions, or fresh ones; bounded by the fetch timeout (waiting for the lock included).
     async fn versions(&self, refresh: bool) -> Result<Versions, SecretError> {
+        match tokio::time::timeout(self.fetch_timeout, self.versions_unbounded(refresh)).await {
+            Ok(v) => v,
+            Err(_) => {
+                tracing::warn!(timeout_ms = self.fetch_timeout.as_millis(), "reading the Slack secret timed out");
+                Err(SecretError::Unavailable(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the secret store did not answer in time",
+                ))))
+            }
+        }
+    }
+
+    async fn versions_unbounded(&self, refresh: bool) -> Result<Versions, SecretError> {
         let mut cache = self.cache.lock().await;
         if let Some((at, v)) = cache.as_ref() {
             let age = at.elapsed();
             let fresh = age < self.ttl;
-            let may_refresh = age >= MIN_REFRESH_INTERVAL;
+            let may_refresh = age >= self.min_refresh;
             if fresh && !(refresh && may_refresh) {
                 return Ok(v.clone());
             }

@@ -1,14 +1,27 @@
 //! The `countersign` command: clap types and one module per command group. `main → run → ExitCode`;
-//! errors are printed once, with their cause chain, by [`run`].
+//! errors are printed once, with their cause chain, by [`main`].
+//!
+//! - workloads: `request`, `run`, `status`, `cancel`, `whoami` ([`request`], over the signed client in [`api`])
+//! - operators: `policy`, `store` ([`policy`], [`store`])
+//! - compliance: `audit export`, `audit verify` ([`audit`])
 
+pub mod api;
+pub mod audit;
 pub mod dev;
 pub mod policy;
+pub mod request;
 pub mod store;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::policy::parse_duration;
+use crate::domain::{RequestId, Timestamp};
 
 /// Exit codes. Stable: scripts depend on them (documented in `--help` and the README).
 pub mod exit {
@@ -23,6 +36,8 @@ pub mod exit {
     pub const STILL_PENDING: u8 = 6;
     pub const REFUSED: u8 = 7;
     pub const UNAVAILABLE: u8 = 8;
+    /// `run`: the approved command could not be started.
+    pub const CANNOT_RUN: u8 = 127;
 }
 
 const EXIT_CODES_HELP: &str = "\
@@ -31,9 +46,10 @@ Exit codes:
   1  check failed (invalid policy file, broken audit chain) or operation failed
   2  usage error
   3  denied          4  expired          5  cancelled
-  6  still pending when --timeout ran out
+  6  still pending (when --timeout ran out, or `status` without --wait)
   7  refused by the API (4xx; its code and message are printed)
-  8  unavailable / network error (after retries)";
+  8  unavailable / network error (after retries with backoff)
+  `run` exits with the command's own exit code once it has run (127 if it cannot be started).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +65,65 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask for approval (prints the request; with --wait, waits for the decision).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Request {
+        #[command(flatten)]
+        request: RequestArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Ask for approval, wait, and run COMMAND only if approved.
+    ///
+    /// Exits with the command's exit code once it has run; otherwise with countersign's (3 denied, 4 expired,
+    /// 5 cancelled, 6 still pending at --timeout, 7 refused, 8 unavailable) and the command does not run. The
+    /// command gets COUNTERSIGN_REQUEST_ID in its environment. countersign's own output goes to stderr, so
+    /// stdout is the command's.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Give up waiting after this long (exit 6; the command does not run). Default: until the request
+        /// is decided or expires.
+        #[arg(long, value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The command to run once approved, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Show a request (exit code by status: 0 approved, 3 denied, 4 expired, 5 cancelled, 6 pending).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status {
+        /// The request id (req_…).
+        #[arg(value_parser = parse_request_id)]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Withdraw one of your pending requests (exit 7 if it is already decided).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel {
+        #[arg(value_parser = parse_request_id)]
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Who you are to AWS (sts:GetCallerIdentity): your ARN and the principal policies match on.
+    Whoami {
+        #[command(flatten)]
+        aws: AwsArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Export and verify the hash-chained audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Validate, diff and apply policy files (policy-as-code).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -93,6 +168,141 @@ pub enum StoreCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// What to ask for (the fields of `POST /v1/requests`). Values are checked here with the API's own rules.
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// What you want to do (`deploy`, `db:migrate`): [a-z0-9][a-z0-9._:-]{0,63}.
+    #[arg(long, value_parser = parse_token::<crate::domain::Action>)]
+    pub action: String,
+    /// Where (`production`, `eu-west-1:prod`): same rule as --action.
+    #[arg(long = "env", value_name = "ENV", value_parser = parse_token::<crate::domain::Environment>)]
+    pub environment: String,
+    /// What it acts on (`service/payments`), at most 256 printable characters.
+    #[arg(long, value_parser = parse_token::<crate::domain::Resource>)]
+    pub resource: Option<String>,
+    /// Why, shown to approvers (some policies require it).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Extra context for approvers (commit, pipeline URL…); repeatable.
+    #[arg(long = "detail", value_name = "KEY=VALUE", value_parser = parse_detail)]
+    pub details: Vec<(String, String)>,
+    /// Collapses retries into one request (scoped to your principal). Without it, each invocation uses a
+    /// fresh key, so the CLI's own retries never create a second request.
+    #[arg(long, value_name = "K", value_parser = parse_token::<crate::domain::IdempotencyKey>)]
+    pub idempotency_key: Option<String>,
+    /// How long approvers have (60s … the policy's max_ttl; default: max_ttl). E.g. 90s, 30m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait for the decision (long-polls; spinner on a terminal, one line per change otherwise).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 6). Default: until decided or expired.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout, requires = "wait")]
+    pub timeout: Option<Duration>,
+}
+
+/// Where the request API is and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The request API: the API Gateway stage URL (https://ID.execute-api.REGION.amazonaws.com/Prod) or
+    /// local mode's URL.
+    #[arg(long, env = "COUNTERSIGN_ENDPOINT", value_name = "URL")]
+    pub endpoint: String,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How many times to retry a call that failed with a 5xx, API Gateway throttling or a network error
+    /// (exponential backoff, honouring Retry-After) before giving up with exit 8.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AwsArgs {
+    /// AWS region to sign for (default: the region of an execute-api URL, else the AWS config: AWS_REGION,
+    /// profile).
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// `json` prints the object only (the request object for request/run/status/cancel).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Stream audit records in chain order as JSON lines or CSV, with a summary at the end.
+    ///
+    /// The summary gives the records, first and last hash (a `{"summary": …}` last line in JSONL; on stderr
+    /// always). A time range is a contiguous segment of the chain; --request / --principal give a filtered
+    /// view (marked as such; it cannot be verified as a chain).
+    Export {
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Only the records of this request.
+        #[arg(long = "request", value_name = "ID", value_parser = parse_request_id)]
+        request: Option<String>,
+        /// Only records about this principal (role/user ARN or assumed-role session ARN).
+        #[arg(long, value_name = "ARN")]
+        principal: Option<String>,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write to FILE (atomically, with a progress bar on a terminal) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check the hash chain and report the first broken link; exit 0 only when intact.
+    ///
+    /// Checks the store (from genesis, or a --since/--until segment) or a JSONL export (--file): names the
+    /// first record that was edited, is missing or is out of order.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify {
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Verify this JSON-lines export instead of the store.
+        #[arg(long, value_name = "EXPORT.jsonl", conflicts_with_all = ["since", "until"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// From the first record at or after T (RFC 3339, YYYY-MM-DD, or a duration ago: 24h, 7d).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub since: Option<Timestamp>,
+    /// Up to (not including) the first record at or after T (same forms as --since).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per record (exactly the hashed fields), then one `{"summary": …}` line.
+    Jsonl,
+    /// Fixed columns: seq,at,kind,actor,request_id,policy,principal,details,prev_hash,hash.
+    Csv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,6 +372,19 @@ pub fn main() -> ExitCode {
 
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
+        Command::Request { request: r, wait, api } => request::request(&r, &wait, &api).await,
+        Command::Run { request: r, timeout, api, command } => request::run(&r, timeout, &api, &command).await,
+        Command::Status { id, wait, api } => request::status(&id, &wait, &api).await,
+        Command::Cancel { id, api } => request::cancel(&id, &api).await,
+        Command::Whoami { aws, output } => request::whoami(&aws, &output).await,
+        Command::Audit(AuditCommand::Export { range, request, principal, format, out, store }) => {
+            let filter = audit::Filter { request, principal };
+            audit::export(&range, &filter, format, out.as_deref(), &store).await
+        }
+        Command::Audit(AuditCommand::Verify { range, file, store, output }) => match file {
+            Some(f) => audit::verify_file(&f, &output).await,
+            None => audit::verify_store(&range, &store, &output).await,
+        },
         Command::Policy(PolicyCommand::Validate { file }) => policy::validate(&file),
         Command::Policy(PolicyCommand::Diff { file, store }) => policy::diff(&file, &store).await,
         Command::Policy(PolicyCommand::Apply { file, store, yes }) => policy::apply(&file, &store, yes).await,
@@ -170,12 +393,110 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
+// ---- value parsers: bad values are usage errors (exit 2), caught before any call ----
+
+fn parse_token<T: FromStr<Err = crate::domain::InvalidId>>(s: &str) -> Result<String, String> {
+    T::from_str(s).map(|_| s.to_string()).map_err(|e| e.problem)
+}
+
+fn parse_request_id(s: &str) -> Result<String, String> {
+    RequestId::parse(s).map(|id| id.to_string()).map_err(|e| e.problem)
+}
+
+fn parse_detail(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    parse_duration(s)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map(Duration::from_secs)
+}
+
+/// RFC 3339, a date (midnight UTC), or a duration ago (`24h`, `7d`).
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    parse_time_at(s, crate::ports::Clock::now(&crate::ports::SystemClock))
+}
+
+fn parse_time_at(s: &str, now: Timestamp) -> Result<Timestamp, String> {
+    if let Ok(t) = Timestamp::parse_rfc3339(s) {
+        return Ok(t);
+    }
+    if s.len() == 10 && s.as_bytes().get(4) == Some(&b'-') {
+        return Timestamp::parse_rfc3339(&format!("{s}T00:00:00Z"));
+    }
+    if s.starts_with(|c: char| c.is_ascii_digit()) && s.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        let secs = parse_duration(s)?;
+        return Ok(now.plus_seconds(-i64::try_from(secs).map_err(|_| "duration too large".to_string())?));
+    }
+    Err(format!("{s:?} is not a time: use RFC 3339 (2026-11-25T15:00:00Z), a date (2026-11-25) or an age (24h)"))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    #![allow(clippy::unwrap_used)]
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
 
     #[test]
     fn verify_cli() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_double_dash() {
+        let cli = Cli::try_parse_from([
+            "countersign",
+            "run",
+            "--action",
+            "deploy",
+            "--env",
+            "production",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--detail",
+            "commit=9f2c=1",
+            "--",
+            "./deploy.sh",
+            "--env",
+            "x",
+        ])
+        .unwrap();
+        let Command::Run { command, request, .. } = cli.command else { panic!("not run") };
+        assert_eq!(command, vec!["./deploy.sh", "--env", "x"]);
+        assert_eq!(request.details, vec![("commit".to_string(), "9f2c=1".to_string())]);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["countersign", "request", "--action", "Deploy", "--env", "p", "--endpoint", "http://x"][..],
+            &["countersign", "request", "--action", "d", "--env", "p", "--endpoint", "http://x", "--ttl", "5x"],
+            &["countersign", "request", "--action", "d", "--env", "p", "--endpoint", "http://x", "--timeout", "1m"],
+            &["countersign", "status", "req_nope", "--endpoint", "http://x"],
+            &["countersign", "request", "--action", "d", "--env", "p", "--endpoint", "http://x", "--detail", "=v"],
+            &["countersign", "audit", "verify", "--file", "x.jsonl", "--since", "1d"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn times_accept_rfc3339_dates_and_ages() {
+        let now = Timestamp::parse_rfc3339("2026-11-25T12:00:00Z").unwrap();
+        assert_eq!(
+            parse_time_at("2026-11-24", now).unwrap(),
+            Timestamp::parse_rfc3339("2026-11-24T00:00:00Z").unwrap()
+        );
+        assert_eq!(parse_time_at("24h", now).unwrap(), Timestamp::parse_rfc3339("2026-11-24T12:00:00Z").unwrap());
+        assert_eq!(parse_time_at("2026-11-25T13:00:00+01:00", now).unwrap(), now);
+        assert!(parse_time_at("yesterday", now).is_err());
     }
 }

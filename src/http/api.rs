@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::to_bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use serde_json::Value;
 
 use crate::domain::request::NotificationState;
 use crate::domain::ApprovalRequest;
-use crate::service::requests::{NewRequest, RequestService};
+use crate::service::requests::{Caller, NewRequest, RequestError, RequestService};
 
 use super::error::ApiError;
 use super::identity::Identity;
@@ -37,11 +38,14 @@ pub fn router(service: RequestService) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
         .with_state(service)
 }
 
 /// The request object of the API.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequestView {
     pub id: String,
     pub status: String,
@@ -61,7 +65,7 @@ pub struct RequestView {
     pub notification: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequesterView {
     pub arn: String,
     pub account_id: String,
@@ -69,19 +73,19 @@ pub struct RequesterView {
     pub session: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PolicyView {
     pub name: String,
     pub version: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApprovalView {
     pub user_id: String,
     pub at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DenialView {
     pub user_id: String,
     pub reason: String,
@@ -196,6 +200,16 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
     })
 }
 
+/// Answers a refusal found in the HTTP layer (media type, size, syntax, query, path), audited like the
+/// service's own. Identity comes first: a caller who is unauthenticated or not allowed learns only that.
+async fn refused(svc: &RequestService, caller: &Caller, e: RequestError) -> Response {
+    let e = match svc.identify(caller) {
+        Err(not_allowed) => not_allowed,
+        Ok(_) => e,
+    };
+    ApiError::from(svc.refuse_unparsed(caller, e).await).into_response()
+}
+
 async fn create(State(svc): State<RequestService>, Identity(caller): Identity, req: Request) -> Response {
     let is_json = req
         .headers()
@@ -204,34 +218,14 @@ async fn create(State(svc): State<RequestService>, Identity(caller): Identity, r
         .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
         .unwrap_or(false);
     if !is_json {
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        )
-        .into_response();
+        return refused(&svc, &caller, RequestError::UnsupportedMediaType).await;
     }
-    let bytes = match to_bytes(req.into_body(), MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("body must be at most {MAX_BODY_BYTES} bytes"),
-            )
-            .into_response()
-        }
+    let Ok(bytes) = to_bytes(req.into_body(), MAX_BODY_BYTES).await else {
+        return refused(&svc, &caller, RequestError::PayloadTooLarge { max: MAX_BODY_BYTES }).await;
     };
     let input = match parse_body(&bytes) {
         Ok(i) => i,
-        Err(e) => {
-            // Refusals are audited like any other "no".
-            let re = crate::service::requests::RequestError::Invalid { field: e.field, message: e.message.clone() };
-            return match svc.refuse_unparsed(&caller, re).await {
-                Some(unavailable) => ApiError::from(unavailable).into_response(),
-                None => e.into_response(),
-            };
-        }
+        Err(e) => return refused(&svc, &caller, RequestError::Invalid { field: e.field, message: e.message }).await,
     };
     match svc.submit(&caller, input).await {
         Ok(s) => view(if s.created { StatusCode::CREATED } else { StatusCode::OK }, &s.request),
@@ -239,20 +233,32 @@ async fn create(State(svc): State<RequestService>, Identity(caller): Identity, r
     }
 }
 
+/// The `{id}` path segment; one that does not even decode names no request of the caller's.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, RequestError> {
+    path.map(|Path(id)| id).map_err(|_| RequestError::NotFound)
+}
+
 async fn read(
     State(svc): State<RequestService>,
     Identity(caller): Identity,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(e) => return refused(&svc, &caller, e).await,
+    };
     let wait_param = query.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("wait="));
     let wait = match wait_param {
         None => None,
         Some(w) => match w.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                return ApiError::invalid(Some("wait"), "wait must be a whole number of seconds (0 to 20)")
-                    .into_response()
+                let e = RequestError::Invalid {
+                    field: Some("wait"),
+                    message: "wait must be a whole number of seconds (0 to 20)".into(),
+                };
+                return refused(&svc, &caller, e).await;
             }
         },
     };
@@ -262,7 +268,15 @@ async fn read(
     }
 }
 
-async fn cancel(State(svc): State<RequestService>, Identity(caller): Identity, Path(id): Path<String>) -> Response {
+async fn cancel(
+    State(svc): State<RequestService>,
+    Identity(caller): Identity,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(e) => return refused(&svc, &caller, e).await,
+    };
     match svc.cancel(&caller, &id).await {
         Ok(r) => view(StatusCode::OK, &r),
         Err(e) => ApiError::from(e).into_response(),

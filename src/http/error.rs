@@ -49,6 +49,8 @@ impl From<RequestError> for ApiError {
             RequestError::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotFound => StatusCode::NOT_FOUND,
             RequestError::IdempotencyConflict | RequestError::AlreadyDecided(_) => StatusCode::CONFLICT,
+            RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = if let RequestError::Unavailable(inner) = &e {

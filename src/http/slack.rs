@@ -2,6 +2,10 @@
 //! so it is checked first, over the exact raw bytes, and nothing else runs when it fails (401). Then the
 //! app and workspace, then the payload; every decision is re-checked and committed by the vote service.
 //!
+//! Time: Slack wants the answer within 3 s. Everything the handler does on Slack (group lookups, the message
+//! update, ephemeral replies, the deny dialog) stops [`ACK_BUDGET`] after the callback arrived, whatever each
+//! call's own timeout; a message update that does not fit is left to the sweeper's relay.
+//!
 //! Status codes by cause: 401 bad signature (generic body), 503 signing secret unreadable (never accept),
 //! 403 foreign app or workspace (audited), 400 a signed payload we do not understand (audited), 200
 //! otherwise — Slack shows the outcome through an ephemeral reply or the modal.
@@ -23,6 +27,10 @@ use crate::adapters::slack::interaction::{self, ButtonAction, Interaction};
 use crate::adapters::slack::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::ports::{Clock, SecretError, SlackSecrets};
 use crate::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteService};
+
+/// Time from the callback's arrival after which no more Slack calls are made for it, leaving Slack's 3 s
+/// window room for API Gateway, Lambda and the network.
+pub const ACK_BUDGET: Duration = Duration::from_millis(2000);
 
 /// Who may call: the Slack app and workspace (or Enterprise Grid organization) from configuration.
 #[derive(Debug, Clone)]
@@ -110,15 +118,23 @@ fn log_secret_error(e: &SecretError) {
 }
 
 async fn interactions(State(state): State<SlackState>, req: Request) -> Response {
+    let deadline = tokio::time::Instant::now() + ACK_BUDGET;
     let (parts, body) = req.into_parts();
     let body: Bytes = match to_bytes(body, interaction::MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => return unauthorized(),
     };
+    // Slack signs UTF-8 form data; anything else is refused like a bad signature (API Gateway has already
+    // decoded an `isBase64Encoded` body, so these are the bytes Slack signed).
+    if signature::decode_body(&body, false).is_err() {
+        tracing::warn!("slack callback refused: body is not UTF-8");
+        return unauthorized();
+    }
     // 1. Signature over the raw bytes, before anything is parsed.
     if let Err(resp) = verify(&state, &parts.headers, &body).await {
         return resp;
     }
+    let state = SlackState { votes: state.votes.clone().until(deadline), ..state };
     // 2. Only now: the payload.
     let parsed = match interaction::parse(&body) {
         Ok(p) => p,
@@ -156,11 +172,11 @@ async fn interactions(State(state): State<SlackState>, req: Request) -> Response
                     match state.votes.vote(v).await {
                         Ok(VoteOutcome::Recorded(_)) => StatusCode::OK.into_response(),
                         Ok(VoteOutcome::Duplicate(_)) => {
-                            reply(&state, &a.response_url, "You have already voted on this request.").await;
+                            reply(&state, deadline, &a.response_url, "You have already voted on this request.").await;
                             StatusCode::OK.into_response()
                         }
                         Ok(VoteOutcome::Rejected(why)) => {
-                            reply(&state, &a.response_url, &why.message()).await;
+                            reply(&state, deadline, &a.response_url, &why.message()).await;
                             StatusCode::OK.into_response()
                         }
                         Err(e) => store_failure(&e),
@@ -169,21 +185,26 @@ async fn interactions(State(state): State<SlackState>, req: Request) -> Response
                 ButtonAction::Deny => match state.votes.authorize(&a.user_id, &a.value, Some(&clicked)).await {
                     Ok(Ok((request, _))) => {
                         let view = blocks::deny_modal(&request.id, &request);
-                        let open =
-                            tokio::time::timeout(state.reply_budget, state.client.open_view(&a.trigger_id, &view));
+                        let budget = within(state.reply_budget, deadline);
+                        let open = tokio::time::timeout(budget, state.client.open_view(&a.trigger_id, &view));
                         match open.await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "could not open the deny dialog");
-                                reply(&state, &a.response_url, "Could not open the deny dialog; please try again.")
-                                    .await;
+                                reply(
+                                    &state,
+                                    deadline,
+                                    &a.response_url,
+                                    "Could not open the deny dialog; please try again.",
+                                )
+                                .await;
                             }
                             Err(_) => tracing::warn!("opening the deny dialog timed out"),
                         }
                         StatusCode::OK.into_response()
                     }
                     Ok(Err(why)) => {
-                        reply(&state, &a.response_url, &why.message()).await;
+                        reply(&state, deadline, &a.response_url, &why.message()).await;
                         StatusCode::OK.into_response()
                     }
                     Err(e) => store_failure(&e),
@@ -228,10 +249,16 @@ fn store_failure(e: &crate::ports::StoreError) -> Response {
     unavailable()
 }
 
+/// `max`, or what is left until `deadline` if that is less.
+fn within(max: Duration, deadline: tokio::time::Instant) -> Duration {
+    max.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+}
+
 /// Sends an ephemeral reply through the callback's `response_url`, bounded in time; failures are logged.
-async fn reply(state: &SlackState, response_url: &str, text: &str) {
+async fn reply(state: &SlackState, deadline: tokio::time::Instant, response_url: &str, text: &str) {
     let body = blocks::ephemeral_text(text);
-    match tokio::time::timeout(state.reply_budget, state.client.respond(response_url, &body)).await {
+    let budget = within(state.reply_budget, deadline);
+    match tokio::time::timeout(budget, state.client.respond(response_url, &body)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "ephemeral reply failed"),
         Err(_) => tracing::warn!("ephemeral reply timed out"),

@@ -16,6 +16,8 @@ use crate::ports::{Clock, Commit, Conflict, Guard, MessageContext, Notifier, Pos
 
 /// Retries of a versioned bookkeeping write that lost a race.
 const SAVE_ATTEMPTS: usize = 20;
+/// How long whoever claims a first post owns it (far longer than one Slack call may take).
+pub const POST_LEASE: Duration = Duration::from_secs(60);
 /// Longest wait between two delivery attempts.
 const MAX_BACKOFF_SECONDS: i64 = 15 * 60;
 const HISTORY_DAYS: i64 = 30;
@@ -38,14 +40,16 @@ pub fn next_attempt(now: Timestamp, attempts: u32, retry_after: Option<Duration>
 }
 
 impl Dispatcher {
-    /// This principal's earlier requests of the same kind in the last 30 days.
+    /// This principal's earlier requests of the same kind in the last 30 days. "Earlier" is by
+    /// (created_at, id), so two requests created in the same millisecond never both count the other, and a
+    /// message re-rendered later (after a vote or cancel) still ignores requests that came after it.
     pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
         let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
         let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
         let same: Vec<&ApprovalRequest> = earlier
             .iter()
             .filter(|o| {
-                o.id != r.id && o.action == r.action && o.environment == r.environment && o.created_at <= r.created_at
+                o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
             })
             .collect();
         let last = same.iter().max_by_key(|o| (o.created_at, o.id));
@@ -57,9 +61,51 @@ impl Dispatcher {
 
     /// Posts or updates the message if anything is owed. Returns the request as last written, `None` if it
     /// does not exist. Slack failures are recorded for the relay, not returned; store failures are returned.
+    ///
+    /// A first post is only made under a lease (`notification.next_attempt_at` in the future, claimed with
+    /// a versioned write), so two deliverers — a cancel and the relay, say — never post two messages. When
+    /// someone else holds it (or a backoff is running), this leaves the post to them: whoever posts
+    /// re-renders afterwards if the request changed meanwhile.
     pub async fn deliver(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.deliver_inner(id, false).await
+    }
+
+    /// [`Self::deliver`] by the holder of the first-post lease: the creating call (whose lease is written
+    /// with the request) or the relay after [`Self::relay_one`]'s claim.
+    pub async fn deliver_holding_lease(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.deliver_inner(id, true).await
+    }
+
+    /// Claims the first-post lease on `r`: `false` when it is held (or backing off) or the claim lost a race.
+    async fn claim_post(&self, r: &ApprovalRequest, now: Timestamp) -> Result<bool, StoreError> {
+        if r.notification.next_attempt_at.is_some_and(|t| t > now) {
+            return Ok(false);
+        }
+        let mut next = r.clone();
+        next.version += 1;
+        let lease_ms = i64::try_from(POST_LEASE.as_millis()).unwrap_or(60_000);
+        next.notification.next_attempt_at = Some(now.plus_millis(lease_ms));
+        let claim = Commit {
+            expected_version: r.version,
+            request: next,
+            vote: None,
+            events: vec![],
+            guard: Guard::VersionOnly,
+        };
+        match self.stores.requests.commit(claim).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn deliver_inner(
+        &self,
+        id: &RequestId,
+        mut holding_lease: bool,
+    ) -> Result<Option<ApprovalRequest>, StoreError> {
         let mut latest = None;
-        for _ in 0..3 {
+        for _ in 0..4 {
             let Some(r) = self.stores.requests.get_request(id).await? else {
                 return Ok(None);
             };
@@ -67,6 +113,13 @@ impl Dispatcher {
                 r.notification.ts.clone().map(|ts| PostedMessage { channel: r.notification.channel.to_string(), ts });
             if posted.is_some() && !r.notification.update_pending {
                 return Ok(Some(r));
+            }
+            if posted.is_none() && !holding_lease {
+                if !self.claim_post(&r, self.clock.now()).await? {
+                    return Ok(Some(r));
+                }
+                holding_lease = true;
+                continue;
             }
             let policy = self.stores.policies.get_policy(&r.policy.name).await?;
             let history = self.history(&r).await?;
@@ -205,7 +258,7 @@ impl Dispatcher {
             guard: Guard::VersionOnly,
         };
         match self.stores.requests.commit(claim).await {
-            Ok(()) => self.deliver(id).await.map(|_| ()),
+            Ok(()) => self.deliver_holding_lease(id).await.map(|_| ()),
             Err(StoreError::Conflict(_)) => Ok(()), // someone else is on it
             Err(e) => Err(e),
         }

@@ -68,6 +68,10 @@ pub enum RequestError {
     IdempotencyConflict,
     #[error("the request is already {0}")]
     AlreadyDecided(&'static str),
+    #[error("body must be at most {max} bytes")]
+    PayloadTooLarge { max: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] StoreError),
 }
@@ -85,6 +89,8 @@ impl RequestError {
             Self::NotFound => "not_found",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::AlreadyDecided(_) => "already_decided",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -189,13 +195,27 @@ impl RequestService {
     }
 
     /// Records a refusal and returns it (or `Unavailable` if even the audit record cannot be written).
-    async fn refuse(&self, caller: &Caller, input: Option<&NewRequest>, e: RequestError) -> RequestError {
-        let actor = caller.user_arn.as_deref().map_or_else(|| Actor("anonymous".into()), Actor::aws);
+    /// `request` is the id a `GET` or cancel named, as given (truncated).
+    async fn refuse(
+        &self,
+        caller: &Caller,
+        input: Option<&NewRequest>,
+        request: Option<&str>,
+        e: RequestError,
+    ) -> RequestError {
+        if matches!(e, RequestError::Unavailable(_)) {
+            return e;
+        }
+        let actor =
+            caller.user_arn.as_deref().map_or_else(|| Actor("anonymous".into()), |a| Actor::aws(&truncate(a, 2048)));
         let mut d = AuditDraft::new(self.now(), AuditKind::RequestRefused, actor, None)
             .with("code", e.code())
             .with("message", e.to_string());
         if let Some(i) = input {
             d = d.with("action", truncate(&i.action, 64)).with("environment", truncate(&i.environment, 64));
+        }
+        if let Some(id) = request {
+            d = d.with("request", truncate(id, 64));
         }
         match self.stores.audit.append(vec![d]).await {
             Ok(_) => e,
@@ -203,13 +223,11 @@ impl RequestService {
         }
     }
 
-    /// Audits a refusal found before the body could be parsed. Returns `Some(Unavailable)` when even the
-    /// audit record cannot be written (the caller then gets a retryable 503 instead of the refusal).
-    pub async fn refuse_unparsed(&self, caller: &Caller, e: RequestError) -> Option<RequestError> {
-        match self.refuse(caller, None, e).await {
-            u @ RequestError::Unavailable(_) => Some(u),
-            _ => None,
-        }
+    /// Audits a refusal found before the body could be parsed (identity, media type, size, syntax) and
+    /// returns the error to answer: the refusal, or `Unavailable` when even the audit record cannot be
+    /// written (the caller then gets a retryable 503 instead of an unaudited refusal).
+    pub async fn refuse_unparsed(&self, caller: &Caller, e: RequestError) -> RequestError {
+        self.refuse(caller, None, None, e).await
     }
 
     /// Identity and account checks shared by every route.
@@ -244,7 +262,7 @@ impl RequestService {
         match self.try_submit(caller, &input).await {
             Ok(s) => Ok(s),
             Err(e @ RequestError::Unavailable(_)) => Err(e),
-            Err(e) => Err(self.refuse(caller, Some(&input), e).await),
+            Err(e) => Err(self.refuse(caller, Some(&input), None, e).await),
         }
     }
 
@@ -327,7 +345,8 @@ impl RequestService {
             }
         }
         // Durable first; the post happens after. A failed post leaves the request pending and queued.
-        let after = self.dispatcher.deliver(&request.id).await.unwrap_or(None);
+        // This call holds the first-post lease written with the request (FIRST_POST_LEASE_SECONDS).
+        let after = self.dispatcher.deliver_holding_lease(&request.id).await.unwrap_or(None);
         Ok(Submitted { request: self.show(after.unwrap_or(request)), created: true })
     }
 
@@ -346,7 +365,15 @@ impl RequestService {
     }
 
     /// Reads a request; with `wait`, answers as soon as it is no longer pending or after `wait` seconds.
+    /// Refusals (including `not_found`) are audited.
     pub async fn get(&self, caller: &Caller, id: &str, wait: Option<u64>) -> Result<ApprovalRequest, RequestError> {
+        match self.try_get(caller, id, wait).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.refuse(caller, None, Some(id), e).await),
+        }
+    }
+
+    async fn try_get(&self, caller: &Caller, id: &str, wait: Option<u64>) -> Result<ApprovalRequest, RequestError> {
         let principal = self.identify(caller)?;
         let wait = wait.unwrap_or(0);
         if wait > MAX_WAIT_SECONDS {
@@ -365,8 +392,15 @@ impl RequestService {
         }
     }
 
-    /// The requesting principal cancels its pending request.
+    /// The requesting principal cancels its pending request. Refusals are audited.
     pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<ApprovalRequest, RequestError> {
+        match self.try_cancel(caller, id).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.refuse(caller, None, Some(id), e).await),
+        }
+    }
+
+    async fn try_cancel(&self, caller: &Caller, id: &str) -> Result<ApprovalRequest, RequestError> {
         let principal = self.identify(caller)?;
         let arn = caller.user_arn.clone().unwrap_or_default();
         for _ in 0..50 {

@@ -83,9 +83,27 @@ pub struct VoteService {
     pub dispatcher: Dispatcher,
     /// How long the handler may spend updating the message before leaving it to the relay.
     pub update_budget: Duration,
+    /// When the caller must have its answer (Slack's acknowledgement window): calls to Slack made on its
+    /// behalf (group lookups, the message update) stop there. `None`: only their own timeouts apply.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl VoteService {
+    /// The same service, bounded by `deadline` (see [`VoteService::deadline`]).
+    #[must_use]
+    pub fn until(mut self, deadline: tokio::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// `max`, or less if the deadline is nearer.
+    fn budget(&self, max: Duration) -> Duration {
+        match self.deadline {
+            Some(d) => max.min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => max,
+        }
+    }
+
     async fn audit(
         &self,
         user: &SlackUserId,
@@ -156,15 +174,26 @@ impl VoteService {
         };
         let mut in_group = false;
         if !policy.owners.contains(user) && !policy.approvers.users.contains(user) {
-            for g in &policy.approvers.groups {
-                match self.dispatcher.notifier.group_members(g).await {
-                    Ok(members) if members.contains(user) => {
-                        in_group = true;
-                        break;
+            let lookups = async {
+                for g in &policy.approvers.groups {
+                    match self.dispatcher.notifier.group_members(g).await {
+                        Ok(members) if members.contains(user) => return Ok(true),
+                        Ok(_) => {}
+                        Err(e) => return Err(e.message),
                     }
-                    Ok(_) => {}
-                    Err(e) => return Ok(Err(Rejection::TryAgain(e.message))),
                 }
+                Ok(false)
+            };
+            // Several groups, each looked up with its own timeout, must still fit the caller's deadline.
+            let lookups = match self.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, lookups)
+                    .await
+                    .unwrap_or_else(|_| Err("Slack did not answer in time".to_string())),
+                None => lookups.await,
+            };
+            match lookups {
+                Ok(found) => in_group = found,
+                Err(why) => return Ok(Err(Rejection::TryAgain(why))),
             }
         }
         if let Err(e) = policy.approver_check(user, in_group) {
@@ -217,15 +246,15 @@ impl VoteService {
             };
             match self.stores.requests.commit(commit).await {
                 Ok(()) => {
-                    let updated =
-                        match tokio::time::timeout(self.update_budget, self.dispatcher.deliver(&v.request_id)).await {
-                            Ok(Ok(Some(after))) => after,
-                            Ok(Ok(None)) | Err(_) => t.request,
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "message update not recorded; the relay will retry");
-                                t.request
-                            }
-                        };
+                    let budget = self.budget(self.update_budget);
+                    let updated = match tokio::time::timeout(budget, self.dispatcher.deliver(&v.request_id)).await {
+                        Ok(Ok(Some(after))) => after,
+                        Ok(Ok(None)) | Err(_) => t.request,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "message update not recorded; the relay will retry");
+                            t.request
+                        }
+                    };
                     return Ok(VoteOutcome::Recorded(updated));
                 }
                 Err(StoreError::Conflict(Conflict::DuplicateVote)) => return self.duplicate(&v, r).await,

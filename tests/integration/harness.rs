@@ -120,7 +120,9 @@ impl Tamper for SqliteTamper {
 /// A DynamoDB store on fresh tables (unique prefix) in the emulator at `AWS_ENDPOINT_URL`, with dummy
 /// credentials so the tests can never reach a real account. `None` when no emulator is configured; in
 /// CI (`CI=true`) that is a failure instead, so the DynamoDB tests cannot silently skip.
-pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, TableNames)> {
+/// The emulator's endpoint: `None` (with a notice) when unset outside CI; a failure under `CI=true`; never
+/// anything but a loopback address.
+pub fn emulator_endpoint() -> Option<String> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
         .ok()
@@ -128,9 +130,9 @@ pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, Tab
     let Some(endpoint) = endpoint else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but AWS_ENDPOINT_URL is unset: the DynamoDB conformance tests need the emulator"
+            "CI=true but AWS_ENDPOINT_URL is unset: the tests that need the AWS emulator must run in CI"
         );
-        eprintln!("AWS_ENDPOINT_URL is unset: skipping a DynamoDB test (start moto_server and set it to run them)");
+        eprintln!("AWS_ENDPOINT_URL is unset: skipping an emulator test (run scripts/test, or start the emulator)");
         return None;
     };
     let host = endpoint.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
@@ -138,6 +140,11 @@ pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, Tab
         matches!(host, "127.0.0.1" | "localhost"),
         "AWS_ENDPOINT_URL must point at a local emulator (127.0.0.1 or localhost), not {endpoint}"
     );
+    Some(endpoint)
+}
+
+pub async fn dynamo() -> Option<(Arc<DynamoStore>, aws_sdk_dynamodb::Client, TableNames)> {
+    let endpoint = emulator_endpoint()?;
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string());
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -172,6 +179,11 @@ pub struct DynamoTamper {
 }
 
 impl DynamoTamper {
+    /// Raw access to the audit table `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { client, table }
+    }
+
     fn key(seq: u64) -> HashMap<String, AttributeValue> {
         HashMap::from([
             (keys::PK.to_string(), AttributeValue::S(keys::CHAIN_PK.to_string())),

@@ -3,13 +3,27 @@
 //! - `harness`: builds the stores under test (a fresh embedded database or fresh DynamoDB tables per test)
 //!   and their raw-access tampering.
 //! - `conformance`: the store contract, written once and run against every store.
+//! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
+//! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
+//! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
+//!   22, 24 and 26.
+//! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
+//! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
+//!   security posture, and one end-to-end flow.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod conformance;
 mod dynamodb_store;
 mod harness;
+mod layering;
 mod local_mode;
+mod operator_cli;
+mod request_api;
+mod slack_interactions;
 mod smoke;
 mod support;
+mod sweeper;
+mod template;

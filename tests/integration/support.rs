@@ -14,9 +14,9 @@ use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
-use countersign::domain::{Actor, Environment, Timestamp};
+use countersign::domain::{Actor, ApprovalRequest, AuditEvent, Environment, RequestId, Timestamp};
 use countersign::http::slack::SlackIdentity;
-use countersign::ports::{ManualClock, SecretString, StaticSlackSecrets, Stores};
+use countersign::ports::{ManualClock, SecretString, SlackSecrets, StaticSlackSecrets, Stores};
 use countersign::service::policies;
 use countersign::service::requests::RequestSettings;
 use serde_json::Value;
@@ -81,10 +81,42 @@ fn init_once() {
 /// A fresh app on the given store, or `None` when DynamoDB was asked for and no emulator is configured
 /// (outside CI; under `CI=true` that is a failure, see `harness::dynamo`).
 pub async fn spawn_app(kind: StoreKind) -> Option<TestApp> {
-    spawn_app_with(kind, RequestSettings::default()).await
+    spawn_app_with_options(kind, AppOptions::default()).await
 }
 
+#[allow(dead_code)]
 pub async fn spawn_app_with(kind: StoreKind, settings: RequestSettings) -> Option<TestApp> {
+    spawn_app_with_options(kind, AppOptions { settings, ..AppOptions::default() }).await
+}
+
+/// A fresh app whose Slack secrets come from `secrets` (e.g. the real Secrets Manager adapter on the emulator).
+#[allow(dead_code)]
+pub async fn spawn_app_with_secrets(kind: StoreKind, secrets: Arc<dyn SlackSecrets>) -> Option<TestApp> {
+    spawn_app_with_options(kind, AppOptions { secrets: Some(secrets), ..AppOptions::default() }).await
+}
+
+/// What a test may change about the app it gets; `Default` is what `spawn_app` builds.
+pub struct AppOptions {
+    pub settings: RequestSettings,
+    /// `None`: fixed secrets (the fake's bot token, [`SIGNING_SECRET`] as `AWSCURRENT`).
+    pub secrets: Option<Arc<dyn SlackSecrets>>,
+    /// Per-call bound on Slack calls (production default: 2 s).
+    pub slack_timeout: Duration,
+    pub slack_identity: SlackIdentity,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            settings: RequestSettings::default(),
+            secrets: None,
+            slack_timeout: Duration::from_millis(500),
+            slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
+        }
+    }
+}
+
+pub async fn spawn_app_with_options(kind: StoreKind, opts: AppOptions) -> Option<TestApp> {
     init_once();
     let (stores, keep): (Stores, Box<dyn Send + Sync>) = match kind {
         StoreKind::Embedded => {
@@ -96,13 +128,21 @@ pub async fn spawn_app_with(kind: StoreKind, settings: RequestSettings) -> Optio
             (Stores::from_one(store), Box::new(()))
         }
     };
+    Some(spawn_app_on(stores, keep, opts).await)
+}
+
+/// A fresh app on stores the test built itself (so it knows where they live, e.g. to point the CLI at them).
+pub async fn spawn_app_on(stores: Stores, keep: Box<dyn Send + Sync>, opts: AppOptions) -> TestApp {
+    init_once();
     let slack = FakeSlack::start().await.expect("fake Slack starts");
     let clock = Arc::new(ManualClock::new(T0));
-    let secrets = Arc::new(StaticSlackSecrets {
-        bot_token: SecretString::new(FAKE_BOT_TOKEN),
-        signing_secrets: vec![("AWSCURRENT".into(), SecretString::new(SIGNING_SECRET))],
+    let secrets = opts.secrets.unwrap_or_else(|| {
+        Arc::new(StaticSlackSecrets {
+            bot_token: SecretString::new(FAKE_BOT_TOKEN),
+            signing_secrets: vec![("AWSCURRENT".into(), SecretString::new(SIGNING_SECRET))],
+        })
     });
-    let mut settings = settings;
+    let mut settings = opts.settings;
     if settings.sensitive_environments.is_empty() {
         settings.sensitive_environments.insert(Environment::parse("production").expect("valid"));
     }
@@ -111,14 +151,38 @@ pub async fn spawn_app_with(kind: StoreKind, settings: RequestSettings) -> Optio
         clock: clock.clone(),
         secrets,
         slack_api_base_url: slack.base_url(),
-        slack_timeout: Duration::from_millis(500),
+        slack_timeout: opts.slack_timeout,
         settings,
-        slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
+        slack_identity: opts.slack_identity,
     })
     .expect("app builds");
     let t = TestApp { app, slack, clock, _keep: keep };
     t.apply_policies(POLICIES).await;
-    Some(t)
+    t
+}
+
+/// A Secrets Manager client on the emulator at `AWS_ENDPOINT_URL` (dummy credentials). `None` when no emulator is
+/// configured, except under `CI=true`, where that is a failure (as for the DynamoDB tests).
+#[allow(dead_code)]
+pub async fn secretsmanager_client() -> Option<aws_sdk_secretsmanager::Client> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_SECRETSMANAGER")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok()
+        .filter(|e| !e.is_empty());
+    let Some(endpoint) = endpoint else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but AWS_ENDPOINT_URL is unset");
+        eprintln!("AWS_ENDPOINT_URL is unset: skipping a Secrets Manager test");
+        return None;
+    };
+    let host = endpoint.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    assert!(matches!(host, "127.0.0.1" | "localhost"), "AWS_ENDPOINT_URL must be a local emulator, not {endpoint}");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    Some(aws_sdk_secretsmanager::Client::new(&config))
 }
 
 /// An API Gateway REST proxy event (tests/fixtures/apigw/rest-iam-request.json) turned into the request
@@ -161,6 +225,52 @@ pub fn api_event(
                 ev["requestContext"]["identity"][k] = Value::Null;
             }
         }
+    }
+    lambda_http::request::from_str(&ev.to_string()).expect("a valid API Gateway event")
+}
+
+/// An API Gateway REST proxy event for the Slack interactions endpoint, as API Gateway delivers it: the
+/// Slack headers given, no IAM identity, and the body base64-encoded (`isBase64Encoded: true`) when `base64`.
+#[allow(dead_code)]
+pub fn slack_event(body: &[u8], headers: &[(&str, &str)], base64: bool) -> Request<lambda_http::Body> {
+    use base64::Engine as _;
+    let mut ev: Value =
+        serde_json::from_str(include_str!("../fixtures/apigw/rest-iam-request.json")).expect("fixture is JSON");
+    ev["path"] = "/slack/interactions".into();
+    ev["resource"] = "/slack/interactions".into();
+    ev["requestContext"]["path"] = "/Prod/slack/interactions".into();
+    ev["requestContext"]["resourcePath"] = "/slack/interactions".into();
+    for k in ["userArn", "accountId", "caller", "accessKey", "user", "principalOrgId"] {
+        ev["requestContext"]["identity"][k] = Value::Null;
+    }
+    let mut h = serde_json::Map::new();
+    h.insert("Content-Type".into(), "application/x-www-form-urlencoded".into());
+    h.insert("Host".into(), "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com".into());
+    h.insert("User-Agent".into(), "Slackbot 1.0 (+https://api.slack.com/robots)".into());
+    let mut mh = serde_json::Map::new();
+    for (k, v) in headers {
+        match mh.get_mut(*k) {
+            Some(Value::Array(vs)) => vs.push((*v).into()),
+            _ => {
+                mh.insert((*k).to_string(), Value::Array(vec![(*v).into()]));
+            }
+        }
+    }
+    for (k, v) in &h {
+        mh.entry(k.clone()).or_insert_with(|| Value::Array(vec![v.clone()]));
+    }
+    // API Gateway fills `headers` with the last value of each header and `multiValueHeaders` with all.
+    for (k, v) in headers {
+        h.insert((*k).to_string(), (*v).into());
+    }
+    ev["headers"] = Value::Object(h);
+    ev["multiValueHeaders"] = Value::Object(mh);
+    if base64 {
+        ev["body"] = base64::engine::general_purpose::STANDARD.encode(body).into();
+        ev["isBase64Encoded"] = true.into();
+    } else {
+        ev["body"] = String::from_utf8(body.to_vec()).expect("a plain event body is text").into();
+        ev["isBase64Encoded"] = false.into();
     }
     lambda_http::request::from_str(&ev.to_string()).expect("a valid API Gateway event")
 }
@@ -214,6 +324,12 @@ impl TestApp {
             .expect("request builds")
     }
 
+    /// Drives the Slack router with a request as lambda_http builds it from an API Gateway event.
+    #[allow(dead_code)]
+    pub async fn call_slack_event(&self, req: Request<lambda_http::Body>) -> Answer {
+        self.call_slack(into_axum(req)).await
+    }
+
     pub async fn call_slack(&self, req: Request<Body>) -> Answer {
         let resp = self.app.slack_interactions().oneshot(req).await.expect("router is infallible");
         answer(resp).await
@@ -239,6 +355,98 @@ impl TestApp {
             }]
         })
     }
+}
+
+/// A pending request and where its Slack message is.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub id: String,
+    pub channel: String,
+    pub ts: String,
+}
+
+#[allow(dead_code)]
+impl TestApp {
+    /// Creates a pending 2-approval production request through the API and returns it with its message.
+    pub async fn pending_request(&self) -> Posted {
+        let body = serde_json::json!({"action": "deploy", "environment": "production", "reason": "release 42"});
+        let a = self.create(DEPLOY_ARN, &body).await;
+        assert_eq!(a.status, 201, "{}", a.json);
+        assert_eq!(a.json["status"], "pending", "{}", a.json);
+        let id = a.json["id"].as_str().expect("id").to_string();
+        let r = self.request(&id).await;
+        let ts = r.notification.ts.clone().expect("the request's message was posted");
+        Posted { id, channel: r.notification.channel.to_string(), ts }
+    }
+
+    /// The request as stored.
+    pub async fn request(&self, id: &str) -> ApprovalRequest {
+        let rid = RequestId::parse(id).expect("a request id");
+        self.app.stores.requests.get_request(&rid).await.expect("store answers").expect("request exists")
+    }
+
+    /// The whole audit chain.
+    pub async fn audit(&self) -> Vec<AuditEvent> {
+        self.app.stores.audit.read_from(0, 100_000).await.expect("audit reads")
+    }
+
+    /// Audit records of one kind (`vote.rejected`, …).
+    pub async fn audit_of(&self, kind: &str) -> Vec<AuditEvent> {
+        self.audit().await.into_iter().filter(|e| e.kind.as_str() == kind).collect()
+    }
+
+    /// A `view_submission` of the deny modal for `request_id` with `reason`, shaped like Slack's.
+    pub fn deny_submission(&self, user: &str, request_id: &str, reason: &str) -> Value {
+        serde_json::json!({
+            "type": "view_submission",
+            "api_app_id": APP_ID,
+            "team": {"id": TEAM_ID, "domain": "example"},
+            "enterprise": null,
+            "user": {"id": user, "username": user.to_lowercase(), "team_id": TEAM_ID},
+            "trigger_id": "13345224609.738474920.8088930838d88f008e1",
+            "view": {
+                "id": "V0DENY0001", "type": "modal", "callback_id": "countersign_deny_modal",
+                "private_metadata": request_id, "team_id": TEAM_ID, "app_id": APP_ID,
+                "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": reason}}}}
+            },
+            "response_urls": []
+        })
+    }
+}
+
+/// Log lines captured by [`capture_logs`].
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log event of this thread, at every level, until the guard drops. Use it in a
+/// current-thread test so the code under test logs on this thread.
+#[allow(dead_code)]
+pub fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
 }
 
 /// Reads the clock as a domain timestamp.

@@ -8,7 +8,8 @@
 //! - `POST /response/{id}`: stands in for `response_url`s (see [`FakeSlack::response_url`]).
 //!
 //! Every call is recorded. A queue of [`Behaviour`]s, one consumed per call (API or response URL), makes
-//! it answer 500, 429 with `Retry-After`, or hang; when the queue is empty it behaves normally.
+//! it answer 500, 429 with `Retry-After`, hang, or answer slowly; when the queue is empty it behaves
+//! normally.
 //!
 //! It is test and development machinery: it must never be reachable from a deployed Lambda.
 
@@ -44,6 +45,8 @@ pub enum Behaviour {
     RateLimited(u64),
     /// Hold the call for [`HANG_FOR`], then 503, no effect.
     Hang,
+    /// Hold the call this many milliseconds, then handle it as Slack would (a slow success).
+    Delay(u64),
 }
 
 /// One recorded call.
@@ -213,6 +216,10 @@ fn record(state: &Shared, method: &str, headers: &HeaderMap, body: &[u8]) -> (Be
 async fn injected(behaviour: Behaviour) -> Option<Response> {
     match behaviour {
         Behaviour::Ok => None,
+        Behaviour::Delay(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            None
+        }
         Behaviour::Status500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()),
         Behaviour::RateLimited(secs) => Some(
             (

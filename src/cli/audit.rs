@@ -1,0 +1,676 @@
+//! `countersign audit export | verify`: the compliance side of the hash-chained audit trail.
+//!
+//! A time range is always a *contiguous segment* of the chain (from the first record at or after `--since` up
+//! to the first record at or after `--until`), so an exported range can be verified on its own. `--request`
+//! and `--principal` give a filtered view: useful to read, marked as filtered, and refused by `verify --file`
+//! (a filtered view is not a chain). Nothing here writes to the store.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::domain::audit::{ChainSummary, ChainVerifier};
+use crate::domain::{AuditEvent, ChainBreak, Principal, RequestId, Timestamp};
+use crate::ports::{AuditLog, Clock, SystemClock};
+
+use super::store::open;
+use super::{exit, CliError, ExportFormat, Output, OutputArgs, RangeArgs, StoreArgs};
+
+/// Records read per call to the store.
+pub const PAGE_SIZE: usize = 500;
+
+/// The CSV columns, in order. Stable: spreadsheets and SIEM mappings depend on them (docs/cli.md).
+pub const CSV_COLUMNS: &[&str] =
+    &["seq", "at", "kind", "actor", "request_id", "policy", "principal", "details", "prev_hash", "hash"];
+
+/// `--request` / `--principal`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub request: Option<String>,
+    pub principal: Option<String>,
+}
+
+impl Filter {
+    fn is_filtered(&self) -> bool {
+        self.request.is_some() || self.principal.is_some()
+    }
+}
+
+/// The last line of a JSONL export (`{"summary": …}`), and what the CLI prints at the end of every export.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportSummary {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_hash: Option<String>,
+    pub last_hash: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub request: Option<String>,
+    pub principal: Option<String>,
+    /// True when --request or --principal was given: the records are a view, not a chain.
+    pub filtered: bool,
+    pub exported_at: String,
+}
+
+impl ExportSummary {
+    fn push(&mut self, e: &AuditEvent) {
+        self.records += 1;
+        if self.first_seq.is_none() {
+            self.first_seq = Some(e.seq);
+            self.first_hash = Some(e.hash.clone());
+        }
+        self.last_seq = Some(e.seq);
+        self.last_hash = Some(e.hash.clone());
+    }
+
+    fn line(&self) -> String {
+        let seqs = match (self.first_seq, self.last_seq) {
+            (Some(a), Some(b)) => format!(", seq {a}..{b}"),
+            _ => String::new(),
+        };
+        let mut s = format!(
+            "{} record(s){seqs}, first hash {}, last hash {}",
+            self.records,
+            self.first_hash.as_deref().unwrap_or("-"),
+            self.last_hash.as_deref().unwrap_or("-")
+        );
+        if self.filtered {
+            s.push_str(" (filtered view: not a verifiable chain)");
+        }
+        s
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SummaryLine {
+    summary: ExportSummary,
+}
+
+// ---- reading a segment of the chain ----
+
+/// Pages through the chain from the start of the range to its end, in chain order.
+struct Segment<'a> {
+    audit: &'a dyn AuditLog,
+    from: u64,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    started: bool,
+    done: bool,
+}
+
+impl<'a> Segment<'a> {
+    fn new(audit: &'a dyn AuditLog, range: &RangeArgs) -> Self {
+        Self { audit, from: 1, since: range.since, until: range.until, started: range.since.is_none(), done: false }
+    }
+
+    /// The next page of records inside the range; `None` at the end.
+    async fn next_page(&mut self) -> Result<Option<Vec<AuditEvent>>, CliError> {
+        while !self.done {
+            let page = self
+                .audit
+                .read_from(self.from, PAGE_SIZE)
+                .await
+                .map_err(|e| CliError::failed("cannot read the audit trail", &e))?;
+            let Some(last) = page.last() else {
+                self.done = true;
+                break;
+            };
+            // Keys are distinct and >= from, so `from + len` never passes an unread key; the max also keeps
+            // a tampered record whose seq went backwards from looping us forever.
+            self.from = (last.seq.saturating_add(1)).max(self.from.saturating_add(page.len() as u64));
+            let mut out = Vec::with_capacity(page.len());
+            for e in page {
+                if !self.started {
+                    match self.since {
+                        Some(s) if e.at < s => continue,
+                        _ => self.started = true,
+                    }
+                }
+                if self.until.is_some_and(|u| e.at >= u) {
+                    self.done = true;
+                    break;
+                }
+                out.push(e);
+            }
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+}
+
+// ---- export ----
+
+/// Who a `--principal ARN` means: the ARN itself and, for an IAM/STS principal, its identity (the role or
+/// user policies match on), so a role ARN also finds the records of its sessions.
+struct PrincipalMatch {
+    raw: String,
+    identity: Option<String>,
+}
+
+impl PrincipalMatch {
+    fn new(arn: &str) -> Self {
+        Self { raw: arn.to_string(), identity: Principal::parse(arn).ok().map(|p| p.identity()) }
+    }
+
+    fn matches(&self, e: &AuditEvent) -> bool {
+        let is_it = |s: &str| s == self.raw || self.identity.as_deref() == Some(s);
+        if e.details.get("principal").is_some_and(|p| is_it(p)) {
+            return true;
+        }
+        let actor_arn = e.actor.0.split_once(':').map(|(_, rest)| rest).unwrap_or("");
+        is_it(actor_arn) || Principal::parse(actor_arn).is_ok_and(|p| is_it(&p.identity()))
+    }
+}
+
+/// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_row(e: &AuditEvent) -> String {
+    let details = serde_json::to_string(&e.details).unwrap_or_default();
+    let cells = [
+        e.seq.to_string(),
+        e.at.to_rfc3339(),
+        e.kind.as_str().to_string(),
+        e.actor.0.clone(),
+        e.request_id.map(|r| r.to_string()).unwrap_or_default(),
+        e.details.get("policy").cloned().unwrap_or_default(),
+        e.details.get("principal").cloned().unwrap_or_default(),
+        details,
+        e.prev_hash.clone(),
+        e.hash.clone(),
+    ];
+    cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
+}
+
+fn write_err(e: std::io::Error) -> CliError {
+    CliError::failed("cannot write the export", &e)
+}
+
+/// Where the export goes: stdout, or a temporary file renamed over FILE once complete (a failed export
+/// never looks like a finished one).
+struct Sink {
+    w: Box<dyn Write>,
+    file: Option<(PathBuf, PathBuf)>,
+}
+
+impl Sink {
+    fn open(out: Option<&Path>) -> Result<Self, CliError> {
+        match out {
+            None => Ok(Self { w: Box::new(BufWriter::new(std::io::stdout().lock())), file: None }),
+            Some(path) => {
+                let mut tmp = path.as_os_str().to_owned();
+                tmp.push(format!(".partial-{}", std::process::id()));
+                let tmp = PathBuf::from(tmp);
+                let f = File::create(&tmp)
+                    .map_err(|e| CliError::failed(&format!("cannot create {}", tmp.display()), &e))?;
+                Ok(Self { w: Box::new(BufWriter::new(f)), file: Some((tmp, path.to_path_buf())) })
+            }
+        }
+    }
+
+    fn line(&mut self, s: &str) -> Result<(), CliError> {
+        self.w.write_all(s.as_bytes()).map_err(write_err)?;
+        self.w.write_all(b"\n").map_err(write_err)
+    }
+
+    fn finish(mut self) -> Result<(), CliError> {
+        self.w.flush().map_err(write_err)?;
+        // Closes the file before it is renamed.
+        self.w = Box::new(std::io::sink());
+        if let Some((tmp, path)) = self.file.take() {
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| CliError::failed(&format!("cannot move the export to {}", path.display()), &e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.file.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn progress(to_file: bool, total: Option<u64>) -> ProgressBar {
+    if !to_file || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+    let template = if total.is_some() {
+        "{bar:40} {pos}/{len} records ({per_sec}, {eta} left)"
+    } else {
+        "{spinner} {pos} records ({per_sec})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub async fn export(
+    range: &RangeArgs,
+    filter: &Filter,
+    format: ExportFormat,
+    out: Option<&Path>,
+    store_args: &StoreArgs,
+) -> Result<u8, CliError> {
+    let request_id = filter
+        .request
+        .as_deref()
+        .map(RequestId::parse)
+        .transpose()
+        .map_err(|e| CliError::new(exit::USAGE, format!("--request: {}", e.problem)))?;
+    let principal = filter.principal.as_deref().map(PrincipalMatch::new);
+    let store = open(store_args).await?;
+    let audit = store.stores.audit.as_ref();
+    let mut summary = ExportSummary {
+        since: range.since.map(|t| t.to_rfc3339()),
+        until: range.until.map(|t| t.to_rfc3339()),
+        request: filter.request.clone(),
+        principal: filter.principal.clone(),
+        filtered: filter.is_filtered(),
+        exported_at: SystemClock.now().to_rfc3339(),
+        ..ExportSummary::default()
+    };
+    let mut sink = Sink::open(out)?;
+    if format == ExportFormat::Csv {
+        sink.line(&CSV_COLUMNS.join(","))?;
+    }
+    let mut emit = |sink: &mut Sink, e: &AuditEvent| -> Result<(), CliError> {
+        if principal.as_ref().is_some_and(|p| !p.matches(e)) {
+            return Ok(());
+        }
+        let line = match format {
+            ExportFormat::Jsonl => {
+                serde_json::to_string(e).map_err(|err| CliError::failed("cannot encode a record", &err))?
+            }
+            ExportFormat::Csv => csv_row(e),
+        };
+        summary.push(e);
+        sink.line(&line)
+    };
+    match request_id {
+        Some(id) => {
+            // The request's records come from its index, already in chain order.
+            let records =
+                audit.for_request(&id).await.map_err(|e| CliError::failed("cannot read the audit trail", &e))?;
+            let bar = progress(out.is_some(), Some(records.len() as u64));
+            for e in
+                records.iter().filter(|e| range.since.is_none_or(|s| e.at >= s) && range.until.is_none_or(|u| e.at < u))
+            {
+                emit(&mut sink, e)?;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+        }
+        None => {
+            let total = if out.is_some() && range.since.is_none() && range.until.is_none() {
+                audit.last().await.ok().flatten().map(|e| e.seq)
+            } else {
+                None
+            };
+            let bar = progress(out.is_some(), total);
+            let mut seg = Segment::new(audit, range);
+            while let Some(page) = seg.next_page().await? {
+                for e in &page {
+                    emit(&mut sink, e)?;
+                }
+                bar.inc(page.len() as u64);
+            }
+            bar.finish_and_clear();
+        }
+    }
+    if format == ExportFormat::Jsonl {
+        let line = serde_json::to_string(&SummaryLine { summary: summary.clone() })
+            .map_err(|e| CliError::failed("cannot encode the summary", &e))?;
+        sink.line(&line)?;
+    }
+    sink.finish()?;
+    eprintln!("exported {}", summary.line());
+    Ok(exit::OK)
+}
+
+// ---- verify ----
+
+/// The first broken link and the record where it shows.
+type Broken = Box<(ChainBreak, AuditEvent)>;
+
+/// A streaming verifier that, like `verify_chain`, tells a moved record (it turns up later) from a deleted
+/// one, in constant memory: after a gap it only keeps looking for the missing `seq`.
+struct Verification {
+    verifier: Option<ChainVerifier>,
+    from_genesis: bool,
+    broken: Option<(ChainBreak, AuditEvent)>,
+    looking_for: Option<(u64, u64)>,
+    turned_up: bool,
+    read: u64,
+}
+
+impl Verification {
+    fn new(from_genesis: bool) -> Self {
+        Self { verifier: None, from_genesis, broken: None, looking_for: None, turned_up: false, read: 0 }
+    }
+
+    /// Returns false once nothing later can change the verdict.
+    fn push(&mut self, e: &AuditEvent) -> bool {
+        self.read += 1;
+        if let Some((expected, _)) = self.looking_for {
+            if e.seq == expected {
+                self.turned_up = true;
+                return false;
+            }
+            return true;
+        }
+        if self.broken.is_some() {
+            return false;
+        }
+        let genesis = self.from_genesis;
+        let v = self.verifier.get_or_insert_with(|| {
+            if genesis {
+                ChainVerifier::from_genesis()
+            } else {
+                ChainVerifier::from_any()
+            }
+        });
+        match v.push(e) {
+            Ok(()) => true,
+            Err(b) => {
+                if let ChainBreak::Missing { expected, found } = b {
+                    self.looking_for = Some((expected, found));
+                }
+                let more = self.looking_for.is_some();
+                self.broken = Some((b, e.clone()));
+                more
+            }
+        }
+    }
+
+    fn finish(self) -> Result<ChainSummary, Broken> {
+        match (self.broken, self.looking_for) {
+            (Some((_, e)), Some((expected, found))) if self.turned_up => {
+                Err(Box::new((ChainBreak::OutOfOrder { seq: expected, after: found }, e)))
+            }
+            (Some(b), _) => Err(Box::new(b)),
+            (None, _) => Ok(self.verifier.map(ChainVerifier::finish).unwrap_or_default()),
+        }
+    }
+}
+
+fn break_kind(b: &ChainBreak) -> (&'static str, u64) {
+    match b {
+        ChainBreak::Edited { seq } => ("edited", *seq),
+        ChainBreak::Missing { expected, .. } => ("missing", *expected),
+        ChainBreak::OutOfOrder { seq, .. } => ("out_of_order", *seq),
+        ChainBreak::Unlinked { seq } => ("unlinked", *seq),
+    }
+}
+
+fn describe_record(e: &AuditEvent) -> String {
+    let req = e.request_id.map(|r| format!(" {r}")).unwrap_or_default();
+    format!("seq {} at {}: {}{req} by {} (hash {})", e.seq, e.at, e.kind, e.actor.0, e.hash)
+}
+
+/// Prints the verdict; exit 0 only when intact.
+fn report(
+    verdict: Result<ChainSummary, Broken>,
+    from_genesis: bool,
+    what: &str,
+    notes: &[String],
+    output: Output,
+) -> u8 {
+    match (verdict, output) {
+        (Ok(s), Output::Text) => {
+            let seqs = match (s.first_seq, s.last_seq) {
+                (Some(a), Some(b)) => format!(", seq {a}..{b}"),
+                _ => String::new(),
+            };
+            let anchor =
+                if from_genesis || s.records == 0 { "from genesis" } else { "segment; its first record is trusted" };
+            println!(
+                "intact: {what}: {} record(s){seqs} ({anchor}), first hash {}, last hash {}",
+                s.records,
+                s.first_hash.as_deref().unwrap_or("-"),
+                s.last_hash.as_deref().unwrap_or("-")
+            );
+            for n in notes {
+                eprintln!("note: {n}");
+            }
+            exit::OK
+        }
+        (Ok(s), Output::Json) => {
+            println!(
+                "{}",
+                json!({
+                    "intact": true, "records": s.records, "from_genesis": from_genesis,
+                    "first_seq": s.first_seq, "last_seq": s.last_seq,
+                    "first_hash": s.first_hash, "last_hash": s.last_hash, "notes": notes,
+                })
+            );
+            exit::OK
+        }
+        (Err(broken), Output::Text) => {
+            let (b, at) = *broken;
+            println!("BROKEN: {what}: {b}");
+            println!("  where the chain breaks: {}", describe_record(&at));
+            exit::FAILED
+        }
+        (Err(broken), Output::Json) => {
+            let (b, at) = *broken;
+            let (kind, seq) = break_kind(&b);
+            println!(
+                "{}",
+                json!({
+                    "intact": false,
+                    "break": {"kind": kind, "seq": seq, "message": b.to_string(), "at_record": at},
+                })
+            );
+            exit::FAILED
+        }
+    }
+}
+
+pub async fn verify_store(range: &RangeArgs, store_args: &StoreArgs, output: &OutputArgs) -> Result<u8, CliError> {
+    let store = open(store_args).await?;
+    let from_genesis = range.since.is_none();
+    let mut v = Verification::new(from_genesis);
+    let mut seg = Segment::new(store.stores.audit.as_ref(), range);
+    'pages: while let Some(page) = seg.next_page().await? {
+        for e in &page {
+            if !v.push(e) {
+                break 'pages;
+            }
+        }
+    }
+    let mut what = store.description.clone();
+    if let Some(s) = range.since {
+        what.push_str(&format!(" since {s}"));
+    }
+    if let Some(u) = range.until {
+        what.push_str(&format!(" until {u}"));
+    }
+    Ok(report(v.finish(), from_genesis, &what, &[], output.output))
+}
+
+pub async fn verify_file(path: &Path, output: &OutputArgs) -> Result<u8, CliError> {
+    let f = File::open(path).map_err(|e| CliError::failed(&format!("cannot read {}", path.display()), &e))?;
+    let what = path.display().to_string();
+    let mut summary: Option<ExportSummary> = None;
+    let mut v: Option<Verification> = None;
+    let mut first: Option<AuditEvent> = None;
+    let mut last: Option<AuditEvent> = None;
+    let mut records = 0_u64;
+    let mut deciding = true;
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| CliError::failed(&format!("cannot read {}", path.display()), &e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        if summary.is_some() {
+            return Ok(malformed(&what, n, "a line after the summary line", output.output));
+        }
+        let e: AuditEvent = match serde_json::from_str(&line) {
+            Ok(e) => e,
+            Err(err) => match serde_json::from_str::<SummaryLine>(&line) {
+                Ok(s) => {
+                    summary = Some(s.summary);
+                    continue;
+                }
+                Err(_) => return Ok(malformed(&what, n, &format!("not an audit record: {err}"), output.output)),
+            },
+        };
+        records += 1;
+        // An export that starts at seq 1 is checked from genesis; any other is a segment.
+        let ver = v.get_or_insert_with(|| Verification::new(e.seq == 1));
+        if first.is_none() {
+            first = Some(e.clone());
+        }
+        if deciding {
+            deciding = ver.push(&e);
+        }
+        last = Some(e);
+    }
+    if summary.as_ref().is_some_and(|s| s.filtered) {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!(
+                "{what} is a filtered view (--request / --principal): its records are not a chain and cannot be \
+                 verified; export without those filters to verify"
+            ),
+        ));
+    }
+    let from_genesis = v.as_ref().is_none_or(|v| v.from_genesis);
+    let mut verdict = v.map_or_else(|| Ok(ChainSummary::default()), Verification::finish);
+    let mut notes = Vec::new();
+    match &summary {
+        None => notes.push(
+            "no summary line: records cut off at the end of the file cannot be detected; compare the last hash \
+             with one recorded elsewhere"
+                .to_string(),
+        ),
+        Some(s) => {
+            // A full export must start at genesis; a range export may start anywhere.
+            if verdict.is_ok() && s.since.is_none() && !from_genesis {
+                if let Some(f) = &first {
+                    verdict = Err(Box::new((ChainBreak::Missing { expected: 1, found: f.seq }, f.clone())));
+                }
+            }
+            let matches = s.records == records
+                && s.first_hash == first.as_ref().map(|e| e.hash.clone())
+                && s.last_hash == last.as_ref().map(|e| e.hash.clone());
+            if verdict.is_ok() && !matches {
+                let msg = format!(
+                    "the file does not match its summary line (summary: {} records ending in {}; file: {records} \
+                     records ending in {}): records were cut off, added or replaced",
+                    s.records,
+                    s.last_hash.as_deref().unwrap_or("-"),
+                    last.as_ref().map_or("-", |e| e.hash.as_str())
+                );
+                return Ok(malformed(&what, 0, &msg, output.output));
+            }
+        }
+    }
+    Ok(report(verdict, from_genesis, &what, &notes, output.output))
+}
+
+/// A file that is not a well-formed export: broken, exit 1.
+fn malformed(what: &str, line: usize, problem: &str, output: Output) -> u8 {
+    let at = if line > 0 { format!(" line {line}:") } else { String::new() };
+    match output {
+        Output::Text => println!("BROKEN: {what}:{at} {problem}"),
+        Output::Json => {
+            println!("{}", json!({"intact": false, "break": {"kind": "malformed", "line": line, "message": problem}}))
+        }
+    }
+    exit::FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::domain::audit::{seal_after, verify_chain};
+    use crate::domain::{Actor, AuditDraft, AuditKind};
+
+    fn chain(n: usize) -> Vec<AuditEvent> {
+        let drafts = (0..n)
+            .map(|i| {
+                AuditDraft::new(
+                    Timestamp::from_unix_millis(1_000 * i as i64),
+                    AuditKind::RequestCreated,
+                    Actor::aws("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"),
+                    None,
+                )
+                .with("principal", "arn:aws:iam::111122223333:role/github-deploy")
+                .with("reason", format!("line, \"quoted\"\nnext {i}"))
+            })
+            .collect();
+        seal_after(None, drafts)
+    }
+
+    fn streaming(events: &[AuditEvent]) -> Result<ChainSummary, ChainBreak> {
+        let mut v = Verification::new(true);
+        for e in events {
+            if !v.push(e) {
+                break;
+            }
+        }
+        v.finish().map_err(|b| b.0)
+    }
+
+    #[test]
+    fn streaming_verification_agrees_with_verify_chain() {
+        let base = chain(6);
+        let mut cases = vec![base.clone()];
+        let mut edited = base.clone();
+        edited[2].details.insert("x".into(), "y".into());
+        cases.push(edited);
+        let mut deleted = base.clone();
+        deleted.remove(3);
+        cases.push(deleted);
+        let mut moved = base.clone();
+        moved.swap(1, 3);
+        cases.push(moved);
+        let mut first_gone = base.clone();
+        first_gone.remove(0);
+        cases.push(first_gone);
+        for c in cases {
+            assert_eq!(streaming(&c).map(|s| s.records), verify_chain(&c).map(|s| s.records));
+        }
+    }
+
+    #[test]
+    fn csv_rows_have_the_fixed_columns_and_quote_what_needs_it() {
+        let e = &chain(1)[0];
+        let row = csv_row(e);
+        assert!(row.starts_with("1,1970-01-01T00:00:00.000Z,request.created,aws:arn:aws:sts::111122223333:"));
+        assert!(row.contains(r#""{""principal"":""arn:aws:iam::111122223333:role/github-deploy"",""reason"""#));
+        assert!(row.ends_with(&e.hash));
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(CSV_COLUMNS.len(), 10);
+    }
+
+    #[test]
+    fn a_role_arn_finds_the_records_of_its_sessions() {
+        let e = &chain(1)[0];
+        assert!(PrincipalMatch::new("arn:aws:iam::111122223333:role/github-deploy").matches(e));
+        assert!(PrincipalMatch::new("arn:aws:sts::111122223333:assumed-role/github-deploy/other").matches(e));
+        assert!(!PrincipalMatch::new("arn:aws:iam::111122223333:role/someone-else").matches(e));
+    }
+}

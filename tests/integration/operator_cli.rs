@@ -1,0 +1,114 @@
+//! The operator side of the `countersign` binary, run for real (`CARGO_BIN_EXE_countersign`): policy
+//! validation, store set-up and policy apply on the embedded store and on the DynamoDB emulator.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use countersign::adapters::dynamodb::{DynamoStore, TableNames};
+use countersign::adapters::embedded::EmbeddedStore;
+use countersign::domain::audit::verify_chain;
+use countersign::domain::AuditKind;
+use countersign::ports::{AuditLog, PolicyStore};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/policies.example.yaml");
+
+fn countersign(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("COUNTERSIGN_TABLE_PREFIX")
+        .env_remove("COUNTERSIGN_DATA_DIR")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn policy_validate_accepts_the_example_and_exits_0() {
+    let o = countersign(&["policy", "validate", EXAMPLE]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("valid, 4 policies"), "{}", text(&o));
+}
+
+#[test]
+fn policy_validate_reports_every_problem_with_policy_field_and_line_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let src = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replace("max_ttl: 1h", "max_ttl: 1 hour")
+        .replace("channel: C0SECURITY", "channel: security");
+    std::fs::write(&bad, src).unwrap();
+    let o = countersign(&["policy", "validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("policy \"deploy-production\", field max_ttl"), "{out}");
+    assert!(out.contains("policy \"rotate-secrets\", field channel"), "{out}");
+    assert!(out.contains("line 6:") && out.contains("line 24:"), "{out}");
+}
+
+#[test]
+fn policy_validate_on_a_missing_file_fails_cleanly() {
+    let o = countersign(&["policy", "validate", "/nonexistent/policies.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("cannot read"), "{}", text(&o));
+}
+
+fn data_dir_args(dir: &Path) -> Vec<String> {
+    vec!["--store".into(), "local".into(), "--data-dir".into(), dir.to_string_lossy().into_owned()]
+}
+
+#[tokio::test]
+async fn local_store_init_and_policy_apply_are_audited_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_args = data_dir_args(dir.path());
+    let mut init = vec!["store", "init"];
+    init.extend(store_args.iter().map(String::as_str));
+    let o = countersign(&init);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let mut apply = vec!["policy", "apply", EXAMPLE];
+    apply.extend(store_args.iter().map(String::as_str));
+    let without_yes = countersign(&apply);
+    assert_eq!(without_yes.status.code(), Some(2), "no terminal, no --yes: {}", text(&without_yes));
+    apply.push("--yes");
+    let o = countersign(&apply);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("4 to add, 0 to change, 0 to remove"), "{}", text(&o));
+    let again = countersign(&apply);
+    assert!(text(&again).contains("No changes"), "{}", text(&again));
+
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.list_policies().await.unwrap().len(), 4);
+    let audit = store.read_from(1, 100).await.unwrap();
+    assert_eq!(audit.iter().filter(|e| e.kind == AuditKind::PolicyChanged).count(), 4);
+    verify_chain(&audit).unwrap();
+}
+
+#[tokio::test]
+async fn dynamodb_store_init_and_policy_apply_record_the_sts_caller() {
+    let Some(endpoint) = crate::harness::emulator_endpoint() else { return };
+    let prefix = format!("cs-cli-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let o = countersign(&["store", "init", "--store", "dynamodb", "--table-prefix", &prefix]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let again = countersign(&["store", "init", "--store", "dynamodb", "--table-prefix", &prefix]);
+    assert_eq!(again.status.code(), Some(0), "store init is safe to repeat: {}", text(&again));
+    let o = countersign(&["policy", "apply", EXAMPLE, "--store", "dynamodb", "--table-prefix", &prefix, "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(endpoint).load().await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&conf), TableNames::with_prefix(&prefix));
+    assert_eq!(store.list_policies().await.unwrap().len(), 4);
+    let audit = store.read_from(1, 100).await.unwrap();
+    let changed: Vec<_> = audit.iter().filter(|e| e.kind == AuditKind::PolicyChanged).collect();
+    assert_eq!(changed.len(), 4);
+    assert!(
+        changed.iter().all(|e| e.actor.0.starts_with("aws:arn:aws:")),
+        "actor is the STS caller: {:?}",
+        changed[0].actor
+    );
+    verify_chain(&audit).unwrap();
+}

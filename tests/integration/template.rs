@@ -1,0 +1,833 @@
+//! The deployment's security posture, read from `template.yaml`, `infra/caller-policy.json` and
+//! `infra/slack-app-manifest.yaml` themselves: IAM auth and the resource policy of the request API, the
+//! protection of every table, least-privilege function roles, the append-only audit table, the Lambda
+//! runtime. A change that weakens any of these fails here before it reaches an account.
+//!
+//! CloudFormation's short forms (`!Ref`, `!Sub`, `!GetAtt`, `!If`, …) are YAML tags; they are rewritten
+//! to the long forms (`Ref`, `Fn::Sub`, …) first, so every check reads one shape.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use serde_yaml::{Mapping, Value};
+
+// --- loading ---------------------------------------------------------------------------------------------
+
+fn read(rel: &str) -> String {
+    let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+fn template() -> &'static Value {
+    static T: OnceLock<Value> = OnceLock::new();
+    T.get_or_init(|| {
+        let raw: Value = serde_yaml::from_str(&read("template.yaml")).expect("template.yaml is YAML");
+        long_form(raw)
+    })
+}
+
+/// Rewrites YAML-tagged intrinsics (`!Ref X`, `!GetAtt A.B`, `!Sub s`, …) into their long forms.
+fn long_form(v: Value) -> Value {
+    match v {
+        Value::Tagged(t) => {
+            let name = t.tag.to_string().trim_start_matches('!').to_string();
+            let inner = long_form(t.value);
+            let (key, value) = match name.as_str() {
+                "Ref" | "Condition" => (name.clone(), inner),
+                "GetAtt" => {
+                    let value = match &inner {
+                        Value::String(s) => {
+                            let (res, attr) = s.split_once('.').expect("!GetAtt Resource.Attribute");
+                            Value::Sequence(vec![res.into(), attr.into()])
+                        }
+                        _ => inner,
+                    };
+                    ("Fn::GetAtt".to_string(), value)
+                }
+                _ => (format!("Fn::{name}"), inner),
+            };
+            let mut m = Mapping::new();
+            m.insert(Value::String(key), value);
+            Value::Mapping(m)
+        }
+        Value::Mapping(m) => Value::Mapping(m.into_iter().map(|(k, v)| (long_form(k), long_form(v))).collect()),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(long_form).collect()),
+        other => other,
+    }
+}
+
+// --- navigation helpers ----------------------------------------------------------------------------------
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, key| cur.get(*key))
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    get(v, path).and_then(Value::as_str)
+}
+
+fn resources() -> Vec<(&'static str, &'static Value)> {
+    template()["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("logical id"), v))
+        .collect()
+}
+
+fn resource(id: &str) -> &'static Value {
+    template()["Resources"].get(id).unwrap_or_else(|| panic!("no resource {id}"))
+}
+
+fn of_type(ty: &str) -> Vec<(&'static str, &'static Value)> {
+    resources().into_iter().filter(|(_, r)| text(r, &["Type"]) == Some(ty)).collect()
+}
+
+fn is_no_value(v: &Value) -> bool {
+    text(v, &["Ref"]) == Some("AWS::NoValue")
+}
+
+/// Every value `v` can take: the elements of a list, both branches of an `Fn::If` (without
+/// `AWS::NoValue`), or `v` itself.
+fn alternatives(v: &Value) -> Vec<&Value> {
+    if let Some(branches) = get(v, &["Fn::If"]).and_then(Value::as_sequence) {
+        return branches[1..].iter().filter(|b| !is_no_value(b)).flat_map(alternatives).collect();
+    }
+    match v {
+        Value::Sequence(items) => items.iter().filter(|b| !is_no_value(b)).flat_map(alternatives).collect(),
+        other => vec![other],
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.map(alternatives)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| describe(x)))
+        .collect()
+}
+
+/// A short, stable description of a resource reference: `Ref X` → `X`, `GetAtt X.Arn` → `X`,
+/// `Sub "${X.Arn}/index/i"` → `X/index/i`, `If [c, a, b]` → `a|b`.
+fn describe(v: &Value) -> String {
+    if let Some(r) = text(v, &["Ref"]) {
+        return r.to_string();
+    }
+    if let Some(ga) = get(v, &["Fn::GetAtt"]).and_then(Value::as_sequence) {
+        let attr = ga[1].as_str().unwrap_or("?");
+        let id = ga[0].as_str().unwrap_or("?");
+        return if attr == "Arn" { id.to_string() } else { format!("{id}.{attr}") };
+    }
+    if let Some(s) = text(v, &["Fn::Sub"]) {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed ${") + start;
+            let var = &rest[start + 2..end];
+            out.push_str(var.strip_suffix(".Arn").unwrap_or(var));
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        return out;
+    }
+    if let Some(branches) = get(v, &["Fn::If"]).and_then(Value::as_sequence) {
+        return branches[1..].iter().map(describe).collect::<Vec<_>>().join("|");
+    }
+    serde_yaml::to_string(v).unwrap_or_default().trim().to_string()
+}
+
+/// Every IAM-style statement anywhere in the template (role policies, trust policies, API resource
+/// policies, queue policies, …): any mapping with `Effect` and `Action`/`NotAction`.
+fn all_statements() -> Vec<(&'static str, &'static Value)> {
+    fn walk<'a>(id: &'a str, v: &'a Value, out: &mut Vec<(&'a str, &'a Value)>) {
+        match v {
+            Value::Mapping(m) => {
+                if m.contains_key("Effect") && (m.contains_key("Action") || m.contains_key("NotAction")) {
+                    out.push((id, v));
+                }
+                for (_, child) in m {
+                    walk(id, child, out);
+                }
+            }
+            Value::Sequence(s) => s.iter().for_each(|c| walk(id, c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (id, r) in resources() {
+        walk(id, r, &mut out);
+    }
+    out
+}
+
+fn is_allow(stmt: &Value) -> bool {
+    text(stmt, &["Effect"]) == Some("Allow")
+}
+
+/// The role a function runs as (it must be a role of this template).
+fn role_of(function: &Value) -> String {
+    let role = get(function, &["Properties", "Role"]).expect("function has an explicit Role");
+    let ga = get(role, &["Fn::GetAtt"]).and_then(Value::as_sequence).expect("Role: !GetAtt <role>.Arn");
+    let id = ga[0].as_str().expect("role id");
+    assert_eq!(text(resource(id), &["Type"]), Some("AWS::IAM::Role"), "{id}");
+    id.to_string()
+}
+
+fn role_statements(role_id: &str) -> Vec<&'static Value> {
+    let role = resource(role_id);
+    get(role, &["Properties", "Policies"])
+        .map(alternatives)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|p| get(p, &["PolicyDocument", "Statement"]).map(alternatives).unwrap_or_default())
+        .collect()
+}
+
+/// (action, resource) pairs a role allows.
+fn allowed_pairs(role_id: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for stmt in role_statements(role_id).into_iter().filter(|s| is_allow(s)) {
+        let resources = get(stmt, &["Resource"]).map(alternatives).expect("statement has Resource");
+        for action in strings(get(stmt, &["Action"])) {
+            for res in &resources {
+                out.insert((action.clone(), describe(res)));
+            }
+        }
+    }
+    out
+}
+
+fn functions() -> Vec<(&'static str, &'static Value)> {
+    of_type("AWS::Serverless::Function")
+}
+
+fn binary_of(function: &Value) -> &str {
+    text(function, &["Metadata", "BuildProperties", "Binary"]).expect("Metadata.BuildProperties.Binary")
+}
+
+fn function_by_binary(bin: &str) -> (&'static str, &'static Value) {
+    functions().into_iter().find(|(_, f)| binary_of(f) == bin).unwrap_or_else(|| panic!("no function for {bin}"))
+}
+
+/// (api logical id, method, path, event) for every `Api` event of a function.
+fn api_events(function: &Value) -> Vec<(String, String, String, &Value)> {
+    let Some(events) = get(function, &["Properties", "Events"]).and_then(Value::as_mapping) else {
+        return Vec::new();
+    };
+    events
+        .values()
+        .filter(|e| text(e, &["Type"]) == Some("Api"))
+        .map(|e| {
+            let api = get(e, &["Properties", "RestApiId"]).map(describe).expect("Api event names its RestApiId");
+            let method = text(e, &["Properties", "Method"]).expect("Method").to_lowercase();
+            let path = text(e, &["Properties", "Path"]).expect("Path").to_string();
+            (api, method, path, e)
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// --- the request API -------------------------------------------------------------------------------------
+
+const REQUEST_ROUTES: &[(&str, &str)] =
+    &[("post", "/v1/requests"), ("get", "/v1/requests/{id}"), ("post", "/v1/requests/{id}/cancel")];
+
+#[test]
+fn template_request_api_uses_iam_auth() {
+    let api = resource("RequestApi");
+    assert_eq!(text(api, &["Type"]), Some("AWS::Serverless::Api"));
+    assert!(get(api, &["Properties", "DefinitionBody"]).is_none(), "an OpenAPI body could bypass Auth");
+    assert_eq!(text(api, &["Properties", "Auth", "DefaultAuthorizer"]), Some("AWS_IAM"));
+    // Without it API Gateway invokes the function with the caller's credentials.
+    assert_eq!(text(api, &["Properties", "Auth", "InvokeRole"]), Some("NONE"));
+
+    let mut routes = BTreeSet::new();
+    for (fid, f) in functions() {
+        for (api_id, method, path, event) in api_events(f) {
+            if api_id != "RequestApi" {
+                continue;
+            }
+            assert_eq!(binary_of(f), "request-api", "{fid} must not be routed on the request API");
+            let auth = text(event, &["Properties", "Auth", "Authorizer"]);
+            assert!(auth.is_none() || auth == Some("AWS_IAM"), "{fid} {method} {path}: authorizer {auth:?}");
+            assert!(get(event, &["Properties", "Auth", "InvokeRole"]).is_none(), "{fid}: per-route InvokeRole");
+            routes.insert((method, path));
+        }
+    }
+    let expected: BTreeSet<(String, String)> =
+        REQUEST_ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(routes, expected);
+}
+
+fn request_api_statements() -> Vec<&'static Value> {
+    let custom = get(resource("RequestApi"), &["Properties", "Auth", "ResourcePolicy", "CustomStatements"])
+        .expect("the request API has a resource policy");
+    custom.as_sequence().expect("CustomStatements is a list").iter().collect()
+}
+
+#[test]
+fn template_allows_only_the_listed_accounts() {
+    let stmts = request_api_statements();
+    let allows: Vec<_> = stmts.iter().flat_map(|s| alternatives(s)).filter(|s| is_allow(s)).collect();
+    assert_eq!(allows.len(), 1, "one Allow statement");
+    let allow = allows[0];
+    assert_eq!(text(allow, &["Principal", "AWS", "Ref"]), Some("AllowedAccountIds"), "no Principal \"*\" allow");
+    assert_eq!(strings(get(allow, &["Action"])), vec!["execute-api:Invoke"]);
+    assert!(get(allow, &["Condition"]).is_none());
+
+    // Same-account callers are allowed by their identity policy alone: only an explicit deny limits them.
+    let deny = stmts
+        .iter()
+        .find(|s| get(s, &["Condition", "StringNotEquals", "aws:PrincipalAccount"]).is_some())
+        .expect("an unconditional deny for unlisted accounts");
+    assert_eq!(text(deny, &["Effect"]), Some("Deny"));
+    assert_eq!(text(deny, &["Principal"]), Some("*"));
+    assert_eq!(text(deny, &["Action"]), Some("execute-api:Invoke"));
+    assert_eq!(text(deny, &["Resource"]), Some("execute-api:/*"));
+    assert_eq!(text(deny, &["Condition", "StringNotEquals", "aws:PrincipalAccount", "Ref"]), Some("AllowedAccountIds"));
+
+    let param = &template()["Parameters"]["AllowedAccountIds"];
+    assert_eq!(text(param, &["Type"]), Some("CommaDelimitedList"));
+    assert!(get(param, &["Default"]).is_none(), "the account list must be given at deploy time");
+    assert_eq!(text(param, &["AllowedPattern"]), Some("^[0-9]{12}$"));
+}
+
+#[test]
+fn template_denies_other_organizations_explicitly() {
+    let conditional = request_api_statements()
+        .into_iter()
+        .find_map(|s| get(s, &["Fn::If"]).and_then(Value::as_sequence))
+        .expect("the organization deny is conditional on an organization id being given");
+    assert_eq!(conditional[0].as_str(), Some("HasOrgId"));
+    let deny = &conditional[1];
+    assert!(is_no_value(&conditional[2]), "no statement at all when no organization is given");
+    assert_eq!(text(deny, &["Effect"]), Some("Deny"), "explicit deny: IAM and resource policies are OR-ed");
+    assert_eq!(text(deny, &["Principal"]), Some("*"));
+    assert_eq!(text(deny, &["Action"]), Some("execute-api:Invoke"));
+    assert_eq!(text(deny, &["Resource"]), Some("execute-api:/*"));
+    assert_eq!(text(deny, &["Condition", "StringNotEquals", "aws:PrincipalOrgID", "Ref"]), Some("AllowedOrgId"));
+
+    // HasOrgId is exactly "AllowedOrgId is not empty".
+    let cond = &template()["Conditions"]["HasOrgId"];
+    let eq = get(cond, &["Fn::Not"]).and_then(Value::as_sequence).expect("Fn::Not")[0]
+        .get("Fn::Equals")
+        .and_then(Value::as_sequence)
+        .expect("Fn::Equals");
+    assert_eq!(text(&eq[0], &["Ref"]), Some("AllowedOrgId"));
+    assert_eq!(eq[1].as_str(), Some(""));
+}
+
+// --- the Slack endpoint and both stages ------------------------------------------------------------------
+
+#[test]
+fn template_slack_endpoint_is_a_separate_api_without_iam() {
+    let api = resource("SlackApi");
+    assert_eq!(text(api, &["Type"]), Some("AWS::Serverless::Api"));
+    assert!(get(api, &["Properties", "DefinitionBody"]).is_none());
+    assert!(get(api, &["Properties", "Auth"]).is_none(), "Slack cannot sign with SigV4");
+    let (_, f) = function_by_binary("slack-interactions");
+    let events: Vec<_> = api_events(f).into_iter().map(|(a, m, p, _)| (a, m, p)).collect();
+    assert_eq!(events, vec![("SlackApi".to_string(), "post".to_string(), "/slack/interactions".to_string())]);
+    for (fid, other) in functions() {
+        for (api_id, ..) in api_events(other) {
+            assert!(api_id != "SlackApi" || binary_of(other) == "slack-interactions", "{fid} on the Slack API");
+        }
+    }
+}
+
+#[test]
+fn template_apis_are_throttled_with_json_access_logs() {
+    for id in ["RequestApi", "SlackApi"] {
+        let props = &resource(id)["Properties"];
+        let settings = props["MethodSettings"].as_sequence().expect("MethodSettings");
+        let all = settings
+            .iter()
+            .find(|s| text(s, &["ResourcePath"]) == Some("/*") && text(s, &["HttpMethod"]) == Some("*"))
+            .unwrap_or_else(|| panic!("{id}: throttling for every method"));
+        let rate = all["ThrottlingRateLimit"].as_f64().expect("rate");
+        let burst = all["ThrottlingBurstLimit"].as_u64().expect("burst");
+        assert!(rate > 0.0 && rate <= 1000.0 && burst > 0 && burst <= 2000, "{id}: {rate}/{burst}");
+        assert_ne!(all.get("DataTraceEnabled").and_then(Value::as_bool), Some(true), "{id}: bodies in logs");
+
+        let format = text(props, &["AccessLogSetting", "Format"]).unwrap_or_else(|| panic!("{id}: access log"));
+        let parsed: serde_json::Value =
+            serde_json::from_str(format).unwrap_or_else(|e| panic!("{id}: access log format is not JSON: {e}"));
+        let fields = parsed.as_object().expect("a JSON object");
+        for key in ["requestId", "status", "sourceIp", "errorMessage"] {
+            assert!(fields.contains_key(key), "{id}: access log lacks {key}");
+        }
+        let dest = describe(get(props, &["AccessLogSetting", "DestinationArn"]).expect("DestinationArn"));
+        let group = dest.rsplit(':').next().unwrap();
+        assert_eq!(text(resource(group), &["Type"]), Some("AWS::Logs::LogGroup"), "{id}: {dest}");
+    }
+}
+
+// --- tables ----------------------------------------------------------------------------------------------
+
+#[test]
+fn template_tables_have_pitr_and_deletion_protection() {
+    let tables = of_type("AWS::DynamoDB::Table");
+    let ids: BTreeSet<&str> = tables.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, BTreeSet::from(["AuditTable", "PoliciesTable", "RequestsTable"]));
+    for (id, t) in tables {
+        let p = &t["Properties"];
+        assert_eq!(
+            get(p, &["PointInTimeRecoverySpecification", "PointInTimeRecoveryEnabled"]),
+            Some(&true.into()),
+            "{id}"
+        );
+        assert_eq!(get(p, &["DeletionProtectionEnabled"]), Some(&true.into()), "{id}");
+        assert_eq!(get(p, &["SSESpecification", "SSEEnabled"]), Some(&true.into()), "{id}");
+        assert_eq!(text(p, &["BillingMode"]), Some("PAY_PER_REQUEST"), "{id}");
+        assert_eq!(text(t, &["DeletionPolicy"]), Some("Retain"), "{id}");
+        assert_eq!(text(t, &["UpdateReplacePolicy"]), Some("Retain"), "{id}");
+    }
+}
+
+/// (hash, range) of a key schema.
+fn keys(schema: &Value) -> (String, Option<String>) {
+    let mut hash = None;
+    let mut range = None;
+    for k in schema.as_sequence().expect("KeySchema") {
+        let name = text(k, &["AttributeName"]).unwrap().to_string();
+        match text(k, &["KeyType"]) {
+            Some("HASH") => hash = Some(name),
+            Some("RANGE") => range = Some(name),
+            other => panic!("key type {other:?}"),
+        }
+    }
+    (hash.expect("a HASH key"), range)
+}
+
+#[test]
+fn template_table_keys_match_the_dynamodb_store() {
+    // The exact names of src/adapters/dynamodb/keys.rs; changing one is a data migration.
+    let expect = |id: &str,
+                  hash: &str,
+                  range: Option<&str>,
+                  attrs: &[(&str, &str)],
+                  gsis: &[(&str, &str, &str)],
+                  ttl: Option<&str>| {
+        let p = &resource(id)["Properties"];
+        assert_eq!(keys(&p["KeySchema"]), (hash.to_string(), range.map(str::to_string)), "{id}");
+        let got: BTreeMap<String, String> = p["AttributeDefinitions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| (text(a, &["AttributeName"]).unwrap().into(), text(a, &["AttributeType"]).unwrap().into()))
+            .collect();
+        let want: BTreeMap<String, String> = attrs.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(got, want, "{id} attributes");
+        let got_gsis: BTreeSet<(String, String, Option<String>)> = p
+            .get("GlobalSecondaryIndexes")
+            .and_then(Value::as_sequence)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|g| {
+                assert_eq!(text(g, &["Projection", "ProjectionType"]), Some("ALL"), "{id}");
+                let (h, r) = keys(&g["KeySchema"]);
+                (text(g, &["IndexName"]).unwrap().to_string(), h, r)
+            })
+            .collect();
+        let want_gsis: BTreeSet<(String, String, Option<String>)> =
+            gsis.iter().map(|(n, h, r)| (n.to_string(), h.to_string(), Some(r.to_string()))).collect();
+        assert_eq!(got_gsis, want_gsis, "{id} indexes");
+        let got_ttl = text(p, &["TimeToLiveSpecification", "AttributeName"]);
+        assert_eq!(got_ttl, ttl, "{id} TTL");
+        if ttl.is_some() {
+            assert_eq!(get(p, &["TimeToLiveSpecification", "Enabled"]), Some(&true.into()), "{id}");
+        }
+    };
+    expect("PoliciesTable", "pk", None, &[("pk", "S")], &[], None);
+    expect(
+        "RequestsTable",
+        "pk",
+        Some("sk"),
+        &[
+            ("pk", "S"),
+            ("sk", "S"),
+            ("gsi1pk", "S"),
+            ("gsi1sk", "S"),
+            ("gsi2pk", "S"),
+            ("gsi2sk", "S"),
+            ("gsi3pk", "S"),
+            ("gsi3sk", "S"),
+        ],
+        &[("by-principal", "gsi1pk", "gsi1sk"), ("pending", "gsi2pk", "gsi2sk"), ("notify-due", "gsi3pk", "gsi3sk")],
+        Some("ttl"),
+    );
+    // No TTL on the audit chain: an expired record would be a gap `audit verify` reports.
+    expect(
+        "AuditTable",
+        "pk",
+        Some("seq"),
+        &[("pk", "S"), ("seq", "N"), ("request_id", "S")],
+        &[("by-request", "request_id", "seq")],
+        None,
+    );
+}
+
+// --- IAM -------------------------------------------------------------------------------------------------
+
+/// `"*"` resources AWS requires, as (logical id, action). None today: keep it that way if you can.
+const STAR_RESOURCE_EXCEPTIONS: &[(&str, &str)] = &[];
+
+#[test]
+fn template_has_no_wildcard_actions() {
+    let stmts = all_statements();
+    assert!(stmts.len() >= 20, "found only {} statements: is the walker broken?", stmts.len());
+    for (id, stmt) in stmts {
+        assert!(get(stmt, &["NotAction"]).is_none(), "{id}: NotAction");
+        if is_allow(stmt) {
+            assert!(get(stmt, &["NotResource"]).is_none(), "{id}: Allow with NotResource");
+        }
+        let actions = strings(get(stmt, &["Action"]));
+        assert!(!actions.is_empty(), "{id}: statement without actions");
+        for action in &actions {
+            assert!(!action.contains('*'), "{id}: wildcard action {action:?}");
+            assert!(action.contains(':'), "{id}: action {action:?} has no service prefix");
+        }
+        for res in strings(get(stmt, &["Resource"])) {
+            if res == "*" {
+                for action in &actions {
+                    assert!(
+                        STAR_RESOURCE_EXCEPTIONS.contains(&(id, action.as_str())),
+                        "{id}: {action} on resource \"*\""
+                    );
+                }
+            }
+        }
+    }
+    // SAM-generated roles would attach AWSLambdaBasicExecutionRole (logs on "*") and SAM policy templates
+    // grant broad sets: every function runs as a role written out in this template instead.
+    for (fid, f) in functions() {
+        assert!(get(f, &["Properties", "Policies"]).is_none(), "{fid}: SAM Policies");
+        let role = role_of(f);
+        assert!(get(resource(&role), &["Properties", "ManagedPolicyArns"]).is_none(), "{role}: managed policies");
+    }
+}
+
+const AUDIT_APPEND_AND_READ: &[&str] = &["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query"];
+const AUDIT_REWRITES: &[&str] = &[
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:PartiQLUpdate",
+    "dynamodb:PartiQLDelete",
+];
+
+#[test]
+fn template_audit_table_is_append_only() {
+    // Nothing in the template allows anything but put, get and query on the audit table or its index.
+    for (id, stmt) in all_statements().into_iter().filter(|(_, s)| is_allow(s)) {
+        let touches_audit = strings(get(stmt, &["Resource"])).iter().any(|r| r.starts_with("AuditTable"));
+        if !touches_audit {
+            continue;
+        }
+        for action in strings(get(stmt, &["Action"])) {
+            assert!(AUDIT_APPEND_AND_READ.contains(&action.as_str()), "{id}: {action} on the audit table");
+        }
+    }
+    // And every function role denies the rewrites explicitly, so no policy attached later can grant them.
+    for (fid, f) in functions() {
+        let role = role_of(f);
+        let denied: BTreeSet<(String, String)> = role_statements(&role)
+            .into_iter()
+            .filter(|s| text(s, &["Effect"]) == Some("Deny"))
+            .flat_map(|s| {
+                let resources = strings(get(s, &["Resource"]));
+                strings(get(s, &["Action"]))
+                    .into_iter()
+                    .flat_map(move |a| resources.clone().into_iter().map(move |r| (a.clone(), r)))
+            })
+            .collect();
+        for action in AUDIT_REWRITES {
+            for res in ["AuditTable", "AuditTable/index/by-request"] {
+                assert!(denied.contains(&(action.to_string(), res.to_string())), "{fid}: no deny of {action} on {res}");
+            }
+        }
+    }
+    assert!(get(resource("AuditTable"), &["Properties", "TimeToLiveSpecification"]).is_none());
+}
+
+#[test]
+fn template_function_roles_grant_exactly_the_documented_actions() {
+    // The least-privilege table of docs/deploy.md. DynamoDB checks each action inside TransactWriteItems
+    // as its own action (Put → PutItem, Update → UpdateItem, ConditionCheck → ConditionCheckItem):
+    // there is no dynamodb:TransactWriteItems permission to grant.
+    let shared = |log_group: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("logs:CreateLogStream", log_group),
+            ("logs:PutLogEvents", log_group),
+            ("dynamodb:GetItem", "RequestsTable"),
+            ("dynamodb:PutItem", "RequestsTable"),
+            ("dynamodb:UpdateItem", "RequestsTable"),
+            ("dynamodb:ConditionCheckItem", "RequestsTable"),
+            ("dynamodb:Query", "RequestsTable"),
+            ("dynamodb:Query", "RequestsTable/index/by-principal"),
+            ("dynamodb:Query", "RequestsTable/index/pending"),
+            ("dynamodb:Query", "RequestsTable/index/notify-due"),
+            ("dynamodb:PutItem", "AuditTable"),
+            ("dynamodb:GetItem", "AuditTable"),
+            ("dynamodb:Query", "AuditTable"),
+            ("dynamodb:Query", "AuditTable/index/by-request"),
+            // One secret: the one created here, or the one given as a parameter.
+            ("secretsmanager:GetSecretValue", "SlackSecret"),
+            ("secretsmanager:GetSecretValue", "SlackSecretArn"),
+        ]
+        .iter()
+        .map(|(a, r)| (a.to_string(), r.to_string()))
+        .collect();
+        v.sort();
+        v
+    };
+    let with = |mut base: Vec<(String, String)>, extra: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        base.extend(extra.iter().map(|(a, r)| (a.to_string(), r.to_string())));
+        base.into_iter().collect()
+    };
+    let expected: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::from([
+        (
+            "request-api",
+            with(
+                shared("RequestApiFunctionLogGroup"),
+                &[("dynamodb:GetItem", "PoliciesTable"), ("dynamodb:Scan", "PoliciesTable")],
+            ),
+        ),
+        (
+            "slack-interactions",
+            with(
+                shared("SlackInteractionsFunctionLogGroup"),
+                &[("dynamodb:GetItem", "PoliciesTable"), ("dynamodb:Scan", "PoliciesTable")],
+            ),
+        ),
+        (
+            "sweeper",
+            with(
+                shared("SweeperFunctionLogGroup"),
+                &[("dynamodb:GetItem", "PoliciesTable"), ("sqs:SendMessage", "SweeperFailureQueue")],
+            ),
+        ),
+    ]);
+    let mut seen = BTreeSet::new();
+    for (fid, f) in functions() {
+        let bin = binary_of(f);
+        let want = expected.get(bin).unwrap_or_else(|| panic!("{fid}: unexpected binary {bin}"));
+        let got = allowed_pairs(&role_of(f));
+        let extra: Vec<_> = got.difference(want).collect();
+        let missing: Vec<_> = want.difference(&got).collect();
+        assert!(extra.is_empty() && missing.is_empty(), "{fid}: extra {extra:?}, missing {missing:?}");
+        seen.insert(bin);
+    }
+    assert_eq!(seen.len(), expected.len());
+
+    // The secret the functions read is the one they may read.
+    for (fid, f) in functions() {
+        let env = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_SLACK_SECRET_ID"]);
+        assert_eq!(env.map(describe).as_deref(), Some("SlackSecret|SlackSecretArn"), "{fid}");
+    }
+    // Only Lambda may assume the function roles.
+    for (fid, f) in functions() {
+        let trust = &resource(&role_of(f))["Properties"]["AssumeRolePolicyDocument"]["Statement"];
+        let stmts = alternatives(trust);
+        assert_eq!(stmts.len(), 1, "{fid}");
+        assert_eq!(text(stmts[0], &["Principal", "Service"]), Some("lambda.amazonaws.com"), "{fid}");
+        assert_eq!(text(stmts[0], &["Action"]), Some("sts:AssumeRole"), "{fid}");
+    }
+}
+
+// --- functions -------------------------------------------------------------------------------------------
+
+#[test]
+fn template_functions_are_arm64_al2023() {
+    let mut bins = BTreeSet::new();
+    for (fid, f) in functions() {
+        let p = &f["Properties"];
+        assert_eq!(text(p, &["Runtime"]), Some("provided.al2023"), "{fid}");
+        assert_eq!(text(p, &["Handler"]), Some("bootstrap"), "{fid}");
+        assert_eq!(strings(get(p, &["Architectures"])), vec!["arm64"], "{fid}");
+        assert_eq!(text(f, &["Metadata", "BuildMethod"]), Some("rust-cargolambda"), "{fid}");
+        assert_eq!(text(p, &["LoggingConfig", "LogFormat"]), Some("JSON"), "{fid}");
+        let group = get(p, &["LoggingConfig", "LogGroup"]).map(describe).expect("own log group");
+        assert_eq!(text(resource(&group), &["Type"]), Some("AWS::Logs::LogGroup"), "{fid}");
+        bins.insert(binary_of(f).to_string());
+    }
+    assert_eq!(bins, set(&["request-api", "slack-interactions", "sweeper"]));
+    assert!(
+        get(template(), &["Globals", "Function", "Architectures"]).is_none()
+            && get(template(), &["Globals", "Function", "Runtime"]).is_none(),
+        "keep runtime and architecture on each function, where this test reads them"
+    );
+}
+
+/// `[[bin]]` names in Cargo.toml (a small reader: enough for this manifest's layout).
+fn cargo_bins() -> BTreeSet<String> {
+    let manifest = read("Cargo.toml");
+    let mut bins = BTreeSet::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin {
+            if let Some(rest) = line.strip_prefix("name") {
+                let name = rest.trim_start().trim_start_matches('=').trim().trim_matches('"');
+                bins.insert(name.to_string());
+            }
+        }
+    }
+    bins
+}
+
+#[test]
+fn template_binaries_are_cargo_bins() {
+    let bins = cargo_bins();
+    for (fid, f) in functions() {
+        assert!(bins.contains(binary_of(f)), "{fid}: Binary {} is not a [[bin]] of Cargo.toml", binary_of(f));
+    }
+}
+
+#[test]
+fn template_functions_get_every_required_setting() {
+    const ALL: &[&str] = &[
+        "COUNTERSIGN_POLICIES_TABLE",
+        "COUNTERSIGN_REQUESTS_TABLE",
+        "COUNTERSIGN_AUDIT_TABLE",
+        "COUNTERSIGN_SLACK_SECRET_ID",
+        "COUNTERSIGN_SLACK_TEAM_ID",
+        "COUNTERSIGN_SLACK_APP_ID",
+        "COUNTERSIGN_ALLOWED_ACCOUNTS",
+        "COUNTERSIGN_ALLOWED_ORG_ID",
+        "COUNTERSIGN_SENSITIVE_ENVIRONMENTS",
+        "COUNTERSIGN_LOG_LEVEL",
+    ];
+    for (fid, f) in functions() {
+        let vars = get(f, &["Properties", "Environment", "Variables"]).expect("environment");
+        for var in ALL {
+            assert!(vars.get(*var).is_some(), "{fid}: {var} not set");
+        }
+        let tables = [
+            ("COUNTERSIGN_POLICIES_TABLE", "PoliciesTable"),
+            ("COUNTERSIGN_REQUESTS_TABLE", "RequestsTable"),
+            ("COUNTERSIGN_AUDIT_TABLE", "AuditTable"),
+        ];
+        for (var, table) in tables {
+            assert_eq!(text(&vars[var], &["Ref"]), Some(table), "{fid}: {var}");
+        }
+        let http = !api_events(f).is_empty();
+        let ignore_stage = vars.get("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").and_then(Value::as_str);
+        assert_eq!(ignore_stage, if http { Some("true") } else { None }, "{fid}: stage in path");
+    }
+}
+
+#[test]
+fn template_function_timeouts_fit_their_callers() {
+    // The request API long-polls up to 20 s (`wait=20`) behind API Gateway's 29 s integration timeout.
+    let timeout = |bin: &str| function_by_binary(bin).1["Properties"]["Timeout"].as_u64().expect("Timeout");
+    let api = timeout("request-api");
+    assert!(api > 20 && api < 29, "request-api timeout {api}s");
+    // Slack callbacks are answered within 3 s by design; the function's timeout only bounds a stuck one.
+    let slack = timeout("slack-interactions");
+    assert!(slack < 29, "slack-interactions timeout {slack}s");
+}
+
+#[test]
+fn template_sweeper_runs_every_minute_with_a_failure_destination() {
+    let (fid, f) = function_by_binary("sweeper");
+    let p = &f["Properties"];
+    let events: Vec<&Value> = p["Events"].as_mapping().expect("Events").values().collect();
+    assert_eq!(events.len(), 1, "{fid}");
+    assert_eq!(text(events[0], &["Type"]), Some("Schedule"));
+    assert_eq!(text(events[0], &["Properties", "Schedule"]), Some("rate(1 minute)"));
+    let timeout = p["Timeout"].as_u64().expect("Timeout");
+    assert!(timeout < 60, "a run must end before the next one starts: {timeout}s");
+
+    let on_failure =
+        get(p, &["EventInvokeConfig", "DestinationConfig", "OnFailure"]).expect("an on-failure destination");
+    assert_eq!(text(on_failure, &["Type"]), Some("SQS"));
+    let queue = describe(&on_failure["Destination"]);
+    assert_eq!(text(resource(&queue), &["Type"]), Some("AWS::SQS::Queue"));
+    assert!(allowed_pairs(&role_of(f)).contains(&("sqs:SendMessage".to_string(), queue.clone())));
+    let alarmed = of_type("AWS::CloudWatch::Alarm").into_iter().any(|(_, a)| {
+        strings(get(a, &["Properties", "Dimensions"]).and_then(|d| d.as_sequence()).map(|d| &d[0]["Value"]))
+            .contains(&format!("{queue}.QueueName"))
+    });
+    assert!(alarmed, "failed sweeper runs raise an alarm");
+}
+
+#[test]
+fn template_alarms_on_errors_and_throttles_of_every_function() {
+    let alarms = of_type("AWS::CloudWatch::Alarm");
+    for (fid, _) in functions() {
+        for metric in ["Errors", "Throttles"] {
+            let found = alarms.iter().any(|(_, a)| {
+                let p = &a["Properties"];
+                text(p, &["Namespace"]) == Some("AWS/Lambda")
+                    && text(p, &["MetricName"]) == Some(metric)
+                    && p["Dimensions"].as_sequence().is_some_and(|d| {
+                        d.iter().any(|x| text(x, &["Name"]) == Some("FunctionName") && describe(&x["Value"]) == fid)
+                    })
+            });
+            assert!(found, "{fid}: no {metric} alarm");
+        }
+    }
+}
+
+#[test]
+fn template_outputs_the_urls_and_table_names() {
+    let outputs = template()["Outputs"].as_mapping().expect("Outputs");
+    for key in ["RequestApiUrl", "SlackInteractivityUrl", "PoliciesTableName", "RequestsTableName", "AuditTableName"] {
+        assert!(outputs.contains_key(key), "output {key}");
+    }
+    let slack_url = describe(&template()["Outputs"]["SlackInteractivityUrl"]["Value"]);
+    assert!(
+        slack_url.starts_with("https://SlackApi.") && slack_url.ends_with("/api/slack/interactions"),
+        "{slack_url}"
+    );
+    let api_url = describe(&template()["Outputs"]["RequestApiUrl"]["Value"]);
+    assert!(api_url.starts_with("https://RequestApi.") && api_url.ends_with("/api"), "{api_url}");
+    assert_eq!(text(resource("RequestApi"), &["Properties", "StageName"]), Some("api"));
+    assert_eq!(text(resource("SlackApi"), &["Properties", "StageName"]), Some("api"));
+}
+
+// --- files around the template ---------------------------------------------------------------------------
+
+#[test]
+fn caller_policy_grants_only_the_request_api_routes() {
+    let policy: serde_json::Value = serde_json::from_str(&read("infra/caller-policy.json")).expect("JSON");
+    let stmts = policy["Statement"].as_array().expect("Statement list");
+    assert_eq!(stmts.len(), 1);
+    let s = &stmts[0];
+    assert_eq!(s["Effect"], "Allow");
+    assert_eq!(s["Action"], "execute-api:Invoke");
+    let resources: BTreeSet<String> =
+        s["Resource"].as_array().expect("Resource list").iter().map(|r| r.as_str().unwrap().to_string()).collect();
+    // Route → execute-api resource: the stage, the method in upper case, path parameters as `*`.
+    let prefix = "arn:aws:execute-api:REGION:ACCOUNT_ID:API_ID/api/";
+    let expected: BTreeSet<String> =
+        REQUEST_ROUTES.iter().map(|(m, p)| format!("{prefix}{}{}", m.to_uppercase(), p.replace("{id}", "*"))).collect();
+    assert_eq!(resources, expected);
+}
+
+#[test]
+fn slack_manifest_asks_only_for_the_needed_scopes() {
+    let manifest: Value = serde_yaml::from_str(&read("infra/slack-app-manifest.yaml")).expect("YAML");
+    let bot: BTreeSet<String> = manifest["oauth_config"]["scopes"]["bot"]
+        .as_sequence()
+        .expect("bot scopes")
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bot, set(&["chat:write", "usergroups:read", "users:read"]));
+    assert!(get(&manifest, &["oauth_config", "scopes", "user"]).is_none(), "no user-token scopes");
+    assert!(get(&manifest, &["settings", "event_subscriptions"]).is_none(), "no events are consumed");
+    assert!(get(&manifest, &["features", "slash_commands"]).is_none());
+    assert_eq!(get(&manifest, &["settings", "interactivity", "is_enabled"]), Some(&true.into()));
+    assert_eq!(get(&manifest, &["settings", "socket_mode_enabled"]), Some(&false.into()));
+    let url = text(&manifest, &["settings", "interactivity", "request_url"]).expect("request_url");
+    assert!(url.starts_with("https://") && url.ends_with("/api/slack/interactions"), "{url}");
+}
