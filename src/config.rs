@@ -80,19 +80,7 @@ impl LambdaConfig {
         let slack_secret_id = req("COUNTERSIGN_SLACK_SECRET_ID")?;
         let slack_api_base_url = match opt("COUNTERSIGN_SLACK_API_BASE_URL") {
             None => DEFAULT_SLACK_API_BASE_URL.to_string(),
-            Some(u)
-                if u.starts_with("https://")
-                    || u.starts_with("http://127.0.0.1")
-                    || u.starts_with("http://localhost") =>
-            {
-                u.trim_end_matches('/').to_string()
-            }
-            Some(u) => {
-                return Err(err(
-                    "COUNTERSIGN_SLACK_API_BASE_URL",
-                    format!("{u:?} must be an https:// URL (plain http only for 127.0.0.1/localhost)"),
-                ))
-            }
+            Some(u) => check_slack_api_base_url(&u).map_err(|p| err("COUNTERSIGN_SLACK_API_BASE_URL", p))?,
         };
         let needs_slack_ids = component == Component::SlackInteractions;
         let slack_team_id = match opt("COUNTERSIGN_SLACK_TEAM_ID") {
@@ -172,6 +160,16 @@ impl LambdaConfig {
             secret_cache_ttl,
             slack_timeout: Duration::from_millis(slack_timeout_ms),
         })
+    }
+}
+
+/// A Slack API base URL: `https://`, or plain `http://` only to 127.0.0.1/localhost (tests, local mode).
+/// Returned without a trailing slash. Shared by the Lambda configuration and local mode's.
+pub fn check_slack_api_base_url(u: &str) -> Result<String, String> {
+    if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") {
+        Ok(u.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("{u:?} must be an https:// URL (plain http only for 127.0.0.1/localhost)"))
     }
 }
 

@@ -182,19 +182,6 @@ fn unique_id(p: &Principal) -> String {
     format!("{prefix}{}", &digest[..17])
 }
 
-/// The base URL rule of the Lambda configuration: https, or plain http on the loopback only.
-pub fn check_api_base_url(u: &str) -> Result<String, String> {
-    let ok = u.starts_with("https://")
-        || u.starts_with("http://127.0.0.1")
-        || u.starts_with("http://localhost")
-        || u.starts_with("http://[::1]");
-    if ok {
-        Ok(u.trim_end_matches('/').to_string())
-    } else {
-        Err(format!("{u:?} must be an https:// URL (plain http only for 127.0.0.1/localhost)"))
-    }
-}
-
 impl DevConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -255,7 +242,7 @@ fn slack(raw: RawSlack) -> Result<SlackConfig, ConfigError> {
     let api_base_url = match raw.api_base_url {
         None => None,
         Some(u) if u.trim().is_empty() => None,
-        Some(u) => Some(check_api_base_url(u.trim()).map_err(|p| err("slack.api_base_url", p))?),
+        Some(u) => Some(crate::config::check_slack_api_base_url(u.trim()).map_err(|p| err("slack.api_base_url", p))?),
     };
     let team_id = raw.team_id.unwrap_or_else(|| DEFAULT_TEAM_ID.to_string());
     if !is_slack_id(&team_id, &['T', 'E']) {

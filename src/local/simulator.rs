@@ -31,11 +31,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::adapters::slack::fake::{message_limit_violations, modal_limit_violations};
-use crate::adapters::slack::interaction::parse_form;
+use crate::adapters::slack::fake::{
+    check_message, modal_limit_violations, parse_body, slack_err, slack_err_with, slack_ok, str_field,
+};
 use crate::adapters::slack::signature;
 use crate::domain::{Policy, SlackUserId};
-use crate::ports::SecretString;
+use crate::ports::{Clock, SecretString, SystemClock};
 
 use super::config::{SimChannel, SimGroup, SlackConfig};
 
@@ -245,22 +246,14 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
+/// Hex ids for triggers, response URLs and view hashes. They only need to be unique and unguessable within
+/// this process; should randomness ever fail, the clock still makes them unique.
 fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if getrandom::fill(&mut buf).is_err() {
-        // Ids only need to be unique within this process; the clock still differs per call.
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        return format!("{nanos:x}");
-    }
-    hex::encode(buf)
+    super::config::random_hex(bytes).unwrap_or_else(|_| format!("{:x}", SystemClock.now().unix_millis()))
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemClock.now().unix_seconds()
 }
 
 impl Simulator {
@@ -426,48 +419,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 // ---- the Slack Web API subset ----------------------------------------------------------------------------
 
-fn slack_ok(extra: Value) -> Response {
-    let mut body = Map::new();
-    body.insert("ok".into(), Value::Bool(true));
-    if let Value::Object(m) = extra {
-        body.extend(m);
-    }
-    Json(Value::Object(body)).into_response()
-}
-
-fn slack_err(error: &str) -> Response {
-    Json(json!({ "ok": false, "error": error })).into_response()
-}
-
-fn slack_err_with(error: &str, details: Vec<String>) -> Response {
-    Json(json!({ "ok": false, "error": error, "response_metadata": { "messages": details } })).into_response()
-}
-
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Value {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if ct.starts_with("application/x-www-form-urlencoded") {
-        return parse_form(body)
-            .map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
-            .unwrap_or(Value::Null);
-    }
-    if ct.starts_with("application/json") {
-        return serde_json::from_slice(body).unwrap_or(Value::Null);
-    }
-    Value::Null
-}
-
-fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// Slack's checks on a message body: `Some` is the error response.
-fn check_message(body: &Map<String, Value>) -> Option<Response> {
-    let text = body.get("text").and_then(Value::as_str);
-    if text.is_none_or(str::is_empty) && body.get("blocks").is_none() {
-        return Some(slack_err("no_text"));
-    }
-    let problems = message_limit_violations(&Value::Object(body.clone()));
-    (!problems.is_empty()).then(|| slack_err_with("invalid_blocks", problems))
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
 fn channel_ok(c: &str) -> bool {
@@ -482,7 +435,7 @@ async fn api(State(sim): State<Simulator>, Path(method): Path<String>, headers: 
         Some(t) if t != sim.0.settings.bot_token.expose() => return slack_err("invalid_auth"),
         Some(_) => {}
     }
-    let Value::Object(body) = parse_body(&headers, &body) else {
+    let Value::Object(body) = parse_body(content_type(&headers), &body) else {
         return slack_err("invalid_arguments");
     };
     tracing::debug!(method = %method, "simulator: Slack API call");
@@ -623,7 +576,7 @@ async fn response_url(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Value::Object(body) = parse_body(&headers, &body) else {
+    let Value::Object(body) = parse_body(content_type(&headers), &body) else {
         return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
     };
     let persist = {

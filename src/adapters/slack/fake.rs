@@ -11,7 +11,8 @@
 //! it answer 500, 429 with `Retry-After`, hang, or answer slowly; when the queue is empty it behaves
 //! normally.
 //!
-//! It is test and development machinery: it must never be reachable from a deployed Lambda.
+//! It is test and development machinery: it must never be reachable from a deployed Lambda. Local mode's
+//! simulator (`crate::local::simulator`) shares its wire helpers and limit checks.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -162,7 +163,7 @@ fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
+pub(crate) fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
     let is_form = content_type.is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     if is_form {
         return match parse_form(body) {
@@ -179,7 +180,7 @@ fn parse_body(content_type: Option<&str>, body: &[u8]) -> Value {
     }
 }
 
-fn slack_ok(extra: Value) -> Response {
+pub(crate) fn slack_ok(extra: Value) -> Response {
     let mut body = Map::new();
     body.insert("ok".into(), Value::Bool(true));
     if let Value::Object(m) = extra {
@@ -188,11 +189,11 @@ fn slack_ok(extra: Value) -> Response {
     Json(Value::Object(body)).into_response()
 }
 
-fn slack_err(error: &str) -> Response {
+pub(crate) fn slack_err(error: &str) -> Response {
     Json(json!({ "ok": false, "error": error })).into_response()
 }
 
-fn slack_err_with(error: &str, details: Vec<String>) -> Response {
+pub(crate) fn slack_err_with(error: &str, details: Vec<String>) -> Response {
     Json(json!({ "ok": false, "error": error, "response_metadata": { "messages": details } })).into_response()
 }
 
@@ -276,12 +277,12 @@ async fn api(State(state): State<Shared>, Path(method): Path<String>, headers: H
     }
 }
 
-fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+pub(crate) fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 /// Slack's checks on a message body: `Some` is the error response to send.
-fn check_message(body: &Map<String, Value>) -> Option<Response> {
+pub(crate) fn check_message(body: &Map<String, Value>) -> Option<Response> {
     let text = body.get("text").and_then(Value::as_str);
     if text.is_none_or(str::is_empty) && body.get("blocks").is_none() {
         return Some(slack_err("no_text"));
