@@ -630,3 +630,135 @@ async fn stopping_with_a_long_poll_in_flight_takes_at_most_the_grace_period() {
     assert!(took >= countersign::local::SHUTDOWN_GRACE, "the long poll was in flight ({took:?})");
     poll.abort();
 }
+
+/// Runs the real `countersign` binary against this local-mode server as the dev identity.
+fn cli(dev: &Dev, args: &[&str]) -> tokio::process::Child {
+    // Flags go before any `--`, after which everything belongs to the command `run` runs.
+    let (head, tail) = match args.iter().position(|a| *a == "--") {
+        Some(i) => args.split_at(i),
+        None => (args, &[][..]),
+    };
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(head)
+        .args(["--endpoint", &dev.url(""), "--region", "us-east-1"])
+        .args(tail)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("COUNTERSIGN_ENDPOINT")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the CLI starts")
+}
+
+/// The id of the newest request message in the approvals channel, once it has appeared.
+async fn newest_request_id(dev: &Dev, not: &[String]) -> String {
+    loop {
+        let state = dev.sim_state(ALICE).await;
+        let channel = state["channels"].as_array().unwrap().iter().find(|c| c["id"] == CHANNEL).cloned();
+        if let Some(c) = channel {
+            for m in c["messages"].as_array().unwrap().iter().rev() {
+                let text = m["blocks"].to_string();
+                if let Some(i) = text.find("req_") {
+                    let id: String = text[i..].chars().take(30).collect();
+                    if !not.contains(&id) {
+                        return id;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_on_local_mode_exit_0_when_approved_and_run_skips_the_command_when_denied() {
+    let dir = data_dir();
+    let dev = Dev::start(dir.path()).await;
+
+    // `request --wait`: two approvals in the simulator → exit 0, the request object on stdout.
+    let child = cli(
+        &dev,
+        &[
+            "request",
+            "--action",
+            "deploy",
+            "--env",
+            "production",
+            "--reason",
+            "cli",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--output",
+            "json",
+        ],
+    );
+    let mut child = child;
+    let id = tokio::select! {
+        id = newest_request_id(&dev, &[]) => id,
+        _ = tokio::time::sleep(Duration::from_secs(8)) => {
+            let _ = child.start_kill();
+            let out = child.wait_with_output().await.unwrap();
+            panic!("no message; CLI said: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        status = child.wait() => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            panic!("the CLI exited early ({status:?}): {err}");
+        }
+    };
+    for user in [ALICE, BOB] {
+        let r = dev.click(user, &id, "countersign_approve").await;
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is the request object");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["status"], "approved");
+
+    // `run -- COMMAND`: a deny through the modal → exit 3 and the command never runs.
+    let marker = dir.path().join("ran");
+    let script = format!("touch '{}'", marker.display());
+    let child = cli(
+        &dev,
+        &[
+            "run",
+            "--action",
+            "deploy",
+            "--env",
+            "production",
+            "--reason",
+            "cli run",
+            "--timeout",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let id2 = tokio::time::timeout(Duration::from_secs(30), newest_request_id(&dev, std::slice::from_ref(&id)))
+        .await
+        .expect("the run command's request reaches the simulator");
+    dev.click(ALICE, &id2, "countersign_deny").await;
+    let view_id = dev.sim_state(ALICE).await["modal"]["view_id"].as_str().unwrap().to_string();
+    dev.sim_post(
+        "/slack/sim/submit",
+        &json!({"user": ALICE, "view_id": view_id, "values": {"reason": {"reason": "no"}}}),
+    )
+    .await;
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!marker.exists(), "a denied request never runs the command");
+    dev.stop().await;
+}
