@@ -12,6 +12,8 @@ use tower::ServiceExt;
 use crate::support::{api_event, spawn_app, NowTs, StoreKind, TestApp, DEPLOY_ARN, SIGNING_SECRET};
 
 const KIB: usize = 1024;
+
+type Headers<'a> = Vec<(&'a str, Vec<u8>)>;
 const MIB: usize = 1024 * 1024;
 
 /// One hostile call: what it is, the method, the path, extra headers and the body.
@@ -258,7 +260,7 @@ async fn slack_endpoint_answers_every_hostile_input_with_a_coded_4xx(kind: Store
     let body = form(b"{}");
     let ts = t.clock.now_ts().unix_seconds().to_string();
     let sig = sign(SIGNING_SECRET.as_bytes(), &ts, &body);
-    let header_cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let header_cases: Vec<(&str, Headers)> = vec![
         (
             "timestamp twice",
             vec![("x-slack-request-timestamp", ts.clone().into()), ("x-slack-signature", sig.clone().into())],

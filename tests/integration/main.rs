@@ -16,6 +16,8 @@
 mod cli;
 mod conformance;
 mod dynamodb_store;
+mod faults;
+mod fuzz_regressions;
 mod harness;
 mod hostile;
 mod layering;
