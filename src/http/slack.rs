@@ -52,7 +52,14 @@ pub struct SlackState {
 }
 
 pub fn router(state: SlackState) -> Router {
-    Router::new().route("/slack/interactions", post(interactions)).with_state(state)
+    Router::new()
+        .route("/slack/interactions", post(interactions))
+        // Every answer carries a JSON error code, like the request API's: never axum's empty 404/405.
+        .fallback(|| async { status(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            status(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route only takes POST")
+        })
+        .with_state(state)
 }
 
 fn unauthorized() -> Response {

@@ -17,10 +17,14 @@
 mod cli;
 mod conformance;
 mod dynamodb_store;
+mod faults;
+mod fuzz_regressions;
 mod harness;
+mod hostile;
 mod layering;
 mod local_mode;
 mod operator_cli;
+mod races;
 mod request_api;
 mod slack_interactions;
 mod smoke;

@@ -1,0 +1,493 @@
+//! Dependency faults: DynamoDB cut in the middle of a run, Secrets Manager unreachable, Slack failing in every
+//! way it can. Nothing a caller was told succeeded may be lost, nothing may be half-written, and every failure
+//! must be the documented `503 unavailable` with `Retry-After`.
+//!
+//! The DynamoDB outage runs against the test's OWN serialized emulator (`scripts/moto_serial.py`, started with
+//! the Python in `COUNTERSIGN_TEST_PYTHON`, else `.venv/bin/python`) behind a TCP proxy the test cuts and
+//! restores. moto keeps its data in memory, so killing and restarting it would lose everything; cutting the
+//! network path is the outage a Lambda sees, and it drops connections mid-request too.
+//!
+//! Callbacks while Secrets Manager is unreachable answer 503: that is threat row 5's
+//! `slack_interactions::t05_secret_fetch_failure_is_503` and `t05_secret_store_hanging_is_503_in_time`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use axum::http::StatusCode;
+use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
+use countersign::adapters::secrets::SecretsManagerSlackSecrets;
+use countersign::adapters::slack::fake::{Behaviour, FAKE_BOT_TOKEN};
+use countersign::domain::Status;
+use countersign::ports::Stores;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::support::{
+    api_event, spawn_app, spawn_app_on, spawn_app_with_secrets, AppOptions, StoreKind, TestApp, DEPLOY_ARN, POLICIES,
+    SIGNING_SECRET,
+};
+
+const APPROVE: &str = "countersign_approve";
+
+// ---- the emulator and the proxy ------------------------------------------------------------------------
+
+/// A serialized moto server of our own; killed when dropped.
+struct Emulator {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `None` (with a notice) when no Python with moto is found outside CI; a failure under `CI=true`.
+async fn start_emulator() -> Option<Emulator> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("COUNTERSIGN_TEST_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    if !python.exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but no Python for the emulator at {python:?}");
+        eprintln!("no Python with moto at {python:?} (set COUNTERSIGN_TEST_PYTHON): skipping a fault test");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(&python)
+        .arg(root.join("scripts/moto_serial.py"))
+        .args(["127.0.0.1", &port.to_string()])
+        // The test process's AWS_* settings (scripts/test exports them for the shared emulator) make this
+        // fresh emulator refuse our requests' signatures: start it with a clean environment.
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {python:?} scripts/moto_serial.py: {e}"));
+    let emu = Emulator { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("http://{}/moto-api/", emu.addr)).send().await.is_ok() {
+            return Some(emu);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the emulator did not start in 30 s");
+}
+
+/// A TCP proxy on 127.0.0.1 to `upstream` that can be cut (live connections dropped mid-stream, new ones
+/// closed at once) and restored.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let live: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, live2) = (up.clone(), live.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                live2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Self { addr, up, live, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.live.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// SDK config for `endpoint` that fails fast while it is down: short timeouts, two attempts.
+async fn fast_failing_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "faults"))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(20)))
+        .load()
+        .await
+}
+
+/// SDK config for the test's own direct calls to the emulator: generous timeouts (scans of a busy serial
+/// emulator are slow).
+async fn patient_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "faults"))
+        .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(60)).build())
+        .load()
+        .await
+}
+
+// ---- (a) DynamoDB cut in the middle of a run of 120 (or COUNTERSIGN_FAULT_RUN) creates -----------------------------------------------
+
+const BULK_POLICY: &str = r#"
+  - name: bulk-migrate
+    principals: [arn:aws:iam::111122223333:role/github-deploy]
+    actions: [migrate]
+    environments: [production]
+    approvers:
+      users: [UALICE0001]
+    required_approvals: 1
+    channel: C0APPROVALS
+    max_ttl: 1h
+    max_pending: 1000
+"#;
+
+/// Calls in the run (`COUNTERSIGN_FAULT_RUN`, default 120; the issue's full run is 500, which takes ~6 min on
+/// the serialized emulator because 16-way contention on the one audit chain retries transactions).
+fn run_size() -> usize {
+    std::env::var("COUNTERSIGN_FAULT_RUN").ok().and_then(|v| v.parse().ok()).unwrap_or(120)
+}
+const CONCURRENCY: usize = 8;
+
+fn bulk_body(i: usize) -> String {
+    json!({"action": "migrate", "environment": "production", "reason": format!("batch {i}"),
+           "idempotency_key": format!("bulk-{i:04}")})
+    .to_string()
+}
+
+/// One create through the router: (status, body, whether Retry-After was present).
+async fn create_once(router: axum::Router, i: usize) -> (StatusCode, Value, bool) {
+    let req = api_event("POST", "/v1/requests", Some(&bulk_body(i)), Some(DEPLOY_ARN));
+    let (parts, body) = req.into_parts();
+    let req = axum::http::Request::from_parts(parts, axum::body::Body::from(body.to_vec()));
+    let resp = router.oneshot(req).await.expect("router is infallible");
+    let status = resp.status();
+    let retry_after = resp.headers().contains_key("retry-after");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), retry_after)
+}
+
+/// Ids of the requests stored in the requests table, read behind the app's back.
+async fn stored_request_ids(client: &aws_sdk_dynamodb::Client, table: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan the requests table");
+        for item in out.items() {
+            if item.get(keys::SK).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(keys::REQUEST_SK) {
+                let pk = item.get(keys::PK).and_then(|v| v.as_s().ok()).expect("pk");
+                ids.insert(pk.clone());
+            }
+        }
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
+    let Some(emu) = start_emulator().await else { return };
+    let proxy = Proxy::start(emu.addr).await;
+    // Tables are made directly on the emulator; the app reaches it only through the proxy.
+    let direct = aws_sdk_dynamodb::Client::new(&patient_config(&format!("http://{}", emu.addr)).await);
+    let tables = TableNames::with_prefix("cs-faults");
+    create_tables(&direct, &tables).await.expect("create tables");
+    let via_proxy = aws_sdk_dynamodb::Client::new(&fast_failing_config(&proxy.url()).await);
+    let store = Arc::new(DynamoStore::new(via_proxy, tables.clone()));
+    let t = spawn_app_on(Stores::from_one(store), Box::new(()), AppOptions::default()).await;
+    t.apply_policies(&format!("{POLICIES}{BULK_POLICY}")).await;
+
+    let (run, cut_after) = (run_size(), run_size() * 3 / 10);
+    let started = std::time::Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let outage = {
+        let (done, up, live) = (done.clone(), proxy.up.clone(), proxy.live.clone());
+        tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < cut_after {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            up.store(false, Ordering::SeqCst);
+            for h in live.lock().unwrap().drain(..) {
+                h.abort();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            up.store(true, Ordering::SeqCst);
+        })
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..run {
+        let (router, permits, done) = (t.app.request_api(), permits.clone(), done.clone());
+        tasks.spawn(async move {
+            let _p = permits.acquire_owned().await.unwrap();
+            let out = create_once(router, i).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            (i, out)
+        });
+    }
+    let mut created: BTreeMap<usize, String> = BTreeMap::new();
+    let mut unavailable: Vec<usize> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, (status, body, retry_after)) = r.unwrap();
+        match status {
+            // 200: the SDK's retry of a write whose first attempt landed met the idempotency record and
+            // answered with the request the first attempt made. Still a success the caller can rely on.
+            StatusCode::CREATED | StatusCode::OK => {
+                created.insert(i, body["id"].as_str().expect("an id").to_string());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"]["code"], "unavailable", "call {i}: {body}");
+                assert!(retry_after, "call {i}: a 503 without Retry-After");
+                unavailable.push(i);
+            }
+            other => panic!("call {i}: {other} is neither 2xx nor 503: {body}"),
+        }
+    }
+    outage.await.unwrap();
+    proxy.restore();
+    eprintln!(
+        "DynamoDB cut after {cut_after} of {run}: {} created, {} unavailable, in {:?}",
+        created.len(),
+        unavailable.len(),
+        started.elapsed()
+    );
+    assert!(!unavailable.is_empty(), "the outage was never seen: the test proved nothing");
+    assert!(created.len() >= cut_after, "calls before the cut must have succeeded");
+
+    // Every 2xx is stored, readable and audited.
+    let stored = stored_request_ids(&direct, &tables.requests).await;
+    let audit = t.audit().await;
+    countersign::domain::audit::verify_chain(&audit).expect("the audit chain verifies: no gap, nothing half-written");
+    let created_events: BTreeMap<String, usize> =
+        audit.iter().filter(|e| e.kind.as_str() == "request.created").fold(BTreeMap::new(), |mut m, e| {
+            *m.entry(e.request_id.map(|r| r.to_string()).unwrap_or_default()).or_default() += 1;
+            m
+        });
+    for (i, id) in &created {
+        assert!(
+            stored.iter().any(|pk| pk.ends_with(id.as_str())),
+            "call {i}: {id} was answered 2xx but is not in the table"
+        );
+        assert_eq!(created_events.get(id), Some(&1), "call {i}: {id} has no (or more than one) request.created");
+        let got = t.call_api(api_event("GET", &format!("/v1/requests/{id}"), None, Some(DEPLOY_ARN))).await;
+        assert_eq!(got.status, 200, "call {i}: {id} is not readable: {}", got.json);
+    }
+    // A 503 whose write landed before the connection dropped is the one ambiguity a network cut leaves; the
+    // client's retry with the same idempotency key resolves it. Every stored request is a complete one.
+    assert_eq!(stored.len(), created_events.len(), "requests and request.created records differ in number");
+    let mut landed_anyway = 0;
+    for i in &unavailable {
+        let (status, body, _) = create_once(t.app.request_api(), *i).await;
+        match status {
+            StatusCode::OK => landed_anyway += 1,
+            StatusCode::CREATED => {}
+            other => panic!("retry of call {i}: {other}: {body}"),
+        }
+    }
+    eprintln!(
+        "of the {} unavailable calls, {landed_anyway} had landed anyway ({:?})",
+        unavailable.len(),
+        started.elapsed()
+    );
+    // A write whose client gave up can still land afterwards (the serialized emulator drains its backlog), so
+    // a retry may find a request the scan above did not: never more than there were 503s.
+    assert!(landed_anyway <= unavailable.len());
+    let stored = stored_request_ids(&direct, &tables.requests).await;
+    assert_eq!(stored.len(), run, "after retries every call made exactly one request");
+    let audit = t.audit().await;
+    countersign::domain::audit::verify_chain(&audit).expect("the audit chain verifies after the retries");
+    assert_eq!(audit.iter().filter(|e| e.kind.as_str() == "request.created").count(), run);
+
+    // And each request ends with exactly one Slack message (the relay posts what the cut interrupted).
+    for _ in 0..20 {
+        // Past any post lease or back-off the cut left behind (well inside the requests' 1 h TTL).
+        t.clock.advance_seconds(61);
+        t.app.sweeper().run_once().await.expect("sweeper runs");
+        if t.slack.messages().len() >= run {
+            break;
+        }
+    }
+    // Every request has its message, and the one it recorded is a message Slack shows.
+    let messages = t.slack.messages();
+    let shown: BTreeSet<&str> = messages.iter().map(|m| m.ts.as_str()).collect();
+    let mut recorded = BTreeSet::new();
+    for id in stored_request_ids(&direct, &tables.requests).await {
+        let id = id.rsplit('#').next().unwrap_or(&id).to_string();
+        let r = t.request(&id).await;
+        let ts = r.notification.ts.clone().unwrap_or_else(|| panic!("{id} was never posted"));
+        assert!(shown.contains(ts.as_str()), "{id}: its recorded message is not in Slack");
+        assert!(recorded.insert(ts), "{id}: two requests share one message");
+    }
+    // KNOWN GAP (docs/security.md): when the store fails after chat.postMessage succeeded but before the
+    // message's ts is recorded, the relay posts again, so a request can end with a second, orphaned message.
+    // Exactly one message per request under a store outage is not yet guaranteed; this counts the orphans.
+    let orphans = messages.len() - recorded.len();
+    eprintln!("{} messages for {run} requests: {orphans} orphaned by the cut", messages.len());
+    assert!(orphans <= unavailable.len(), "more orphaned messages than calls the cut interrupted");
+}
+
+// ---- (b) Secrets Manager unreachable: the request API keeps posting with the cached bot token ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_cut_request_api_still_posts_with_the_cached_token() {
+    let Some(emu) = start_emulator().await else { return };
+    let proxy = Proxy::start(emu.addr).await;
+    let direct = aws_sdk_secretsmanager::Client::new(&fast_failing_config(&format!("http://{}", emu.addr)).await);
+    direct
+        .create_secret()
+        .name("countersign/slack")
+        .secret_string(json!({"bot_token": FAKE_BOT_TOKEN, "signing_secret": SIGNING_SECRET}).to_string())
+        .send()
+        .await
+        .expect("create the secret");
+    let via_proxy = aws_sdk_secretsmanager::Client::new(&fast_failing_config(&proxy.url()).await);
+    // TTL zero: every use wants a fresh read, so only the stale-token fallback can keep posting.
+    let secrets = SecretsManagerSlackSecrets::new(via_proxy, "countersign/slack".into(), Duration::ZERO);
+    let Some(t) = spawn_app_with_secrets(StoreKind::Embedded, Arc::new(secrets)).await else { return };
+    // Warm the cache: one request posted while Secrets Manager answers.
+    let warm = t.pending_request().await;
+    assert!(!warm.ts.is_empty());
+
+    proxy.cut();
+    let a = t.create(DEPLOY_ARN, &json!({"action": "deploy", "environment": "production", "reason": "cut"})).await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    let id = a.json["id"].as_str().unwrap();
+    let r = t.request(id).await;
+    assert!(r.notification.ts.is_some(), "the request was not posted with the cached bot token");
+    assert_eq!(t.slack.messages().len(), 2);
+    // Callbacks, which need the signing secret fresh, answer 503 meanwhile (row 5).
+    let click =
+        t.click("UALICE0001", APPROVE, id, r.notification.channel.as_str(), r.notification.ts.as_deref().unwrap());
+    let answer = t.call_slack(t.signed_callback(&click)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.json);
+    assert!(answer.headers.contains_key("retry-after"));
+    proxy.restore();
+    let answer = t.call_slack(t.signed_callback(&click)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+}
+
+// ---- (c) Slack 500, 429, hanging, then OK: one message per request, every update applied -------------
+
+async fn slack_failing_every_way_ends_with_one_message_each_and_every_update(kind: StoreKind) {
+    let Some(t) = spawn_app(kind).await else { return };
+    // Posts: the first three requests meet a 500, a 429 and a hang; the rest of Slack answers.
+    t.slack.set_behaviour([Behaviour::Status500, Behaviour::RateLimited(1), Behaviour::Hang]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = json!({"action": "deploy", "environment": "production", "reason": format!("r{i}")});
+        let a = t.create(DEPLOY_ARN, &body).await;
+        assert_eq!(a.status, 201, "{}", a.json);
+        ids.push(a.json["id"].as_str().unwrap().to_string());
+    }
+    // The relay posts what failed. Rate limits and hangs may need more than one pass.
+    relay_until_quiet(&t, &ids).await;
+    assert_eq!(t.slack.messages().len(), 3, "exactly one message per request");
+
+    // Votes meet the same faults on their message updates.
+    t.slack.set_behaviour([Behaviour::Status500, Behaviour::RateLimited(1), Behaviour::Hang, Behaviour::Status500]);
+    for id in &ids {
+        let r = t.request(id).await;
+        let (ch, ts) = (r.notification.channel.to_string(), r.notification.ts.clone().unwrap());
+        for user in ["UALICE0001", "UBOB000001"] {
+            let a = t.call_slack(t.signed_callback(&t.click(user, APPROVE, id, &ch, &ts))).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+        }
+    }
+    relay_until_quiet(&t, &ids).await;
+    let messages = t.slack.messages();
+    assert_eq!(messages.len(), 3, "still exactly one message per request");
+    for id in &ids {
+        let r = t.request(id).await;
+        assert_eq!(r.status, Status::Approved);
+        let m = messages.iter().find(|m| Some(&m.ts) == r.notification.ts.as_ref()).expect("its message");
+        let blocks = m.blocks.to_string();
+        assert!(!blocks.contains(APPROVE), "{id}: the final update (no buttons) was not applied: {blocks}");
+        assert!(blocks.contains("*Approved*"), "{id}: {blocks}");
+        assert!(!r.notification.update_pending, "{id}: an update is still owed");
+    }
+}
+
+/// Runs the sweeper's relay (advancing the clock past any back-off) until nothing is owed.
+async fn relay_until_quiet(t: &TestApp, ids: &[String]) {
+    for _ in 0..30 {
+        t.clock.advance_seconds(61);
+        t.app.sweeper().run_once().await.expect("sweeper runs");
+        let mut owed = false;
+        for id in ids {
+            let r = t.request(id).await;
+            owed |= r.notification.ts.is_none() || r.notification.update_pending;
+        }
+        if !owed {
+            return;
+        }
+    }
+    panic!("the relay never caught up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_slack_failing_every_way_ends_with_one_message_each_and_every_update() {
+    slack_failing_every_way_ends_with_one_message_each_and_every_update(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_slack_failing_every_way_ends_with_one_message_each_and_every_update() {
+    slack_failing_every_way_ends_with_one_message_each_and_every_update(StoreKind::Dynamodb).await;
+}
