@@ -62,7 +62,7 @@ pub fn callback_body(request_id: &str) -> Vec<u8> {
 }
 
 fn signature(c: &mut Criterion) {
-    let body = callback_body("01KAXS0C8G0000000000000007");
+    let body = callback_body("req_01KAXS0C8G0000000000000007");
     let ts = T0.unix_seconds().to_string();
     let sig = sign(SECRET, &ts, &body);
     let mut g = c.benchmark_group("slack_signature");
@@ -86,7 +86,7 @@ fn signature(c: &mut Criterion) {
 }
 
 fn parse_payload(c: &mut Criterion) {
-    let body = callback_body("01KAXS0C8G0000000000000007");
+    let body = callback_body("req_01KAXS0C8G0000000000000007");
     c.bench_function("interaction_parse/block_actions", |b| b.iter(|| interaction::parse(black_box(&body)).unwrap()));
 }
 
@@ -141,7 +141,7 @@ fn maximal_request() -> ApprovalRequest {
         action: Action::parse("deploy").unwrap(),
         environment: Environment::parse("production").unwrap(),
         resource: Some(Resource::parse("service/payments").unwrap()),
-        reason: Some(format!("release <42> & {}", "*bold* _it_ ".repeat(80))[..1000].to_string()),
+        reason: Some(format!("release <42> & {}", "*bold* _it_ ".repeat(90)).chars().take(1000).collect()),
         details,
         requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
         policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "abcdef0123456789".into() },

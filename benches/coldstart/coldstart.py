@@ -136,8 +136,12 @@ def main():
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ok = state.answered.wait(30)
         hwm = vm_hwm_kib(p.pid)
-        p.kill()
-        _, err = p.communicate()
+        p.terminate()  # SIGTERM, not SIGKILL: lets valgrind write its profile when it wraps the command
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
         if not ok:
             sys.exit(f"{a.name}: no answer within 30 s; stderr:\n{err.decode(errors='replace')[-2000:]}")
         if i == 0:
