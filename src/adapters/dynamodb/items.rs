@@ -190,47 +190,14 @@ pub fn audit_from_item(item: &Item) -> Result<(u64, AuditEvent), StoreError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::domain::audit::seal_after;
-    use crate::domain::request::{Notification, PolicyRef, Requester, VoteDecision};
+    use crate::domain::request::tests::sample;
+    use crate::domain::request::VoteDecision;
     use crate::domain::*;
 
     const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
-
-    fn sample(required: u32, now: Timestamp) -> ApprovalRequest {
-        let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
-        ApprovalRequest {
-            id: RequestId::from_parts(now.unix_millis() as u64, 7),
-            status: if required == 0 { Status::Approved } else { Status::Pending },
-            action: Action::parse("deploy").unwrap(),
-            environment: Environment::parse("production").unwrap(),
-            resource: Some(Resource::parse("service/payments").unwrap()),
-            reason: Some("release".into()),
-            details: BTreeMap::new(),
-            requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-            policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "abc".into() },
-            required_approvals: required,
-            approvals: vec![],
-            denial: None,
-            created_at: now,
-            expires_at: now.plus_seconds(1800),
-            decided_at: if required == 0 { Some(now) } else { None },
-            notification: Notification {
-                state: NotificationState::Pending,
-                channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
-                ts: None,
-                attempts: 0,
-                next_attempt_at: None,
-                update_pending: false,
-                reminders_sent: 0,
-            },
-            idempotency_key: None,
-            body_hash: None,
-            version: 1,
-        }
-    }
 
     fn text(item: &Item, name: &str) -> String {
         get_s(item, name).unwrap().to_string()

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::*;
 use crate::adapters::slack::fake::{message_limit_violations, modal_limit_violations};
-use crate::domain::request::{Notification, NotificationState, PolicyRef, Requester};
-use crate::domain::{Action, Environment, PolicyName, Principal, Resource, SlackChannelId};
+use crate::domain::request::tests::sample;
+use crate::domain::{Action, Environment, Resource};
 
 /// 2026-11-25T15:44:22Z
 const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
@@ -17,40 +17,16 @@ fn u(s: &str) -> SlackUserId {
     SlackUserId::parse(s).unwrap()
 }
 
+/// The domain's sample request, dressed as the goldens show it.
 fn request(required: u32) -> ApprovalRequest {
-    let p = Principal::parse("arn:aws:sts::111122223333:assumed-role/github-deploy/run-42").unwrap();
-    let mut details = BTreeMap::new();
-    details.insert("commit".to_string(), "9f1c2ab".to_string());
-    details.insert("pipeline".to_string(), "payments/main #1234".to_string());
-    ApprovalRequest {
-        id: RequestId::from_parts(T0.unix_millis() as u64, 42),
-        status: if required == 0 { Status::Approved } else { Status::Pending },
-        action: Action::parse("deploy").unwrap(),
-        environment: Environment::parse("production").unwrap(),
-        resource: Some(Resource::parse("service/payments").unwrap()),
-        reason: Some("Release 2026.11.3: fixes the refund rounding bug".to_string()),
-        details,
-        requester: Requester::from_principal(&p, Some("ASIAEXAMPLE00001234".to_string())),
-        policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "v1".to_string() },
-        required_approvals: required,
-        approvals: vec![],
-        denial: None,
-        created_at: T0,
-        expires_at: T0.plus_seconds(1800),
-        decided_at: if required == 0 { Some(T0) } else { None },
-        notification: Notification {
-            state: NotificationState::Pending,
-            channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
-            ts: None,
-            attempts: 0,
-            next_attempt_at: None,
-            update_pending: false,
-            reminders_sent: 0,
-        },
-        idempotency_key: None,
-        body_hash: None,
-        version: 1,
-    }
+    let mut r = sample(required, T0);
+    r.id = RequestId::from_parts(T0.unix_millis() as u64, 42);
+    r.reason = Some("Release 2026.11.3: fixes the refund rounding bug".to_string());
+    r.details.insert("commit".to_string(), "9f1c2ab".to_string());
+    r.details.insert("pipeline".to_string(), "payments/main #1234".to_string());
+    r.requester.access_key_id = Some("ASIAEXAMPLE00001234".to_string());
+    r.policy.version = "v1".to_string();
+    r
 }
 
 fn users() -> Vec<SlackUserId> {
