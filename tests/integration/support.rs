@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::fake::{FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
@@ -26,7 +26,8 @@ pub const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 pub const DEPLOY_ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const TEAM_ID: &str = "T0TEAM0001";
-pub const APP_ID: &str = "A0APP00001";
+/// Our Slack app: the one the fake Slack posts as.
+pub const APP_ID: &str = FAKE_APP_ID;
 
 /// Policies most tests use: 2-of-N production deploys, an auto-approved staging policy.
 pub const POLICIES: &str = r#"
@@ -134,8 +135,9 @@ pub async fn spawn_app_with_options(kind: StoreKind, opts: AppOptions) -> Option
 /// A fresh app on stores the test built itself (so it knows where they live, e.g. to point the CLI at them).
 pub async fn spawn_app_on(stores: Stores, keep: Box<dyn Send + Sync>, opts: AppOptions) -> TestApp {
     init_once();
-    let slack = FakeSlack::start().await.expect("fake Slack starts");
     let clock = Arc::new(ManualClock::new(T0));
+    // Slack's message timestamps follow the same (manual) time as the app's.
+    let slack = FakeSlack::start_with_clock(clock.clone()).await.expect("fake Slack starts");
     let secrets = opts.secrets.unwrap_or_else(|| {
         Arc::new(StaticSlackSecrets {
             bot_token: SecretString::new(FAKE_BOT_TOKEN),
