@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use countersign::adapters::slack::fake::{FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::fake::{Behaviour, FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
@@ -380,6 +380,31 @@ impl TestApp {
         let r = self.request(&id).await;
         let ts = r.notification.ts.clone().expect("the request's message was posted");
         Posted { id, channel: r.notification.channel.to_string(), ts }
+    }
+
+    /// Attempts at a first post that reached Slack: the creating call's `chat.postMessage`, and each retry,
+    /// which begins with `conversations.history` (looking for an earlier post) and posts only after it.
+    /// Thread replies (reminders) are not attempts.
+    pub fn post_attempts(&self) -> usize {
+        let mut n = 0;
+        // Whether the last first-post call was a search (a post right after one belongs to its attempt).
+        let mut after_search = false;
+        for c in self.slack.calls() {
+            let reply = c.body.get("thread_ts").is_some();
+            match c.method.as_str() {
+                "conversations.history" => {
+                    n += usize::from(!after_search);
+                    // A search the fake failed on purpose ends its attempt; one that answered leads to a post.
+                    after_search = matches!(c.behaviour, Behaviour::Ok | Behaviour::Delay(_));
+                }
+                "chat.postMessage" if !reply => {
+                    n += usize::from(!after_search);
+                    after_search = false;
+                }
+                _ => {}
+            }
+        }
+        n
     }
 
     /// The request as stored.

@@ -23,11 +23,12 @@ use super::client::{BotToken, SlackClient, SlackError, TokenProvider};
 pub const GROUP_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The `metadata.event_type` of every request message.
 pub const METADATA_EVENT_TYPE: &str = "countersign_request";
-/// `conversations.history` page size (Slack allows up to 999 and recommends at most 200).
-pub const HISTORY_PAGE_SIZE: u32 = 200;
+/// `conversations.history` page size (Slack allows up to 999 and recommends at most 200). Small enough
+/// that a page of large messages stays under the client's 1 MiB answer bound.
+pub const HISTORY_PAGE_SIZE: u32 = 100;
 /// Pages read before giving up: a channel with more messages than this since the request is not searched
 /// to the end (the caller then decides; see `service::notify`).
-pub const HISTORY_MAX_PAGES: usize = 5;
+pub const HISTORY_MAX_PAGES: usize = 10;
 
 /// The bot token from the [`SlackSecrets`] port (Secrets Manager in Lambda, config in local mode).
 pub struct SecretsToken(pub Arc<dyn SlackSecrets>);
@@ -152,7 +153,12 @@ impl crate::ports::Notifier for SlackNotifier {
                 .client
                 .conversation_history(channel, &oldest, HISTORY_PAGE_SIZE, cursor.as_deref())
                 .await
-                .map_err(|e| notify_error(&e))?;
+                .map_err(|e| match e {
+                // An answer we cannot read (too large, malformed) will not read better later: retrying
+                // it would hold the request's message back for good.
+                SlackError::InvalidResponse(_) => NotifyError { retryable: false, ..notify_error(&e) },
+                e => notify_error(&e),
+            })?;
             if let Some(ts) = page.messages.iter().find_map(|m| carries(m, &id, self.app_id.as_deref())) {
                 return Ok(Some(PostedMessage { channel: channel.to_string(), ts }));
             }
