@@ -380,7 +380,16 @@ async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
     }
     let per_request = request_messages(&t);
     let total: usize = per_request.values().map(Vec::len).sum();
-    eprintln!("{total} request messages in Slack for {run} requests ({:?})", started.elapsed());
+    let adopted = t
+        .audit_of("slack.posted")
+        .await
+        .iter()
+        .filter(|e| e.details.get("adopted").map(String::as_str) == Some("true"))
+        .count();
+    eprintln!(
+        "{total} request messages in Slack for {run} requests, {adopted} adopted by the relay ({:?})",
+        started.elapsed()
+    );
     for id in &ids {
         let r = t.request(id).await;
         let ts = r.notification.ts.clone().unwrap_or_else(|| panic!("{id} was never posted"));
