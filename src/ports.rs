@@ -214,6 +214,15 @@ pub struct MessageContext<'a> {
 pub trait Notifier: Send + Sync {
     /// Posts the request's message to `request.notification.channel`.
     async fn post_request(&self, ctx: &MessageContext<'_>) -> Result<PostedMessage, NotifyError>;
+    /// Looks in the request's channel, from `since` on, for a message of ours that already carries this
+    /// request (an earlier post whose (channel, ts) was never recorded). `Ok(None)`: searched to `since`,
+    /// there is none. An error that is not retryable means it cannot be known (no history scope, history
+    /// too long to search within bounds).
+    async fn find_request_message(
+        &self,
+        request: &ApprovalRequest,
+        since: Timestamp,
+    ) -> Result<Option<PostedMessage>, NotifyError>;
     /// Re-renders the message in place (progress, final outcome, no buttons once decided).
     async fn update_request(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
     /// Posts a reminder in the message's thread.
