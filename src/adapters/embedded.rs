@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::domain::audit::seal_after;
 use crate::domain::request::NotificationState;
 use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp};
-use crate::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
+use crate::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, SameKind, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "countersign.db";
@@ -43,7 +43,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
 /// Never edit a released migration: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     name    TEXT PRIMARY KEY NOT NULL,
     doc     TEXT NOT NULL,
@@ -95,7 +96,16 @@ CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'audit records are append-only');
 END;
-"#];
+"#,
+    r#"
+-- The action and environment of each request, for counting a request's history without parsing documents.
+-- Rows whose document does not parse keep NULL: they are never counted, and reading them stays Corrupt.
+ALTER TABLE requests ADD COLUMN action TEXT;
+ALTER TABLE requests ADD COLUMN environment TEXT;
+UPDATE requests SET action = json_extract(doc, '$.action'), environment = json_extract(doc, '$.environment')
+    WHERE json_valid(doc);
+"#,
+];
 
 /// At most this many writes share one transaction (and one fsync).
 const MAX_BATCH: usize = 128;
@@ -458,6 +468,8 @@ struct RequestRow {
     policy: String,
     created_at: i64,
     notify_due: Option<i64>,
+    action: String,
+    environment: String,
 }
 
 impl RequestRow {
@@ -472,6 +484,8 @@ impl RequestRow {
             policy: r.policy.name.to_string(),
             created_at: r.created_at.unix_millis(),
             notify_due: notification_due(r).map(Timestamp::unix_millis),
+            action: r.action.as_str().to_string(),
+            environment: r.environment.as_str().to_string(),
         })
     }
 }
@@ -592,8 +606,9 @@ fn create_request_tx(
         return Err(StoreError::Other(format!("request id {} already exists", row.id)));
     }
     tx.execute(
-        "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due,
+             action, environment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             row.id,
             row.doc,
@@ -604,6 +619,8 @@ fn create_request_tx(
             row.policy,
             row.created_at,
             row.notify_due,
+            row.action,
+            row.environment,
         ],
     )
     .sql()?;
@@ -671,7 +688,7 @@ fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
     let changed = tx
         .execute(
             "UPDATE requests SET doc = ?2, status = ?3, version = ?4, expires_at = ?5, principal = ?6,
-                 policy = ?7, created_at = ?8, notify_due = ?9
+                 policy = ?7, created_at = ?8, notify_due = ?9, action = ?11, environment = ?12
              WHERE id = ?1 AND version = ?10",
             params![
                 row.id,
@@ -684,6 +701,8 @@ fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
                 row.created_at,
                 row.notify_due,
                 expected,
+                row.action,
+                row.environment,
             ],
         )
         .sql()?;
@@ -811,6 +830,48 @@ impl RequestStore for EmbeddedStore {
                  ORDER BY created_at DESC, id DESC LIMIT ?3",
                 params![principal, since.unix_millis(), limit(limit_n)],
             )
+        })
+        .await
+    }
+
+    /// Counted on the indexed columns: no document is parsed but the newest one's.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit_n: usize,
+    ) -> Result<SameKind, StoreError> {
+        let (principal, action, environment) =
+            (r.requester.principal.clone(), r.action.as_str().to_string(), r.environment.as_str().to_string());
+        let (created_at, id) = (r.created_at.unix_millis(), r.id.to_string());
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "WITH recent AS (
+                         SELECT id, created_at, action, environment FROM requests
+                         WHERE principal = ?1 AND created_at >= ?2
+                         ORDER BY created_at DESC, id DESC LIMIT ?3)
+                     SELECT id FROM recent
+                     WHERE action = ?4 AND environment = ?5 AND (created_at < ?6 OR (created_at = ?6 AND id < ?7))
+                     ORDER BY created_at DESC, id DESC",
+                )
+                .sql()?;
+            let ids = stmt
+                .query_map(
+                    params![principal, since.unix_millis(), limit(limit_n), action, environment, created_at, id],
+                    |row| row.get::<_, String>(0),
+                )
+                .sql()?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .sql()?;
+            let newest = match ids.first() {
+                Some(newest) => Some(
+                    get_request_tx(c, newest)?
+                        .ok_or_else(|| StoreError::Other(format!("request {newest} vanished in a read")))?,
+                ),
+                None => None,
+            };
+            Ok(SameKind { count: u32::try_from(ids.len()).unwrap_or(u32::MAX), newest })
         })
         .await
     }
@@ -1021,5 +1082,68 @@ mod tests {
         let chain = reopened.read_from(1, 100).await.unwrap();
         assert_eq!(chain.len(), 64);
         crate::domain::audit::verify_chain(&chain).unwrap();
+    }
+
+    #[tokio::test]
+    async fn history_counted_on_columns_equals_the_default_over_list_by_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
+        let mut all = Vec::new();
+        for i in 0..12i64 {
+            let mut r = crate::domain::request::tests::sample(2, t0.plus_seconds(i * 60));
+            if i % 3 == 1 {
+                r.action = crate::domain::Action::parse("db:migrate").unwrap();
+            }
+            if i % 4 == 2 {
+                r.environment = crate::domain::Environment::parse("staging").unwrap();
+            }
+            store.create_request(&r, vec![], 100).await.unwrap();
+            all.push(r);
+        }
+        for r in &all {
+            for (since, lim) in [(t0, 1000), (t0.plus_seconds(150), 1000), (t0, 4)] {
+                let listed = store.list_by_principal(&r.requester.principal, since, lim).await.unwrap();
+                let want = SameKind::among(r, &listed);
+                let got = store.earlier_of_same_kind(r, since, lim).await.unwrap();
+                assert_eq!(got, want, "{} since {since:?} limit {lim}", r.id);
+            }
+        }
+        assert!(store.earlier_of_same_kind(&all[11], t0, 1000).await.unwrap().count > 2);
+    }
+
+    #[tokio::test]
+    async fn upgrading_from_schema_1_fills_the_history_columns_of_existing_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
+        let (old, new) = (
+            crate::domain::request::tests::sample(2, t0),
+            crate::domain::request::tests::sample(2, t0.plus_seconds(60)),
+        );
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let row = RequestRow::of(&old).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.id,
+                    row.doc,
+                    row.status,
+                    row.version,
+                    row.expires_at,
+                    row.principal,
+                    row.policy,
+                    row.created_at
+                ],
+            )
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.create_request(&new, vec![], 100).await.unwrap();
+        let same = store.earlier_of_same_kind(&new, t0, 1000).await.unwrap();
+        assert_eq!((same.count, same.newest), (1, Some(old)));
     }
 }
