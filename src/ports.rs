@@ -111,6 +111,40 @@ pub trait RequestStore: Send + Sync {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// The history shown in `r`'s message: among the newest `limit` requests of its principal created at or
+    /// after `since`, those with its action and environment created before it (by `(created_at, id)`).
+    /// This default reads them all with [`Self::list_by_principal`]; a store may count them where they are.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKind, StoreError> {
+        let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+        Ok(SameKind::among(r, &candidates))
+    }
+}
+
+/// Earlier requests of the same kind as one request: how many, and the newest of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SameKind {
+    pub count: u32,
+    pub newest: Option<ApprovalRequest>,
+}
+
+impl SameKind {
+    /// Those of `candidates` with `r`'s action and environment created before `r`.
+    pub fn among(r: &ApprovalRequest, candidates: &[ApprovalRequest]) -> Self {
+        let same = candidates.iter().filter(|o| {
+            o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
+        });
+        let (count, newest) = same.fold((0u32, None::<&ApprovalRequest>), |(n, newest), o| {
+            let newer = newest.is_none_or(|b| (o.created_at, o.id) > (b.created_at, b.id));
+            (n.saturating_add(1), if newer { Some(o) } else { newest })
+        });
+        Self { count, newest: newest.cloned() }
+    }
 }
 
 #[async_trait]

@@ -78,17 +78,10 @@ impl Dispatcher {
     /// message re-rendered later (after a vote or cancel) still ignores requests that came after it.
     pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
         let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
-        let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
-        let same: Vec<&ApprovalRequest> = earlier
-            .iter()
-            .filter(|o| {
-                o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
-            })
-            .collect();
-        let last = same.iter().max_by_key(|o| (o.created_at, o.id));
+        let same = self.stores.requests.earlier_of_same_kind(r, since, 1000).await?;
         Ok(History {
-            same_kind_last_30_days: u32::try_from(same.len()).unwrap_or(u32::MAX),
-            last_outcome: last.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
+            same_kind_last_30_days: same.count,
+            last_outcome: same.newest.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
         })
     }
 
