@@ -25,7 +25,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use crate::support::{
-    api_event, spawn_app, spawn_app_with, Answer, NowTs, StoreKind, TestApp, APP_ID, DEPLOY_ARN, POLICIES, T0, TEAM_ID,
+    api_event, spawn_app, spawn_app_with, Answer, NowTs, Rng, StoreKind, TestApp, APP_ID, DEPLOY_ARN, POLICIES, T0,
+    TEAM_ID,
 };
 
 /// Instantiates each scenario for the embedded store and for DynamoDB (emulator).
@@ -551,26 +552,6 @@ async fn unknown_routes_and_methods_answer_json_errors(kind: StoreKind) {
     }
     let a = t.call_api(api_event("GET", "/healthz", None, None)).await;
     assert_eq!((a.status.as_u16(), &a.json), (200, &json!({"ok": true})));
-}
-
-/// A small deterministic generator (xorshift64*), so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).unwrap()
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
 }
 
 async fn no_caller_input_gets_a_5xx_or_an_error_of_another_shape(kind: StoreKind) {
