@@ -20,14 +20,14 @@ use tokio::sync::oneshot;
 
 use crate::support::POLICIES;
 
-const KEY_ID: &str = "AKIALOCALTEST0000001";
-const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
-const ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
+pub(crate) const KEY_ID: &str = "AKIALOCALTEST0000001";
+pub(crate) const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
+pub(crate) const ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
 const SIGNING_SECRET: &str = "0123456789abcdef0123456789abcdef";
-const ALICE: &str = "UALICE0001";
-const BOB: &str = "UBOB000001";
+pub(crate) const ALICE: &str = "UALICE0001";
+pub(crate) const BOB: &str = "UBOB000001";
 const OWNER: &str = "U0OWNER001";
-const CHANNEL: &str = "C0APPROVALS";
+pub(crate) const CHANNEL: &str = "C0APPROVALS";
 
 /// A running `countersign dev`; [`Dev::stop`] shuts it down gracefully.
 struct Dev {
@@ -37,7 +37,8 @@ struct Dev {
     task: tokio::task::JoinHandle<Result<(), LocalError>>,
 }
 
-fn config_text(dir: &Path) -> String {
+/// The dev config the tests run: the test identity, users and policies file, any free port.
+pub(crate) fn config_text(dir: &Path) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -75,7 +76,7 @@ arn = "{ARN}"
 }
 
 /// A fresh data directory holding the test policies.
-fn data_dir() -> tempfile::TempDir {
+pub(crate) fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("policies.yaml"), POLICIES).expect("write policies");
     dir
@@ -191,9 +192,21 @@ async fn send_signed(
     method: &str,
     url: &str,
     body: Option<&Value>,
-    (key, secret, region, service): (&str, &str, &str, &str),
+    creds: (&str, &str, &str, &str),
     time: SystemTime,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
+    try_send_signed(http, method, url, body, creds, time).await.expect("request sent")
+}
+
+/// [`send_signed`], with transport failures (the server is gone, a timeout) returned rather than panicking.
+pub(crate) async fn try_send_signed(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+    (key, secret, region, service): (&str, &str, &str, &str),
+    time: SystemTime,
+) -> Result<(u16, Value, reqwest::header::HeaderMap), reqwest::Error> {
     let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     let mut headers: Vec<(&str, &str)> = vec![];
     if body.is_some() {
@@ -218,11 +231,11 @@ async fn send_signed(
     for (k, v) in instructions.headers() {
         req = req.header(k, v);
     }
-    let resp = req.send().await.expect("request sent");
+    let resp = req.send().await?;
     let status = resp.status().as_u16();
     let h = resp.headers().clone();
     let json = resp.json::<Value>().await.unwrap_or(Value::Null);
-    (status, json, h)
+    Ok((status, json, h))
 }
 
 fn has_buttons(message: &Value) -> bool {
