@@ -51,7 +51,8 @@ impl App {
             .with_base_url(&p.slack_api_base_url)?
             .with_timeout(p.slack_timeout);
         let client = Arc::new(client);
-        let notifier: Arc<dyn Notifier> = Arc::new(SlackNotifier::new(client.clone()));
+        let notifier: Arc<dyn Notifier> =
+            Arc::new(SlackNotifier::new(client.clone()).with_app_id(&p.slack_identity.app_id));
         Ok(Self {
             stores: p.stores,
             clock: p.clock,

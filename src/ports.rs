@@ -111,6 +111,40 @@ pub trait RequestStore: Send + Sync {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// The history shown in `r`'s message: among the newest `limit` requests of its principal created at or
+    /// after `since`, those with its action and environment created before it (by `(created_at, id)`).
+    /// This default reads them all with [`Self::list_by_principal`]; a store may count them where they are.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKind, StoreError> {
+        let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+        Ok(SameKind::among(r, &candidates))
+    }
+}
+
+/// Earlier requests of the same kind as one request: how many, and the newest of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SameKind {
+    pub count: u32,
+    pub newest: Option<ApprovalRequest>,
+}
+
+impl SameKind {
+    /// Those of `candidates` with `r`'s action and environment created before `r`.
+    pub fn among(r: &ApprovalRequest, candidates: &[ApprovalRequest]) -> Self {
+        let same = candidates.iter().filter(|o| {
+            o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
+        });
+        let (count, newest) = same.fold((0u32, None::<&ApprovalRequest>), |(n, newest), o| {
+            let newer = newest.is_none_or(|b| (o.created_at, o.id) > (b.created_at, b.id));
+            (n.saturating_add(1), if newer { Some(o) } else { newest })
+        });
+        Self { count, newest: newest.cloned() }
+    }
 }
 
 #[async_trait]
@@ -214,6 +248,15 @@ pub struct MessageContext<'a> {
 pub trait Notifier: Send + Sync {
     /// Posts the request's message to `request.notification.channel`.
     async fn post_request(&self, ctx: &MessageContext<'_>) -> Result<PostedMessage, NotifyError>;
+    /// Looks in the request's channel, from `since` on, for a message of ours that already carries this
+    /// request (an earlier post whose (channel, ts) was never recorded). `Ok(None)`: searched to `since`,
+    /// there is none. An error that is not retryable means it cannot be known (no history scope, history
+    /// too long to search within bounds).
+    async fn find_request_message(
+        &self,
+        request: &ApprovalRequest,
+        since: Timestamp,
+    ) -> Result<Option<PostedMessage>, NotifyError>;
     /// Re-renders the message in place (progress, final outcome, no buttons once decided).
     async fn update_request(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
     /// Posts a reminder in the message's thread.

@@ -1,10 +1,16 @@
 //! The embedded store for local mode: one SQLite file, `DIR/countersign.db`, that implements
 //! [`PolicyStore`], [`RequestStore`] and [`AuditLog`] with the same guarantees as the DynamoDB store.
 //!
-//! Every operation runs on a blocking thread, on the one connection behind a mutex, inside one
-//! `BEGIN IMMEDIATE` transaction: operations are serialized and all-or-nothing, and a second process on the
-//! same file waits (busy timeout) instead of interleaving. The file uses WAL with `synchronous=FULL`, so a
-//! committed vote survives a crash.
+//! Writes go to one writer thread that owns the only write connection and commits them in groups: it takes
+//! every write waiting in its queue, runs each inside its own `SAVEPOINT` within one `BEGIN IMMEDIATE …
+//! COMMIT`, and answers each caller only after that `COMMIT` returned. A write whose condition fails (or that
+//! fails in any way) is rolled back to its savepoint alone and reported to its caller; the others commit.
+//! So writes stay serialized and all-or-nothing each, and a second process on the same file waits (busy
+//! timeout) instead of interleaving, while a burst of concurrent writes costs one fsync instead of one each.
+//! The file uses WAL with `synchronous=FULL`: an acknowledged write survives a crash or a power loss.
+//!
+//! Reads run on a small pool of separate connections, each operation in its own read transaction (WAL lets
+//! them run beside the writer). A read that starts after a write was acknowledged sees that write.
 //!
 //! The `audit` table is append-only: this module contains no statement that updates or deletes its rows,
 //! and triggers refuse such statements from any connection. Someone with write access to the file can still
@@ -13,17 +19,21 @@
 //! Items are stored as their domain JSON (`doc`) plus the columns the queries need. An item whose JSON no
 //! longer parses is reported as [`StoreError::Corrupt`], never skipped.
 
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use crate::domain::audit::seal_after;
 use crate::domain::request::NotificationState;
 use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp};
-use crate::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
+use crate::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, SameKind, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "countersign.db";
@@ -33,7 +43,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
 /// Never edit a released migration: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     name    TEXT PRIMARY KEY NOT NULL,
     doc     TEXT NOT NULL,
@@ -85,23 +96,93 @@ CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'audit records are append-only');
 END;
-"#];
+"#,
+    r#"
+-- The action and environment of each request, for counting a request's history without parsing documents.
+-- Rows whose document does not parse keep NULL: they are never counted, and reading them stays Corrupt.
+ALTER TABLE requests ADD COLUMN action TEXT;
+ALTER TABLE requests ADD COLUMN environment TEXT;
+UPDATE requests SET action = json_extract(doc, '$.action'), environment = json_extract(doc, '$.environment')
+    WHERE json_valid(doc);
+"#,
+];
 
-/// The SQLite-backed store. Cheap to share behind an `Arc`; all clones of the `Arc` use one connection.
-#[derive(Debug)]
+/// At most this many writes share one transaction (and one fsync).
+const MAX_BATCH: usize = 128;
+
+/// Idle read connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite-backed store. Share it behind an `Arc`: every clone of the `Arc` uses the one writer thread
+/// and the one pool of read connections.
 pub struct EmbeddedStore {
-    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// The writer's queue; `None` only while dropping.
+    writes: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// What a write reports to the writer: whether it succeeded (so its savepoint is released, else rolled
+/// back), and how to answer its caller once the outcome of the whole transaction is known (`None`: it
+/// committed; `Some(e)`: the transaction did not commit).
+struct Ran {
+    ok: bool,
+    answer: Answer,
+}
+
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// One write, waiting for the writer, which runs it on its connection (or, given `None`, only prepares its
+/// answer: it will not run). If it panics, its answer is dropped and its caller gets an error.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Ran + Send>;
+
+/// Wraps `f` as a [`Job`]; the receiver gets its answer.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+    let job: Job = Box::new(move |conn| {
+        let out = match conn {
+            Some(conn) => f(conn),
+            None => Err(StoreError::Other("not run".into())),
+        };
+        Ran {
+            ok: out.is_ok(),
+            answer: Box::new(move |failed| {
+                let _ = reply.send(match failed {
+                    None => out,
+                    Some(e) => Err(same_error(e)),
+                });
+            }),
+        }
+    });
+    (job, answer)
+}
+
+/// Opens a connection with the settings every connection of the store uses.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).sql()?;
+    conn.busy_timeout(BUSY_TIMEOUT).sql()?;
+    conn.pragma_update(None, "foreign_keys", "ON").sql()?;
+    Ok(conn)
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `DIR/countersign.db` with WAL, `synchronous=FULL` and a busy timeout, and
-    /// runs the migrations it has not seen yet.
+    /// Opens (creating if needed) `DIR/countersign.db` with WAL, `synchronous=FULL` and a busy timeout, runs
+    /// the migrations it has not seen yet and starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::unavailable)?;
         let path = data_dir.join(DB_FILE);
-        let mut conn = Connection::open(&path).sql()?;
-        conn.busy_timeout(BUSY_TIMEOUT).sql()?;
+        let mut conn = connect(&path)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).sql()?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Other(format!(
@@ -110,9 +191,13 @@ impl EmbeddedStore {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL").sql()?;
-        conn.pragma_update(None, "foreign_keys", "ON").sql()?;
         migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+        let (writes, queue) = mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("countersign-sqlite-writer".into())
+            .spawn(move || write_loop(&conn, &queue))
+            .map_err(StoreError::unavailable)?;
+        Ok(Self { path, writes: Some(writes), writer: Some(writer), readers: Mutex::new(Vec::new()) })
     }
 
     /// The database file.
@@ -120,25 +205,152 @@ impl EmbeddedStore {
         &self.path
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on a blocking thread; commits only if `f` succeeds.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` as one write: in its own savepoint, inside the writer's current transaction. Answers only
+    /// after that transaction committed (or with an error if it did not); `f`'s error rolls back `f` alone.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while the lock was held dropped its transaction, which rolled back: the connection
-            // is still consistent, so a poisoned lock is safe to take over.
-            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            let tx = guard.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
-            let out = f(&tx)?;
-            tx.commit().sql()?;
-            Ok(out)
+        let (job, answer) = job(f);
+        let stopped = || StoreError::Other("the embedded store's writer has stopped".into());
+        self.writes.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| StoreError::Other("the embedded store's writer dropped a write".into()))?
+    }
+
+    /// Runs `f` in one read transaction on a pooled read connection, on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = connect(&self.path)?;
+                c.pragma_update(None, "query_only", "ON").sql()?;
+                c
+            }
+        };
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).sql()?;
+                let out = f(&tx)?;
+                tx.commit().sql()?;
+                Ok(out)
+            })();
+            (conn, out)
         })
         .await
-        .map_err(|e| StoreError::Other(format!("embedded store task failed: {e}")))?
+        .map_err(|e| StoreError::Other(format!("embedded store task failed: {e}")))?;
+        if conn.is_autocommit() {
+            let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        out
     }
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what is queued (its callers are waiting for their answers) and close.
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A copy of `e` for each caller of a transaction that did not commit.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(src) => StoreError::Unavailable(src.to_string().into()),
+        StoreError::Conflict(c) => StoreError::Conflict(*c),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Other(m) => StoreError::Other(m.clone()),
+    }
+}
+
+/// The writer: waits for a write, then commits everything queued by then as one transaction.
+fn write_loop(conn: &Connection, queue: &mpsc::Receiver<Job>) {
+    let mut carried: VecDeque<Job> = VecDeque::new();
+    loop {
+        if carried.is_empty() {
+            match queue.recv() {
+                Ok(job) => carried.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while carried.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => carried.push_back(job),
+                Err(_) => break,
+            }
+        }
+        let take = carried.len().min(MAX_BATCH);
+        let batch: Vec<Job> = carried.drain(..take).collect();
+        let rest = commit_batch(conn, batch);
+        // Writes the batch could not run (its transaction was lost) go first into the next one.
+        for job in rest.into_iter().rev() {
+            carried.push_front(job);
+        }
+    }
+}
+
+/// Runs `batch` in one transaction, each write in its own savepoint, then commits and answers every write
+/// that ran. Returns the writes it did not run because the transaction ended under it.
+fn commit_batch(conn: &Connection, batch: Vec<Job>) -> Vec<Job> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").sql() {
+        // Nothing ran: every caller gets the reason (busy: another process held the lock too long).
+        for job in batch {
+            (job(None).answer)(Some(&e));
+        }
+        return Vec::new();
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter();
+    let mut lost: Option<StoreError> = None;
+    for job in jobs.by_ref() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT write").sql() {
+            (job(None).answer)(Some(&e));
+            lost = Some(e);
+            break;
+        }
+        let ran = catch_unwind(AssertUnwindSafe(|| job(Some(conn))));
+        let ok = matches!(&ran, Ok(r) if r.ok);
+        if let Ok(r) = ran {
+            answers.push(r.answer);
+        }
+        let end = if ok { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" };
+        // A failure that ended the whole transaction (SQLite rolls back on some I/O errors) also ends the
+        // batch: what ran so far is gone, and nothing more may run outside a transaction.
+        if let Err(e) = conn.execute_batch(end).sql() {
+            lost = Some(e);
+            break;
+        }
+        if conn.is_autocommit() {
+            lost = Some(StoreError::Other("the write transaction was rolled back by SQLite".into()));
+            break;
+        }
+    }
+    let rest: Vec<Job> = jobs.collect();
+    let outcome = match lost {
+        Some(e) => Err(e),
+        None => conn.execute_batch("COMMIT").sql(),
+    };
+    match &outcome {
+        Ok(()) => answers.into_iter().for_each(|answer| answer(None)),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            answers.into_iter().for_each(|answer| answer(Some(e)));
+        }
+    }
+    rest
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -256,6 +468,8 @@ struct RequestRow {
     policy: String,
     created_at: i64,
     notify_due: Option<i64>,
+    action: String,
+    environment: String,
 }
 
 impl RequestRow {
@@ -270,20 +484,22 @@ impl RequestRow {
             policy: r.policy.name.to_string(),
             created_at: r.created_at.unix_millis(),
             notify_due: notification_due(r).map(Timestamp::unix_millis),
+            action: r.action.as_str().to_string(),
+            environment: r.environment.as_str().to_string(),
         })
     }
 }
 
 // ---- operations inside a transaction ----
 
-fn get_request_tx(tx: &Transaction<'_>, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
+fn get_request_tx(tx: &Connection, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
     let doc: Option<String> =
         tx.query_row("SELECT doc FROM requests WHERE id = ?1", [id], |r| r.get(0)).optional().sql()?;
     doc.map(|d| parse_request(id, &d)).transpose()
 }
 
 fn query_requests(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<ApprovalRequest>, StoreError> {
@@ -292,7 +508,7 @@ fn query_requests(
     collect(rows, parse_request)
 }
 
-fn query_audit(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AuditEvent>, StoreError> {
+fn query_audit(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AuditEvent>, StoreError> {
     let mut stmt = tx.prepare_cached(sql).sql()?;
     let rows = stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).sql()?;
     rows.map(|row| {
@@ -302,7 +518,7 @@ fn query_audit(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -
     .collect()
 }
 
-fn last_audit_tx(tx: &Transaction<'_>) -> Result<Option<(i64, AuditEvent)>, StoreError> {
+fn last_audit_tx(tx: &Connection) -> Result<Option<(i64, AuditEvent)>, StoreError> {
     let row: Option<(i64, String)> = tx
         .query_row("SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -312,7 +528,7 @@ fn last_audit_tx(tx: &Transaction<'_>) -> Result<Option<(i64, AuditEvent)>, Stor
 
 /// Seals `drafts` after the last record and inserts them. Refuses to extend a chain whose tail record is
 /// not at its own position (someone moved it), rather than hide the damage under new records.
-fn append_tx(tx: &Transaction<'_>, drafts: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError> {
+fn append_tx(tx: &Connection, drafts: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError> {
     if drafts.is_empty() {
         return Ok(Vec::new());
     }
@@ -343,7 +559,7 @@ fn append_tx(tx: &Transaction<'_>, drafts: Vec<AuditDraft>) -> Result<Vec<AuditE
 }
 
 fn create_request_tx(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     request: &ApprovalRequest,
     events: Vec<AuditDraft>,
     max_pending: u32,
@@ -390,8 +606,9 @@ fn create_request_tx(
         return Err(StoreError::Other(format!("request id {} already exists", row.id)));
     }
     tx.execute(
-        "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due,
+             action, environment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             row.id,
             row.doc,
@@ -402,6 +619,8 @@ fn create_request_tx(
             row.policy,
             row.created_at,
             row.notify_due,
+            row.action,
+            row.environment,
         ],
     )
     .sql()?;
@@ -416,7 +635,7 @@ fn create_request_tx(
     Ok(CreateOutcome::Created)
 }
 
-fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
+fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
     if c.expected_version.checked_add(1) != Some(c.request.version) {
         return Err(StoreError::Other(format!(
             "a commit from version {} must write version {}, not {}",
@@ -469,7 +688,7 @@ fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
     let changed = tx
         .execute(
             "UPDATE requests SET doc = ?2, status = ?3, version = ?4, expires_at = ?5, principal = ?6,
-                 policy = ?7, created_at = ?8, notify_due = ?9
+                 policy = ?7, created_at = ?8, notify_due = ?9, action = ?11, environment = ?12
              WHERE id = ?1 AND version = ?10",
             params![
                 row.id,
@@ -482,6 +701,8 @@ fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
                 row.created_at,
                 row.notify_due,
                 expected,
+                row.action,
+                row.environment,
             ],
         )
         .sql()?;
@@ -504,7 +725,7 @@ fn commit_tx(tx: &Transaction<'_>, c: Commit) -> Result<(), StoreError> {
 #[async_trait]
 impl PolicyStore for EmbeddedStore {
     async fn list_policies(&self) -> Result<Vec<Policy>, StoreError> {
-        self.run(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare_cached("SELECT name, doc FROM policies ORDER BY name").sql()?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).sql()?;
             collect(rows, parse_policy)
@@ -514,7 +735,7 @@ impl PolicyStore for EmbeddedStore {
 
     async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError> {
         let name = name.to_string();
-        self.run(move |tx| {
+        self.read(move |tx| {
             let doc: Option<String> =
                 tx.query_row("SELECT doc FROM policies WHERE name = ?1", [&name], |r| r.get(0)).optional().sql()?;
             doc.map(|d| parse_policy(&name, &d)).transpose()
@@ -526,7 +747,7 @@ impl PolicyStore for EmbeddedStore {
         let name = policy.name.to_string();
         let doc = to_json(policy, "policy")?;
         let version = policy.version();
-        self.run(move |tx| {
+        self.write(move |tx| {
             tx.execute(
                 "INSERT INTO policies (name, doc, version) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, version = excluded.version",
@@ -541,7 +762,7 @@ impl PolicyStore for EmbeddedStore {
 
     async fn delete_policy(&self, name: &PolicyName, event: AuditDraft) -> Result<(), StoreError> {
         let name = name.to_string();
-        self.run(move |tx| {
+        self.write(move |tx| {
             tx.execute("DELETE FROM policies WHERE name = ?1", [&name]).sql()?;
             append_tx(tx, vec![event])?;
             Ok(())
@@ -559,20 +780,20 @@ impl RequestStore for EmbeddedStore {
         max_pending: u32,
     ) -> Result<CreateOutcome, StoreError> {
         let request = request.clone();
-        self.run(move |tx| create_request_tx(tx, &request, events, max_pending)).await
+        self.write(move |tx| create_request_tx(tx, &request, events, max_pending)).await
     }
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
         let id = id.to_string();
-        self.run(move |tx| get_request_tx(tx, &id)).await
+        self.read(move |tx| get_request_tx(tx, &id)).await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.run(move |tx| commit_tx(tx, commit)).await
+        self.write(move |tx| commit_tx(tx, commit)).await
     }
 
     async fn list_pending(&self, limit_n: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
-        self.run(move |tx| {
+        self.read(move |tx| {
             query_requests(
                 tx,
                 "SELECT id, doc FROM requests WHERE status = 'pending'
@@ -584,7 +805,7 @@ impl RequestStore for EmbeddedStore {
     }
 
     async fn list_notification_due(&self, now: Timestamp, limit_n: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
-        self.run(move |tx| {
+        self.read(move |tx| {
             query_requests(
                 tx,
                 "SELECT id, doc FROM requests WHERE notify_due IS NOT NULL AND notify_due <= ?1
@@ -602,7 +823,7 @@ impl RequestStore for EmbeddedStore {
         limit_n: usize,
     ) -> Result<Vec<ApprovalRequest>, StoreError> {
         let principal = principal.to_string();
-        self.run(move |tx| {
+        self.read(move |tx| {
             query_requests(
                 tx,
                 "SELECT id, doc FROM requests WHERE principal = ?1 AND created_at >= ?2
@@ -612,12 +833,54 @@ impl RequestStore for EmbeddedStore {
         })
         .await
     }
+
+    /// Counted on the indexed columns: no document is parsed but the newest one's.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit_n: usize,
+    ) -> Result<SameKind, StoreError> {
+        let (principal, action, environment) =
+            (r.requester.principal.clone(), r.action.as_str().to_string(), r.environment.as_str().to_string());
+        let (created_at, id) = (r.created_at.unix_millis(), r.id.to_string());
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "WITH recent AS (
+                         SELECT id, created_at, action, environment FROM requests
+                         WHERE principal = ?1 AND created_at >= ?2
+                         ORDER BY created_at DESC, id DESC LIMIT ?3)
+                     SELECT id FROM recent
+                     WHERE action = ?4 AND environment = ?5 AND (created_at < ?6 OR (created_at = ?6 AND id < ?7))
+                     ORDER BY created_at DESC, id DESC",
+                )
+                .sql()?;
+            let ids = stmt
+                .query_map(
+                    params![principal, since.unix_millis(), limit(limit_n), action, environment, created_at, id],
+                    |row| row.get::<_, String>(0),
+                )
+                .sql()?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .sql()?;
+            let newest = match ids.first() {
+                Some(newest) => Some(
+                    get_request_tx(c, newest)?
+                        .ok_or_else(|| StoreError::Other(format!("request {newest} vanished in a read")))?,
+                ),
+                None => None,
+            };
+            Ok(SameKind { count: u32::try_from(ids.len()).unwrap_or(u32::MAX), newest })
+        })
+        .await
+    }
 }
 
 #[async_trait]
 impl AuditLog for EmbeddedStore {
     async fn append(&self, events: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError> {
-        self.run(move |tx| append_tx(tx, events)).await
+        self.write(move |tx| append_tx(tx, events)).await
     }
 
     async fn read_from(&self, from_seq: u64, limit_n: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -625,7 +888,7 @@ impl AuditLog for EmbeddedStore {
         let Ok(from) = i64::try_from(from_seq) else {
             return Ok(Vec::new());
         };
-        self.run(move |tx| {
+        self.read(move |tx| {
             query_audit(tx, "SELECT seq, doc FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2", [from, limit(limit_n)])
         })
         .await
@@ -633,11 +896,12 @@ impl AuditLog for EmbeddedStore {
 
     async fn for_request(&self, id: &RequestId) -> Result<Vec<AuditEvent>, StoreError> {
         let id = id.to_string();
-        self.run(move |tx| query_audit(tx, "SELECT seq, doc FROM audit WHERE request_id = ?1 ORDER BY seq", [id])).await
+        self.read(move |tx| query_audit(tx, "SELECT seq, doc FROM audit WHERE request_id = ?1 ORDER BY seq", [id]))
+            .await
     }
 
     async fn last(&self) -> Result<Option<AuditEvent>, StoreError> {
-        self.run(|tx| Ok(last_audit_tx(tx)?.map(|(_, e)| e))).await
+        self.read(|tx| Ok(last_audit_tx(tx)?.map(|(_, e)| e))).await
     }
 }
 
@@ -647,6 +911,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{Actor, AuditKind};
+    use crate::ports::{Commit, Guard};
 
     fn draft(i: u32) -> AuditDraft {
         AuditDraft::new(Timestamp::from_unix_millis(1_000), AuditKind::CallbackRejected, Actor::system("test"), None)
@@ -707,5 +972,178 @@ mod tests {
         drop(conn);
         let err = EmbeddedStore::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    fn answer<T: std::fmt::Debug>(rx: &mut oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+        match rx.try_recv() {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Other(format!("no answer: {e}"))),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_its_writes_and_reports_the_one_whose_condition_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
+        let r = crate::domain::request::tests::sample(2, t0);
+        store.create_request(&r, r.creation_events(), 5).await.unwrap();
+        let user = crate::domain::SlackUserId::parse("UAPPROVER1").unwrap();
+        let now = t0.plus_seconds(1);
+        let vote = |r: &ApprovalRequest| {
+            let t = r.approve(&user, now).unwrap();
+            Commit {
+                expected_version: r.version,
+                request: t.request,
+                vote: t.vote,
+                events: t.events,
+                guard: Guard::OpenAt(now),
+            }
+        };
+        // The same approver's vote twice in one batch (a double click): exactly one counts.
+        let (first, second) = (vote(&r), vote(&r));
+        let (j1, mut a1) = job(move |c| commit_tx(c, first));
+        let (j2, mut a2) = job(move |c| commit_tx(c, second));
+        let (j3, mut a3) = job(move |c| append_tx(c, vec![draft(3)]));
+        let conn = connect(store.db_path()).unwrap();
+        assert!(commit_batch(&conn, vec![j1, j2, j3]).is_empty());
+        answer(&mut a1).unwrap();
+        assert!(matches!(answer(&mut a2), Err(StoreError::Conflict(Conflict::DuplicateVote))));
+        assert_eq!(answer(&mut a3).unwrap().len(), 1);
+        let stored = store.get_request(&r.id).await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.approvals.len()), (2, 1));
+        let chain = store.read_from(1, 100).await.unwrap();
+        crate::domain::audit::verify_chain(&chain).unwrap();
+        assert_eq!(chain.len(), r.creation_events().len() + 2, "create, one vote, one draft");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_or_panics_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let (j1, mut a1) = job(|c| append_tx(c, vec![draft(1)]));
+        let (j2, mut a2) = job(|c| -> Result<(), StoreError> {
+            append_tx(c, vec![draft(2)])?;
+            Err(StoreError::Other("refused after writing".into()))
+        });
+        let (j3, mut a3) = job(|c| -> Result<(), StoreError> {
+            append_tx(c, vec![draft(3)])?;
+            panic!("a bug in a write")
+        });
+        let (j4, mut a4) = job(|c| append_tx(c, vec![draft(4)]));
+        let conn = connect(store.db_path()).unwrap();
+        assert!(commit_batch(&conn, vec![j1, j2, j3, j4]).is_empty());
+        assert!(answer(&mut a1).is_ok() && answer(&mut a4).is_ok());
+        assert!(matches!(answer(&mut a2), Err(StoreError::Other(m)) if m.contains("refused")));
+        assert!(answer(&mut a3).is_err());
+        let chain = store.read_from(1, 100).await.unwrap();
+        crate::domain::audit::verify_chain(&chain).unwrap();
+        let kept: Vec<&str> = chain.iter().map(|e| e.details["i"].as_str()).collect();
+        assert_eq!(kept, ["1", "4"]);
+    }
+
+    #[tokio::test]
+    async fn when_the_write_lock_cannot_be_had_every_write_of_the_batch_is_unavailable_and_none_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let other = connect(store.db_path()).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let conn = connect(store.db_path()).unwrap();
+        conn.busy_timeout(Duration::from_millis(10)).unwrap();
+        let (j1, mut a1) = job(|c| append_tx(c, vec![draft(1)]));
+        let (j2, mut a2) = job(|c| append_tx(c, vec![draft(2)]));
+        assert!(commit_batch(&conn, vec![j1, j2]).is_empty());
+        assert!(matches!(answer(&mut a1), Err(StoreError::Unavailable(_))));
+        assert!(matches!(answer(&mut a2), Err(StoreError::Unavailable(_))));
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(store.read_from(1, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_acknowledged_writes_are_all_on_disk_without_a_clean_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(vec![draft(i)]).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // No drop, no checkpoint: what was acknowledged must already be committed to the file.
+        std::mem::forget(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 64);
+        drop(conn);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        let chain = reopened.read_from(1, 100).await.unwrap();
+        assert_eq!(chain.len(), 64);
+        crate::domain::audit::verify_chain(&chain).unwrap();
+    }
+
+    #[tokio::test]
+    async fn history_counted_on_columns_equals_the_default_over_list_by_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
+        let mut all = Vec::new();
+        for i in 0..12i64 {
+            let mut r = crate::domain::request::tests::sample(2, t0.plus_seconds(i * 60));
+            if i % 3 == 1 {
+                r.action = crate::domain::Action::parse("db:migrate").unwrap();
+            }
+            if i % 4 == 2 {
+                r.environment = crate::domain::Environment::parse("staging").unwrap();
+            }
+            store.create_request(&r, vec![], 100).await.unwrap();
+            all.push(r);
+        }
+        for r in &all {
+            for (since, lim) in [(t0, 1000), (t0.plus_seconds(150), 1000), (t0, 4)] {
+                let listed = store.list_by_principal(&r.requester.principal, since, lim).await.unwrap();
+                let want = SameKind::among(r, &listed);
+                let got = store.earlier_of_same_kind(r, since, lim).await.unwrap();
+                assert_eq!(got, want, "{} since {since:?} limit {lim}", r.id);
+            }
+        }
+        assert!(store.earlier_of_same_kind(&all[11], t0, 1000).await.unwrap().count > 2);
+    }
+
+    #[tokio::test]
+    async fn upgrading_from_schema_1_fills_the_history_columns_of_existing_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
+        let (old, new) = (
+            crate::domain::request::tests::sample(2, t0),
+            crate::domain::request::tests::sample(2, t0.plus_seconds(60)),
+        );
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let row = RequestRow::of(&old).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.id,
+                    row.doc,
+                    row.status,
+                    row.version,
+                    row.expires_at,
+                    row.principal,
+                    row.policy,
+                    row.created_at
+                ],
+            )
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.create_request(&new, vec![], 100).await.unwrap();
+        let same = store.earlier_of_same_kind(&new, t0, 1000).await.unwrap();
+        assert_eq!((same.count, same.newest), (1, Some(old)));
     }
 }

@@ -58,6 +58,55 @@ impl Pattern {
     }
 }
 
+/// A policy's `principals:` entries, parsed once when the policy is loaded (from the file or the store), so
+/// matching a request compares fields instead of re-parsing ARNs. Serializes as the strings of the file, so
+/// stored policies and [`Policy::version`] are unchanged.
+///
+/// An entry that does not parse (impossible for a validated file; only a stored item edited by hand or
+/// written by another version) is kept for serialization and never matches, as before.
+#[derive(Debug, Clone, Default)]
+pub struct Principals {
+    sources: Vec<String>,
+    patterns: Vec<PrincipalPattern>,
+}
+
+impl Principals {
+    pub fn new(sources: Vec<String>) -> Self {
+        let patterns = sources.iter().filter_map(|p| PrincipalPattern::parse(p).ok()).collect();
+        Self { sources, patterns }
+    }
+
+    /// The entries as written in the policy file.
+    pub fn as_strs(&self) -> &[String] {
+        &self.sources
+    }
+
+    pub fn matches(&self, who: &Principal) -> bool {
+        self.patterns.iter().any(|p| p.matches(who))
+    }
+}
+
+/// Equal when the entries are: the parsed patterns follow from them.
+impl PartialEq for Principals {
+    fn eq(&self, other: &Self) -> bool {
+        self.sources == other.sources
+    }
+}
+
+impl Eq for Principals {}
+
+impl Serialize for Principals {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.sources.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Principals {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(Self::new)
+    }
+}
+
 /// Who may vote.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Approvers {
@@ -70,7 +119,7 @@ pub struct Approvers {
 pub struct Policy {
     pub name: PolicyName,
     pub description: String,
-    pub principals: Vec<String>,
+    pub principals: Principals,
     pub actions: Vec<Pattern>,
     pub environments: Vec<Pattern>,
     pub resources: Vec<Pattern>,
@@ -91,19 +140,15 @@ impl Policy {
         hex::encode(Sha256::digest(bytes))[..16].to_string()
     }
 
-    fn principal_patterns(&self) -> impl Iterator<Item = PrincipalPattern> + '_ {
-        // Validated at parse time, so every entry parses.
-        self.principals.iter().filter_map(|p| PrincipalPattern::parse(p).ok())
-    }
-
+    /// Cheapest checks first: string patterns, then the principal patterns (parsed once, at load).
     pub fn matches(&self, who: &Principal, action: &Action, env: &Environment, resource: Option<&Resource>) -> bool {
-        self.principal_patterns().any(|p| p.matches(who))
-            && self.actions.iter().any(|p| p.matches(action.as_str()))
+        self.actions.iter().any(|p| p.matches(action.as_str()))
             && self.environments.iter().any(|p| p.matches(env.as_str()))
             && match resource {
                 Some(r) => self.resources.iter().any(|p| p.matches(r.as_str())),
                 None => self.resources.iter().any(|p| p.as_str() == "*"),
             }
+            && self.principals.matches(who)
     }
 
     /// May this Slack user vote on a request governed by this policy? `groups_of_user` are the approver
@@ -476,7 +521,7 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     Some(Policy {
         name: name?,
         description: rp.description,
-        principals: rp.principals,
+        principals: Principals::new(rp.principals),
         actions,
         environments,
         resources,

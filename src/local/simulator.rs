@@ -5,9 +5,11 @@
 //! path runs on every click. The page never sees the secret: it calls the small JSON API below and the
 //! server signs.
 //!
-//! - `POST /slack/api/{method}` (bearer bot token): `chat.postMessage` (with `thread_ts`), `chat.update`,
-//!   `chat.postEphemeral`, `views.open` (needs a fresh `trigger_id` from a click: 3 s, once),
-//!   `usergroups.users.list`. Slack's documented Block Kit limits are enforced (shared with the fake Slack).
+//! - `POST /slack/api/{method}` (bearer bot token): `chat.postMessage` (with `thread_ts` and `metadata`),
+//!   `chat.update`, `chat.postEphemeral`, `views.open` (needs a fresh `trigger_id` from a click: 3 s, once),
+//!   `usergroups.users.list`, `conversations.history` (Slack's paging, shared with the fake Slack, so the
+//!   relay can adopt a post it never recorded). Slack's documented Block Kit limits are enforced (shared
+//!   with the fake Slack).
 //! - `POST /slack/response/{id}`: response URLs (30 minutes, at most 5 uses, like Slack's).
 //! - `GET /slack/` (+ `app.js`, `app.css`): the page, served from the binary; no build step.
 //! - `GET /slack/sim/state?user=U…`, `POST /slack/sim/click`, `POST /slack/sim/submit`,
@@ -32,7 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::adapters::slack::fake::{
-    check_message, modal_limit_violations, parse_body, slack_err, slack_err_with, slack_ok, str_field,
+    check_message, history_answer, message_metadata, modal_limit_violations, parse_body, slack_err, slack_err_with,
+    slack_ok, str_field,
 };
 use crate::adapters::slack::signature;
 use crate::domain::{Policy, SlackUserId};
@@ -148,6 +151,9 @@ pub struct SimMessage {
     /// How many times `chat.update` changed it.
     #[serde(default)]
     pub updates: u32,
+    /// Slack message metadata (`{event_type, event_payload}`), when the app attached some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -445,6 +451,7 @@ async fn api(State(sim): State<Simulator>, Path(method): Path<String>, headers: 
         "chat.postEphemeral" => post_ephemeral(&sim, &body).await,
         "views.open" => open_view(&sim, &body).await,
         "usergroups.users.list" => usergroup_members(&sim, &body),
+        "conversations.history" => history(&sim, &body),
         _ => slack_err("unknown_method"),
     }
 }
@@ -456,6 +463,10 @@ async fn post_message(sim: &Simulator, body: &Map<String, Value>) -> Response {
     if let Some(r) = check_message(body) {
         return r;
     }
+    let metadata = match message_metadata(body) {
+        Ok(m) => m,
+        Err(code) => return slack_err(code),
+    };
     let thread_ts = str_field(body, "thread_ts").map(str::to_string);
     let ts = {
         let mut s = sim.lock();
@@ -471,6 +482,7 @@ async fn post_message(sim: &Simulator, body: &Map<String, Value>) -> Response {
             blocks: body.get("blocks").cloned().unwrap_or(Value::Null),
             thread_ts,
             updates: 0,
+            metadata,
         };
         s.persisted.channels.entry(channel.to_string()).or_default().push(m);
         ts
@@ -488,11 +500,18 @@ async fn update_message(sim: &Simulator, body: &Map<String, Value>) -> Response 
     if let Some(r) = check_message(body) {
         return r;
     }
+    let metadata = match message_metadata(body) {
+        Ok(m) => m,
+        Err(code) => return slack_err(code),
+    };
     {
         let mut s = sim.lock();
         let Some(m) = s.message_mut(channel, ts) else {
             return slack_err("message_not_found");
         };
+        if metadata.is_some() {
+            m.metadata = metadata;
+        }
         if let Some(t) = body.get("text").and_then(Value::as_str) {
             m.text = Some(t.to_string());
         }
@@ -560,6 +579,31 @@ async fn open_view(sim: &Simulator, body: &Map<String, Value>) -> Response {
     slack_ok(json!({ "view": { "id": view_id, "type": "modal" } }))
 }
 
+/// The channel's top-level messages, all posted by the bot (the simulator has no other poster).
+fn history(sim: &Simulator, body: &Map<String, Value>) -> Response {
+    let Some(channel) = str_field(body, "channel").filter(|c| channel_ok(c)) else {
+        return slack_err("channel_not_found");
+    };
+    let messages = sim
+        .lock()
+        .persisted
+        .channels
+        .get(channel)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|m| m.thread_ts.is_none())
+        .map(|m| {
+            let mut o = json!({ "type": "message", "user": BOT_USER, "bot_id": BOT_ID,
+                                "app_id": sim.0.settings.app_id, "ts": m.ts, "text": m.text, "blocks": m.blocks });
+            if let Some(md) = &m.metadata {
+                o["metadata"] = md.clone();
+            }
+            o
+        })
+        .collect();
+    history_answer(body, messages)
+}
+
 fn usergroup_members(sim: &Simulator, body: &Map<String, Value>) -> Response {
     let Some(group) = str_field(body, "usergroup") else {
         return slack_err("invalid_arguments");
@@ -605,7 +649,7 @@ async fn response_url(
             true
         } else if body.get("response_type").and_then(Value::as_str) == Some("in_channel") {
             let ts = s.next_ts();
-            let m = SimMessage { ts, text, blocks, thread_ts: None, updates: 0 };
+            let m = SimMessage { ts, text, blocks, thread_ts: None, updates: 0, metadata: None };
             s.persisted.channels.entry(channel).or_default().push(m);
             true
         } else {

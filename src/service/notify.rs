@@ -3,6 +3,14 @@
 //! The request item is the outbox: `notification` says what is owed (a post, an update) and when it may be
 //! tried next. Whoever delivers (the API right after creating, the interactions handler after a vote, the
 //! relay in the sweeper) records the outcome with a versioned write, so nothing owed is ever forgotten.
+//!
+//! One message per request, even when the store fails between a successful post and the write that records
+//! it: every first post other than the creating call's own (which cannot follow an earlier attempt) first
+//! asks the notifier for a message of ours already carrying the request, and adopts it instead of posting
+//! again. When that search cannot be done (the chat system refuses it for good: a missing scope, a history
+//! too long to search) we post anyway — a request without a message cannot be approved, while an orphaned
+//! duplicate's buttons are refused (its (channel, ts) is not the stored one). A search that fails for a
+//! transient reason counts as a failed attempt and is retried later.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,7 +20,9 @@ use crate::domain::request::NotificationState;
 use crate::domain::{
     Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, History, RequestId, SlackChannelId, Timestamp,
 };
-use crate::ports::{Clock, Commit, Conflict, Guard, MessageContext, Notifier, PostedMessage, StoreError, Stores};
+use crate::ports::{
+    Clock, Commit, Conflict, Guard, MessageContext, Notifier, NotifyError, PostedMessage, StoreError, Stores,
+};
 
 /// Retries of a versioned bookkeeping write that lost a race.
 const SAVE_ATTEMPTS: usize = 20;
@@ -21,6 +31,29 @@ pub const POST_LEASE: Duration = Duration::from_secs(60);
 /// Longest wait between two delivery attempts.
 const MAX_BACKOFF_SECONDS: i64 = 15 * 60;
 const HISTORY_DAYS: i64 = 30;
+/// How far before `created_at` the search for an earlier post starts: covers skew between our clock and
+/// the chat system's.
+const EARLIER_POST_SKEW_SECONDS: i64 = 5 * 60;
+
+/// Who is delivering, which decides whether a first post may follow an earlier attempt that reached Slack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deliverer {
+    /// Must claim the first-post lease before posting (a cancel, a vote, an expiry).
+    Claiming,
+    /// The creating call, holding the lease written with the request: no attempt can have come before.
+    Creator,
+    /// Holds a lease claimed after creation (the relay): an earlier attempt may already be in Slack.
+    Retry,
+}
+
+/// What a delivery did in Slack.
+enum Delivered {
+    /// A new message; the label says how the search for an earlier one went (`None`: not needed).
+    Posted(PostedMessage, Option<&'static str>),
+    /// An earlier attempt's message, found and taken as the request's (it still needs an update).
+    Adopted(PostedMessage),
+    Updated,
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -45,17 +78,10 @@ impl Dispatcher {
     /// message re-rendered later (after a vote or cancel) still ignores requests that came after it.
     pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
         let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
-        let earlier = self.stores.requests.list_by_principal(&r.requester.principal, since, 1000).await?;
-        let same: Vec<&ApprovalRequest> = earlier
-            .iter()
-            .filter(|o| {
-                o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
-            })
-            .collect();
-        let last = same.iter().max_by_key(|o| (o.created_at, o.id));
+        let same = self.stores.requests.earlier_of_same_kind(r, since, 1000).await?;
         Ok(History {
-            same_kind_last_30_days: u32::try_from(same.len()).unwrap_or(u32::MAX),
-            last_outcome: last.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
+            same_kind_last_30_days: same.count,
+            last_outcome: same.newest.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
         })
     }
 
@@ -67,13 +93,36 @@ impl Dispatcher {
     /// someone else holds it (or a backoff is running), this leaves the post to them: whoever posts
     /// re-renders afterwards if the request changed meanwhile.
     pub async fn deliver(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
-        self.deliver_inner(id, false).await
+        self.deliver_inner(id, Deliverer::Claiming).await
     }
 
-    /// [`Self::deliver`] by the holder of the first-post lease: the creating call (whose lease is written
-    /// with the request) or the relay after [`Self::relay_one`]'s claim.
-    pub async fn deliver_holding_lease(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
-        self.deliver_inner(id, true).await
+    /// [`Self::deliver`] by the creating call, which holds the first-post lease written with the request.
+    /// Its first post skips the search for an earlier one: there cannot be one, and the hot path stays
+    /// one Slack call.
+    pub async fn deliver_created(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.deliver_inner(id, Deliverer::Creator).await
+    }
+
+    /// The first post, or the adoption of an earlier attempt's message when one may exist.
+    async fn first_post(&self, ctx: &MessageContext<'_>, may_follow_a_post: bool) -> Result<Delivered, NotifyError> {
+        let mut check = None;
+        if may_follow_a_post {
+            let since = ctx.request.created_at.plus_seconds(-EARLIER_POST_SKEW_SECONDS);
+            match self.notifier.find_request_message(ctx.request, since).await {
+                Ok(Some(p)) => return Ok(Delivered::Adopted(p)),
+                Ok(None) => check = Some("none_found"),
+                Err(e) if e.retryable => {
+                    return Err(NotifyError { message: format!("looking for an earlier post: {}", e.message), ..e })
+                }
+                Err(e) => {
+                    // Availability over a possible duplicate: see the module docs.
+                    tracing::warn!(request_id = %ctx.request.id, error = %e,
+                        "cannot look for an earlier post of this request; posting anyway");
+                    check = Some("unavailable");
+                }
+            }
+        }
+        self.notifier.post_request(ctx).await.map(|p| Delivered::Posted(p, check))
     }
 
     /// Claims the first-post lease on `r`: `false` when it is held (or backing off) or the claim lost a race.
@@ -99,11 +148,7 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver_inner(
-        &self,
-        id: &RequestId,
-        mut holding_lease: bool,
-    ) -> Result<Option<ApprovalRequest>, StoreError> {
+    async fn deliver_inner(&self, id: &RequestId, mut who: Deliverer) -> Result<Option<ApprovalRequest>, StoreError> {
         let mut latest = None;
         for _ in 0..4 {
             let Some(r) = self.stores.requests.get_request(id).await? else {
@@ -114,13 +159,15 @@ impl Dispatcher {
             if posted.is_some() && !r.notification.update_pending {
                 return Ok(Some(r));
             }
-            if posted.is_none() && !holding_lease {
+            if posted.is_none() && who == Deliverer::Claiming {
                 if !self.claim_post(&r, self.clock.now()).await? {
                     return Ok(Some(r));
                 }
-                holding_lease = true;
+                who = Deliverer::Retry;
                 continue;
             }
+            // Only the creator's post of the untouched request can be sure nothing was posted before.
+            let may_follow_a_post = !(who == Deliverer::Creator && r.version == 1 && r.notification.attempts == 0);
             let policy = self.stores.policies.get_policy(&r.policy.name).await?;
             let history = self.history(&r).await?;
             let now = self.clock.now();
@@ -133,11 +180,16 @@ impl Dispatcher {
             };
             let rendered_version = r.version;
             let outcome = match &posted {
-                None => self.notifier.post_request(&ctx).await.map(Some),
-                Some(p) => self.notifier.update_request(&ctx, p).await.map(|()| None),
+                None => self.first_post(&ctx, may_follow_a_post).await,
+                Some(p) => self.notifier.update_request(&ctx, p).await.map(|()| Delivered::Updated),
             };
             match outcome {
-                Ok(new_post) => {
+                Ok(delivered) => {
+                    let (new_post, adopted, check) = match delivered {
+                        Delivered::Posted(p, check) => (Some(p), false, check),
+                        Delivered::Adopted(p) => (Some(p), true, None),
+                        Delivered::Updated => (None, false, None),
+                    };
                     let is_post = new_post.is_some();
                     let saved = self
                         .save(id, |cur| {
@@ -154,12 +206,21 @@ impl Dispatcher {
                             n.state = NotificationState::Posted;
                             n.attempts = 0;
                             n.next_attempt_at = None;
-                            // Anything written after we rendered still needs showing.
-                            n.update_pending = cur.version != rendered_version;
+                            // Anything written after we rendered still needs showing; an adopted message
+                            // shows whatever an earlier attempt rendered.
+                            n.update_pending = adopted || cur.version != rendered_version;
                             let events = if is_post {
-                                vec![AuditDraft::new(now, AuditKind::SlackPosted, Actor::system("slack"), Some(cur.id))
-                                    .with("channel", n.channel.as_str())
-                                    .with("ts", n.ts.clone().unwrap_or_default())]
+                                let mut e =
+                                    AuditDraft::new(now, AuditKind::SlackPosted, Actor::system("slack"), Some(cur.id))
+                                        .with("channel", n.channel.as_str())
+                                        .with("ts", n.ts.clone().unwrap_or_default());
+                                if adopted {
+                                    e = e.with("adopted", "true");
+                                }
+                                if let Some(c) = check {
+                                    e = e.with("earlier_post", c);
+                                }
+                                vec![e]
                             } else {
                                 vec![]
                             };
@@ -258,7 +319,7 @@ impl Dispatcher {
             guard: Guard::VersionOnly,
         };
         match self.stores.requests.commit(claim).await {
-            Ok(()) => self.deliver_holding_lease(id).await.map(|_| ()),
+            Ok(()) => self.deliver_inner(id, Deliverer::Retry).await.map(|_| ()),
             Err(StoreError::Conflict(_)) => Ok(()), // someone else is on it
             Err(e) => Err(e),
         }

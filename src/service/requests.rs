@@ -346,7 +346,7 @@ impl RequestService {
         }
         // Durable first; the post happens after. A failed post leaves the request pending and queued.
         // This call holds the first-post lease written with the request (FIRST_POST_LEASE_SECONDS).
-        let after = self.dispatcher.deliver_holding_lease(&request.id).await.unwrap_or(None);
+        let after = self.dispatcher.deliver_created(&request.id).await.unwrap_or(None);
         Ok(Submitted { request: self.show(after.unwrap_or(request)), created: true })
     }
 

@@ -211,12 +211,19 @@ impl VoteService {
     /// Authorizes and records one vote: the vote, any status change and the audit records commit together,
     /// conditionally, so concurrent and repeated clicks give exactly one outcome.
     pub async fn vote(&self, v: VoteRequest) -> Result<VoteOutcome, StoreError> {
-        if let Err(why) = self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
-            return Ok(VoteOutcome::Rejected(why));
-        }
+        // The first attempt applies the vote to the request as authorization just read it: the commit is
+        // conditional on its version, so if it changed since, the commit conflicts and the retry re-reads.
+        let mut authorized = match self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
+            Ok((r, _policy)) => Some(r),
+            Err(why) => return Ok(VoteOutcome::Rejected(why)),
+        };
         for attempt in 0..VOTE_ATTEMPTS {
-            let Some(r) = self.stores.requests.get_request(&v.request_id).await? else {
-                return Ok(VoteOutcome::Rejected(Rejection::UnknownRequest));
+            let r = match authorized.take() {
+                Some(r) => r,
+                None => match self.stores.requests.get_request(&v.request_id).await? {
+                    Some(r) => r,
+                    None => return Ok(VoteOutcome::Rejected(Rejection::UnknownRequest)),
+                },
             };
             let now = self.clock.now();
             let t = match &v.decision {

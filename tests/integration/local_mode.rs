@@ -785,3 +785,77 @@ async fn the_cli_waits_on_local_mode_exit_0_when_approved_and_run_skips_the_comm
     assert!(!marker.exists(), "a denied request never runs the command");
     dev.stop().await;
 }
+
+/// Set by [`acknowledged_writes_survive_sigkill`] for the child process it starts and kills.
+const SIGKILL_CHILD_DIR: &str = "COUNTERSIGN_TEST_SIGKILL_CHILD_DIR";
+
+/// The child of [`acknowledged_writes_survive_sigkill`]: 8 concurrent writers append to the embedded store
+/// until killed, printing `acked TAG` after each acknowledged write. Does nothing in a normal run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_child_writes_until_killed() {
+    use countersign::domain::{Actor, AuditDraft, Timestamp};
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(SIGKILL_CHILD_DIR) else { return };
+    let store = std::sync::Arc::new(EmbeddedStore::open(Path::new(&dir)).unwrap());
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    let tag = format!("{w}-{n}");
+                    let d = AuditDraft::new(
+                        Timestamp::from_unix_millis(1_000),
+                        AuditKind::CallbackRejected,
+                        Actor::system("test"),
+                        None,
+                    )
+                    .with("tag", tag.clone());
+                    store.append(vec![d]).await.unwrap();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "acked {tag}").unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+/// Local mode must lose no acknowledged write when killed: a child process writes through the embedded
+/// store (group commit) and is SIGKILLed mid-stream; every write it acknowledged is in the file after.
+#[tokio::test]
+async fn acknowledged_writes_survive_sigkill() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "local_mode::sigkill_child_writes_until_killed", "--nocapture", "--test-threads=1"])
+        .env(SIGKILL_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while acked.len() < 300 {
+        let line = lines.next().expect("the child writes until killed").unwrap();
+        if let Some(tag) = line.strip_prefix("acked ") {
+            acked.insert(tag.to_string());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Acknowledgements printed before the kill but not yet read count too.
+    for line in lines.map_while(Result::ok) {
+        if let Some(tag) = line.strip_prefix("acked ") {
+            acked.insert(tag.to_string());
+        }
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let all = store.read_from(1, 1_000_000).await.unwrap();
+    verify_chain(&all).expect("the chain is intact after SIGKILL");
+    let stored: std::collections::BTreeSet<String> = all.iter().filter_map(|e| e.details.get("tag").cloned()).collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but lost after SIGKILL: {lost:?}");
+}

@@ -1290,10 +1290,10 @@ async fn t23_slack_failure_then_recovery_posts_exactly_one_message(kind: StoreKi
         // Not before it is due.
         t.clock.set(due.plus_millis(-1));
         t.app.sweeper().run_once().await.unwrap();
-        assert_eq!(t.slack.calls_to("chat.postMessage").len(), attempt + 1, "no call before next_attempt_at");
+        assert_eq!(t.post_attempts(), attempt + 1, "no call before next_attempt_at");
         t.clock.set(due);
         t.app.sweeper().run_once().await.unwrap();
-        assert_eq!(t.slack.calls_to("chat.postMessage").len(), attempt + 2);
+        assert_eq!(t.post_attempts(), attempt + 2);
         let got = get(&t, &id.to_string(), Some(DEPLOY_ARN)).await;
         assert_eq!(got.json["status"], "pending", "pending throughout");
     }
@@ -1307,7 +1307,7 @@ async fn t23_slack_failure_then_recovery_posts_exactly_one_message(kind: StoreKi
     // Later relay runs change nothing; the relayed message works like any other.
     t.clock.advance_seconds(120);
     t.app.sweeper().run_once().await.unwrap();
-    assert_eq!(t.slack.calls_to("chat.postMessage").len(), 4);
+    assert_eq!(t.post_attempts(), 4);
     approve_twice(&t, &id.to_string()).await;
     assert_eq!(get(&t, &id.to_string(), Some(DEPLOY_ARN)).await.json["status"], "approved");
     assert_eq!(t.slack.messages().len(), 1);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::fake::{Behaviour, FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
@@ -26,7 +26,8 @@ pub const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 pub const DEPLOY_ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const TEAM_ID: &str = "T0TEAM0001";
-pub const APP_ID: &str = "A0APP00001";
+/// Our Slack app: the one the fake Slack posts as.
+pub const APP_ID: &str = FAKE_APP_ID;
 
 /// Policies most tests use: 2-of-N production deploys, an auto-approved staging policy.
 pub const POLICIES: &str = r#"
@@ -134,8 +135,9 @@ pub async fn spawn_app_with_options(kind: StoreKind, opts: AppOptions) -> Option
 /// A fresh app on stores the test built itself (so it knows where they live, e.g. to point the CLI at them).
 pub async fn spawn_app_on(stores: Stores, keep: Box<dyn Send + Sync>, opts: AppOptions) -> TestApp {
     init_once();
-    let slack = FakeSlack::start().await.expect("fake Slack starts");
     let clock = Arc::new(ManualClock::new(T0));
+    // Slack's message timestamps follow the same (manual) time as the app's.
+    let slack = FakeSlack::start_with_clock(clock.clone()).await.expect("fake Slack starts");
     let secrets = opts.secrets.unwrap_or_else(|| {
         Arc::new(StaticSlackSecrets {
             bot_token: SecretString::new(FAKE_BOT_TOKEN),
@@ -378,6 +380,31 @@ impl TestApp {
         let r = self.request(&id).await;
         let ts = r.notification.ts.clone().expect("the request's message was posted");
         Posted { id, channel: r.notification.channel.to_string(), ts }
+    }
+
+    /// Attempts at a first post that reached Slack: the creating call's `chat.postMessage`, and each retry,
+    /// which begins with `conversations.history` (looking for an earlier post) and posts only after it.
+    /// Thread replies (reminders) are not attempts.
+    pub fn post_attempts(&self) -> usize {
+        let mut n = 0;
+        // Whether the last first-post call was a search (a post right after one belongs to its attempt).
+        let mut after_search = false;
+        for c in self.slack.calls() {
+            let reply = c.body.get("thread_ts").is_some();
+            match c.method.as_str() {
+                "conversations.history" => {
+                    n += usize::from(!after_search);
+                    // A search the fake failed on purpose ends its attempt; one that answered leads to a post.
+                    after_search = matches!(c.behaviour, Behaviour::Ok | Behaviour::Delay(_));
+                }
+                "chat.postMessage" if !reply => {
+                    n += usize::from(!after_search);
+                    after_search = false;
+                }
+                _ => {}
+            }
+        }
+        n
     }
 
     /// The request as stored.

@@ -122,6 +122,15 @@ pub struct PostedMessage {
     pub ts: String,
 }
 
+/// One page of `conversations.history`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryPage {
+    /// Message objects as Slack sends them, newest first.
+    pub messages: Vec<Value>,
+    /// Where the next (older) page starts, when there is one.
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct SlackClient {
     http: reqwest::Client,
@@ -297,6 +306,44 @@ impl SlackClient {
             .and_then(|c| SlackChannelId::parse(c).ok())
             .unwrap_or_else(|| channel.clone());
         Ok(PostedMessage { channel, ts: ts.to_string() })
+    }
+
+    /// One page of `conversations.history` for `channel`: messages after `oldest` (a Slack timestamp,
+    /// exclusive), newest first, with their metadata (`include_all_metadata`). Needs `channels:history`
+    /// (`groups:history` for private channels); without it Slack answers `missing_scope`.
+    pub async fn conversation_history(
+        &self,
+        channel: &SlackChannelId,
+        oldest: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<HistoryPage, SlackError> {
+        // A read method: form data, like usergroups.users.list.
+        let form = {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.append_pair("channel", channel.as_str())
+                .append_pair("oldest", oldest)
+                .append_pair("limit", &limit.to_string())
+                .append_pair("include_all_metadata", "true");
+            if let Some(c) = cursor {
+                f.append_pair("cursor", c);
+            }
+            f.finish()
+        };
+        let answer = self.call("conversations.history", ApiBody::Form(form)).await?;
+        let messages =
+            answer.get("messages").and_then(Value::as_array).ok_or(SlackError::InvalidResponse("no messages"))?.clone();
+        let has_more = answer.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+        let next_cursor = answer
+            .get("response_metadata")
+            .and_then(|m| m.get("next_cursor"))
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        if has_more && next_cursor.is_none() {
+            return Err(SlackError::InvalidResponse("has_more without a next_cursor"));
+        }
+        Ok(HistoryPage { messages, next_cursor: next_cursor.filter(|_| has_more) })
     }
 
     /// `chat.update` of a message we posted.

@@ -1,10 +1,15 @@
 //! A fake Slack Web API on 127.0.0.1 that speaks Slack's wire format and enforces its documented limits,
 //! so tests fail the way production would. Local mode's Slack simulator grows from it.
 //!
-//! - `POST /api/{method}` with `Authorization: Bearer TOKEN`: `chat.postMessage`, `chat.update`,
-//!   `chat.postEphemeral`, `views.open`, `usergroups.users.list`. Answers `{"ok": true, …}` or
-//!   `{"ok": false, "error": "…"}` like Slack (`not_authed`, `invalid_auth`, `invalid_blocks`,
-//!   `message_not_found`, `no_such_subteam`, `unknown_method`, …).
+//! - `POST /api/{method}` with `Authorization: Bearer TOKEN`: `chat.postMessage` (with `metadata` and
+//!   `thread_ts`), `chat.update`, `chat.postEphemeral`, `views.open`, `usergroups.users.list`,
+//!   `conversations.history` (Slack's paging: newest first, `oldest`/`latest`/`inclusive`, `limit` up to
+//!   999, opaque `cursor`, `has_more`, `response_metadata.next_cursor`; metadata only with
+//!   `include_all_metadata`). Answers `{"ok": true, …}` or `{"ok": false, "error": "…"}` like Slack
+//!   (`not_authed`, `invalid_auth`, `invalid_blocks`, `invalid_metadata_format`, `message_not_found`,
+//!   `no_such_subteam`, `missing_scope`, `invalid_limit`, `invalid_cursor`, `unknown_method`, …).
+//! - Message timestamps come from the clock given to [`FakeSlack::start_with_clock`] (the system clock
+//!   otherwise), strictly increasing, as Slack's do.
 //! - `POST /response/{id}`: stands in for `response_url`s (see [`FakeSlack::response_url`]).
 //!
 //! Every call is recorded. A queue of [`Behaviour`]s, one consumed per call (API or response URL), makes
@@ -29,9 +34,16 @@ use serde_json::{json, Map, Value};
 
 use super::blocks::limits;
 use super::interaction::parse_form;
+use crate::ports::{Clock, SystemClock};
 
 /// The bot token the fake accepts unless started with another.
 pub const FAKE_BOT_TOKEN: &str = "xoxb-0000000000-fake-test-token";
+/// The app (`app_id`) and bot (`bot_id`) the fake posts as.
+pub const FAKE_APP_ID: &str = "A0APP00001";
+pub const FAKE_BOT_ID: &str = "B0FAKEBOT1";
+/// The bot scopes the fake's token has when `conversations.history` is refused (see
+/// [`FakeSlack::set_history_scope`]).
+const SCOPES_WITHOUT_HISTORY: &str = "chat:write,usergroups:read,users:read";
 /// How long [`Behaviour::Hang`] holds a call before answering 503 without effect.
 pub const HANG_FOR: Duration = Duration::from_secs(30);
 
@@ -67,20 +79,46 @@ pub struct Call {
 pub struct FakeMessage {
     pub channel: String,
     pub ts: String,
+    /// Set on thread replies (reminders): the parent's ts.
+    pub thread_ts: Option<String>,
+    /// The app that posted it ([`FAKE_APP_ID`] for the product's posts).
+    pub app_id: String,
+    /// Slack message metadata (`{event_type, event_payload}`), as last posted or updated.
+    pub metadata: Option<Value>,
     pub text: Option<String>,
     pub blocks: Value,
     /// The bodies of the `chat.update` calls applied, oldest first.
     pub updates: Vec<Value>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     token: String,
     queue: VecDeque<Behaviour>,
     calls: Vec<Call>,
     messages: Vec<FakeMessage>,
     usergroups: HashMap<String, Vec<String>>,
-    next_ts: u64,
+    /// The last ts handed out, in microseconds.
+    last_ts_micros: i64,
+    clock: Option<Arc<dyn Clock>>,
+    /// `false`: the token lacks `channels:history` (an install made before it was asked for).
+    no_history_scope: bool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("messages", &self.messages.len()).finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// A new message ts: the clock's time in microseconds, strictly increasing.
+    fn next_ts(&mut self) -> String {
+        let now = self.clock.as_ref().map_or_else(|| SystemClock.now(), |c| c.now()).unix_millis() * 1000;
+        let t = now.max(self.last_ts_micros + 1);
+        self.last_ts_micros = t;
+        format!("{}.{:06}", t.div_euclid(1_000_000), t.rem_euclid(1_000_000))
+    }
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -110,7 +148,17 @@ impl FakeSlack {
     }
 
     pub async fn start_with_token(token: &str) -> std::io::Result<Self> {
-        let state: Shared = Arc::new(Mutex::new(Inner { token: token.to_string(), next_ts: 1, ..Inner::default() }));
+        Self::serve(Inner { token: token.to_string(), ..Inner::default() }).await
+    }
+
+    /// Like [`Self::start`], with message timestamps taken from `clock` (a test's manual clock), so
+    /// `conversations.history`'s `oldest` compares them with the app's own times as Slack's would.
+    pub async fn start_with_clock(clock: Arc<dyn Clock>) -> std::io::Result<Self> {
+        Self::serve(Inner { token: FAKE_BOT_TOKEN.to_string(), clock: Some(clock), ..Inner::default() }).await
+    }
+
+    async fn serve(inner: Inner) -> std::io::Result<Self> {
+        let state: Shared = Arc::new(Mutex::new(inner));
         let app = Router::new()
             .route("/api/{method}", post(api))
             .route("/response/{id}", post(response_url))
@@ -145,6 +193,31 @@ impl FakeSlack {
         lock(&self.state).usergroups.insert(group.to_string(), members.iter().map(|m| (*m).to_string()).collect());
     }
 
+    /// With `false`, `conversations.history` answers `missing_scope`, as for an install whose token was
+    /// granted before `channels:history` was added to the manifest.
+    pub fn set_history_scope(&self, granted: bool) {
+        lock(&self.state).no_history_scope = !granted;
+    }
+
+    /// Puts a top-level message in `channel` as another app would post it (another bot, a copycat), with
+    /// `metadata`. Returns its ts.
+    pub fn inject_message(&self, channel: &str, app_id: &str, text: &str, metadata: Option<Value>) -> String {
+        let mut s = lock(&self.state);
+        let ts = s.next_ts();
+        s.messages.push(FakeMessage {
+            channel: channel.to_string(),
+            ts: ts.clone(),
+            thread_ts: None,
+            app_id: app_id.to_string(),
+            metadata,
+            text: Some(text.to_string()),
+            blocks: Value::Null,
+            updates: vec![],
+        });
+        ts
+    }
+
+    /// Every message (top-level and thread replies), in posting order.
     pub fn messages(&self) -> Vec<FakeMessage> {
         lock(&self.state).messages.clone()
     }
@@ -273,6 +346,7 @@ async fn api(State(state): State<Shared>, Path(method): Path<String>, headers: H
         "chat.postEphemeral" => post_ephemeral(&body),
         "views.open" => open_view(&body),
         "usergroups.users.list" => usergroup_members(&state, &body),
+        "conversations.history" => history(&state, &body),
         _ => slack_err("unknown_method"),
     }
 }
@@ -294,6 +368,133 @@ pub(crate) fn check_message(body: &Map<String, Value>) -> Option<Response> {
     (!problems.is_empty()).then(|| slack_err_with("invalid_blocks", problems))
 }
 
+/// A message's `metadata` as Slack reads it: `Ok(None)` when absent, `Err` (Slack's error code) when it is not
+/// `{"event_type": "…", "event_payload": {…}}` (a JSON-encoded string of it is accepted too, as Slack does).
+pub(crate) fn message_metadata(body: &Map<String, Value>) -> Result<Option<Value>, &'static str> {
+    let Some(raw) = body.get("metadata") else { return Ok(None) };
+    let md = match raw {
+        Value::String(s) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    let event_type_ok = md.get("event_type").and_then(Value::as_str).is_some_and(|t| {
+        !t.is_empty() && t.len() <= 255 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    });
+    if !event_type_ok || !md.get("event_payload").is_some_and(Value::is_object) {
+        return Err("invalid_metadata_format");
+    }
+    Ok(Some(md))
+}
+
+/// A ts (`seconds.micros`) as microseconds; `None` when it is not one.
+fn ts_micros(ts: &str) -> Option<i64> {
+    let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+    if secs.is_empty()
+        || secs.len() > 12
+        || frac.len() > 6
+        || !(secs.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let micros: i64 = format!("{frac:0<6}").parse().ok()?;
+    Some(secs.parse::<i64>().ok()? * 1_000_000 + micros)
+}
+
+fn number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+fn flag(v: Option<&Value>) -> bool {
+    v.is_some_and(|v| v.as_bool() == Some(true) || matches!(v.as_str(), Some("true" | "1")))
+}
+
+/// `conversations.history` over `messages` (the channel's top-level messages as Slack message objects, in
+/// any order): Slack's filters and paging. Shared with local mode's simulator.
+pub(crate) fn history_answer(body: &Map<String, Value>, mut messages: Vec<Value>) -> Response {
+    let limit = match body.get("limit") {
+        None => 100,
+        Some(v) => match number(v) {
+            Some(n) if n >= 1 => n.min(999),
+            _ => return slack_err("invalid_limit"),
+        },
+    };
+    let bound = |key: &str, err: &'static str| -> Result<Option<i64>, &'static str> {
+        match str_field(body, key) {
+            None => Ok(None),
+            Some(t) => ts_micros(t).map(Some).ok_or(err),
+        }
+    };
+    let (oldest, latest) = match (bound("oldest", "invalid_ts_oldest"), bound("latest", "invalid_ts_latest")) {
+        (Ok(o), Ok(l)) => (o, l),
+        (Err(code), _) | (_, Err(code)) => return slack_err(code),
+    };
+    // The cursor is opaque to callers: here, the hex of "before:<micros>".
+    let before = match str_field(body, "cursor") {
+        None => None,
+        Some(c) => match hex::decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("before:").and_then(|m| m.parse::<i64>().ok()))
+        {
+            Some(m) => Some(m),
+            None => return slack_err("invalid_cursor"),
+        },
+    };
+    let inclusive = flag(body.get("inclusive"));
+    let with_metadata = flag(body.get("include_all_metadata"));
+    let at = |m: &Value| m.get("ts").and_then(Value::as_str).and_then(ts_micros).unwrap_or(0);
+    messages.retain(|m| {
+        let t = at(m);
+        oldest.is_none_or(|o| if inclusive { t >= o } else { t > o })
+            && latest.is_none_or(|l| if inclusive { t <= l } else { t < l })
+            && before.is_none_or(|b| t < b)
+    });
+    messages.sort_by_key(|m| std::cmp::Reverse(at(m)));
+    let has_more = messages.len() as u64 > limit;
+    messages.truncate(usize::try_from(limit).unwrap_or(999));
+    let next_cursor = match messages.last() {
+        Some(m) if has_more => hex::encode(format!("before:{}", at(m))),
+        _ => String::new(),
+    };
+    if !with_metadata {
+        for m in &mut messages {
+            if let Value::Object(o) = m {
+                o.remove("metadata");
+            }
+        }
+    }
+    slack_ok(json!({
+        "messages": messages, "has_more": has_more, "pin_count": 0,
+        "response_metadata": { "next_cursor": next_cursor },
+    }))
+}
+
+fn history(state: &Shared, body: &Map<String, Value>) -> Response {
+    let Some(channel) = str_field(body, "channel") else {
+        return slack_err("channel_not_found");
+    };
+    let s = lock(state);
+    if s.no_history_scope {
+        return Json(json!({ "ok": false, "error": "missing_scope", "needed": "channels:history",
+                            "provided": SCOPES_WITHOUT_HISTORY }))
+        .into_response();
+    }
+    let messages = s
+        .messages
+        .iter()
+        .filter(|m| m.channel == channel && m.thread_ts.is_none())
+        .map(|m| {
+            let mut o = json!({ "type": "message", "user": "U0FAKEBOT1", "bot_id": FAKE_BOT_ID, "app_id": m.app_id,
+                                "ts": m.ts, "text": m.text, "blocks": m.blocks });
+            if let Some(md) = &m.metadata {
+                o["metadata"] = md.clone();
+            }
+            o
+        })
+        .collect();
+    drop(s);
+    history_answer(body, messages)
+}
+
 fn post_message(state: &Shared, body: &Map<String, Value>) -> Response {
     let Some(channel) = str_field(body, "channel") else {
         return slack_err("channel_not_found");
@@ -301,13 +502,24 @@ fn post_message(state: &Shared, body: &Map<String, Value>) -> Response {
     if let Some(r) = check_message(body) {
         return r;
     }
+    let metadata = match message_metadata(body) {
+        Ok(m) => m,
+        Err(code) => return slack_err(code),
+    };
     let mut s = lock(state);
-    let n = s.next_ts;
-    s.next_ts += 1;
-    let ts = format!("{}.{:06}", 1_700_000_000 + n / 1_000_000, n % 1_000_000);
+    let thread_ts = str_field(body, "thread_ts").map(str::to_string);
+    if let Some(parent) = &thread_ts {
+        if !s.messages.iter().any(|m| m.channel == channel && &m.ts == parent && m.thread_ts.is_none()) {
+            return slack_err("thread_not_found");
+        }
+    }
+    let ts = s.next_ts();
     let message = FakeMessage {
         channel: channel.to_string(),
         ts: ts.clone(),
+        thread_ts,
+        app_id: FAKE_APP_ID.to_string(),
+        metadata,
         text: body.get("text").and_then(Value::as_str).map(str::to_string),
         blocks: body.get("blocks").cloned().unwrap_or(Value::Null),
         updates: vec![],
@@ -323,10 +535,20 @@ fn update_message(state: &Shared, body: &Map<String, Value>) -> Response {
     if let Some(r) = check_message(body) {
         return r;
     }
+    let metadata = match message_metadata(body) {
+        Ok(m) => m,
+        Err(code) => return slack_err(code),
+    };
     let mut s = lock(state);
     let Some(m) = s.messages.iter_mut().find(|m| m.channel == channel && m.ts == ts) else {
         return slack_err("message_not_found");
     };
+    if m.app_id != FAKE_APP_ID {
+        return slack_err("cant_update_message");
+    }
+    if metadata.is_some() {
+        m.metadata = metadata;
+    }
     if let Some(t) = body.get("text").and_then(Value::as_str) {
         m.text = Some(t.to_string());
     }

@@ -265,3 +265,34 @@ fn version_changes_with_content() {
     let old = parse_policies(GOOD).unwrap().remove(0);
     assert_eq!(diff_fields(&old, &p).keys().collect::<Vec<_>>(), vec!["required_approvals"]);
 }
+
+#[test]
+fn principals_are_stored_as_the_file_wrote_them_and_parsed_once_on_load() {
+    let p = &parse_policies(GOOD).unwrap()[0];
+    let json = serde_json::to_value(p).unwrap();
+    assert_eq!(json["principals"], serde_json::json!(["arn:aws:iam::111122223333:role/deploy"]));
+    let back: Policy = serde_json::from_value(json).unwrap();
+    assert_eq!(&back, p);
+    assert_eq!(back.version(), p.version());
+    let who = Principal::parse("arn:aws:sts::111122223333:assumed-role/deploy/run-1").unwrap();
+    let (action, env) = (Action::parse("deploy").unwrap(), Environment::parse("production").unwrap());
+    assert!(back.matches(&who, &action, &env, None));
+}
+
+#[test]
+fn a_stored_principal_that_no_longer_parses_is_kept_but_never_matches() {
+    let mut json = serde_json::to_value(&parse_policies(GOOD).unwrap()[0]).unwrap();
+    json["principals"] = serde_json::json!(["arn:aws:iam::111122223333:root", "arn:aws:iam::111122223333:role/deploy"]);
+    let p: Policy = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&p).unwrap()["principals"], json["principals"]);
+    let (action, env) = (Action::parse("deploy").unwrap(), Environment::parse("production").unwrap());
+    let json_bad = serde_json::json!(["arn:aws:iam::111122223333:role/de ploy"]);
+    let mut bad = json.clone();
+    bad["principals"] = json_bad.clone();
+    let bad: Policy = serde_json::from_value(bad).unwrap();
+    assert_eq!(serde_json::to_value(&bad).unwrap()["principals"], json_bad);
+    let spaced = Principal { name: "de ploy".into(), ..Principal::parse("arn:aws:iam::111122223333:role/x").unwrap() };
+    assert!(!bad.matches(&spaced, &action, &env, None));
+    let who = Principal::parse("arn:aws:iam::111122223333:role/deploy").unwrap();
+    assert!(p.matches(&who, &action, &env, None));
+}

@@ -135,3 +135,41 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     // The page builds DOM nodes; it never parses message text as HTML.
     assert!(!APP_JS.contains("innerHTML") && !APP_JS.contains("insertAdjacentHTML") && !APP_JS.contains("eval("));
 }
+
+#[tokio::test]
+async fn history_pages_newest_first_and_returns_metadata_only_when_asked() {
+    let sim = Simulator::new(settings(None)).unwrap();
+    let md = json!({"event_type": "countersign_request", "event_payload": {"request_id": "req_1"}});
+    let first = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "a", "metadata": md})).await;
+    let oldest = first["ts"].as_str().unwrap().to_string();
+    for text in ["b", "c"] {
+        call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": text})).await;
+    }
+    let bad = json!({"event_type": "countersign_request"});
+    let r = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "d", "metadata": bad})).await;
+    assert_eq!(r["error"], "invalid_metadata_format");
+
+    let page = call(&sim, "conversations.history", json!({"channel": "C0APPROVALS", "limit": 2})).await;
+    let texts: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["c", "b"], "{page}");
+    assert_eq!(page["has_more"], true);
+    let cursor = page["response_metadata"]["next_cursor"].as_str().unwrap().to_string();
+    let page = call(
+        &sim,
+        "conversations.history",
+        json!({"channel": "C0APPROVALS", "limit": 2, "cursor": cursor, "include_all_metadata": true}),
+    )
+    .await;
+    assert_eq!(page["messages"][0]["text"], "a");
+    assert_eq!(page["messages"][0]["metadata"], md);
+    assert_eq!(page["messages"][0]["app_id"], "A0LOCAL01");
+    assert_eq!(page["has_more"], false);
+    assert_eq!(page["response_metadata"]["next_cursor"], "");
+    let page = call(&sim, "conversations.history", json!({"channel": "C0APPROVALS", "oldest": oldest})).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2, "oldest is exclusive");
+    assert!(page["messages"][0].get("metadata").is_none());
+    let r = call(&sim, "conversations.history", json!({"channel": "C0APPROVALS", "limit": 0})).await;
+    assert_eq!(r["error"], "invalid_limit");
+    let r = call(&sim, "conversations.history", json!({"channel": "C0APPROVALS", "cursor": "zz"})).await;
+    assert_eq!(r["error"], "invalid_cursor");
+}

@@ -356,3 +356,32 @@ fn base_url_must_be_plain_http_or_https() {
         assert!(SlackClient::new(t.clone()).unwrap().with_base_url(bad).is_err(), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn conversation_history_pages_older_with_the_cursor_and_a_missing_scope_is_final() {
+    let (fake, client) = setup().await;
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        let mut m = message(&format!("m{i}"));
+        m["metadata"] =
+            json!({"event_type": "countersign_request", "event_payload": {"request_id": format!("req_{i}")}});
+        posted.push(client.post_message(&channel(), &m).await.unwrap().ts);
+    }
+    // Newest first, after `oldest` (exclusive), two at a time, metadata included.
+    let page = client.conversation_history(&channel(), &posted[0], 2, None).await.unwrap();
+    let ts: Vec<&str> = page.messages.iter().map(|m| m["ts"].as_str().unwrap()).collect();
+    assert_eq!(ts, [posted[4].as_str(), posted[3].as_str()]);
+    assert_eq!(page.messages[0]["metadata"]["event_payload"]["request_id"], "req_4");
+    let page = client.conversation_history(&channel(), &posted[0], 2, page.next_cursor.as_deref()).await.unwrap();
+    let ts: Vec<&str> = page.messages.iter().map(|m| m["ts"].as_str().unwrap()).collect();
+    assert_eq!(ts, [posted[2].as_str(), posted[1].as_str()], "the oldest bound is exclusive");
+    assert_eq!(page.next_cursor, None, "the last page");
+    let call = fake.calls_to("conversations.history").pop().unwrap();
+    assert_eq!(call.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(call.body["include_all_metadata"], "true");
+
+    fake.set_history_scope(false);
+    let e = client.conversation_history(&channel(), &posted[0], 2, None).await.unwrap_err();
+    assert!(matches!(&e, SlackError::Api(code) if code == "missing_scope"), "{e:?}");
+    assert!(!e.retryable(), "a missing scope does not heal by waiting");
+}
