@@ -458,10 +458,11 @@ async fn two_thousand_requests_with_votes_at_concurrency_32_lose_nothing_and_the
     assert_eq!(by_kind, expected, "audit records by kind");
     let size = |f: &str| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()) / 1024;
     eprintln!(
-        "audit: {} records, {failed_posts} slack.post_failed; {} KiB store, {} KiB simulator state (rewritten whole on every post and update)",
+        "audit: {} records, {failed_posts} slack.post_failed; {} KiB store, {} KiB simulator state + {} KiB journal (folded in at the next start)",
         records.len(),
         size(countersign::adapters::embedded::DB_FILE),
         size(countersign::local::simulator::STATE_FILE),
+        size(&format!("slack-simulator.{}", countersign::local::simulator::JOURNAL_EXTENSION)),
     );
     assert_eq!(verified, records.len() as u64, "verify read the whole export's worth of records");
     assert_eq!(verified, 2 + 5 * total as u64 + failed_posts as u64);
