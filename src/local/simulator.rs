@@ -858,45 +858,87 @@ struct StateQuery {
     user: Option<String>,
 }
 
+/// A top-level message as the page shows it, with its thread's replies.
+#[derive(Serialize)]
+struct PageMessage<'a> {
+    ts: &'a str,
+    text: &'a Option<String>,
+    blocks: &'a Value,
+    edited: bool,
+    replies: Vec<&'a SimMessage>,
+}
+
+#[derive(Serialize)]
+struct PageChannel<'a> {
+    id: &'a str,
+    name: String,
+    messages: Vec<PageMessage<'a>>,
+}
+
+#[derive(Serialize)]
+struct PageState<'a> {
+    version: u64,
+    workspace: Value,
+    users: &'a [UserInfo],
+    groups: Vec<Value>,
+    channels: Vec<PageChannel<'a>>,
+    ephemerals: Vec<&'a Ephemeral>,
+    modal: Option<&'a OpenView>,
+}
+
+/// Serialized straight from the state (no copy of every message) and once: the lock is held only for that.
 async fn page_state(State(sim): State<Simulator>, Query(q): Query<StateQuery>) -> Response {
     let settings = &sim.0.settings;
-    let s = sim.lock();
     let user = q.user.unwrap_or_default();
-    let mut channel_ids: Vec<String> = settings.channels.iter().map(|c| c.id.to_string()).collect();
-    for id in s.persisted.channels.keys() {
-        if !channel_ids.contains(id) {
-            channel_ids.push(id.clone());
+    let body = {
+        let s = sim.lock();
+        let mut channel_ids: Vec<&str> = settings.channels.iter().map(|c| c.id.as_str()).collect();
+        for id in s.persisted.channels.keys() {
+            if !channel_ids.contains(&id.as_str()) {
+                channel_ids.push(id);
+            }
         }
-    }
-    let channels: Vec<Value> = channel_ids
-        .iter()
-        .map(|id| {
-            let all = s.persisted.channels.get(id).map_or(&[][..], Vec::as_slice);
-            let messages: Vec<Value> = all
-                .iter()
-                .filter(|m| m.thread_ts.is_none())
-                .map(|m| {
-                    let replies: Vec<&SimMessage> =
-                        all.iter().filter(|r| r.thread_ts.as_deref() == Some(m.ts.as_str())).collect();
-                    json!({ "ts": m.ts, "text": m.text, "blocks": m.blocks, "edited": m.updates > 0, "replies": replies })
-                })
-                .collect();
-            json!({ "id": id, "name": sim.channel_name(id), "messages": messages })
+        let channels: Vec<PageChannel<'_>> = channel_ids
+            .iter()
+            .map(|&id| {
+                let all = s.persisted.channels.get(id).map_or(&[][..], Vec::as_slice);
+                let mut replies: HashMap<&str, Vec<&SimMessage>> = HashMap::new();
+                for r in all {
+                    if let Some(parent) = r.thread_ts.as_deref() {
+                        replies.entry(parent).or_default().push(r);
+                    }
+                }
+                let messages = all
+                    .iter()
+                    .filter(|m| m.thread_ts.is_none())
+                    .map(|m| PageMessage {
+                        ts: &m.ts,
+                        text: &m.text,
+                        blocks: &m.blocks,
+                        edited: m.updates > 0,
+                        replies: replies.remove(m.ts.as_str()).unwrap_or_default(),
+                    })
+                    .collect();
+                PageChannel { id, name: sim.channel_name(id), messages }
+            })
+            .collect();
+        let ephemerals: Vec<&Ephemeral> = s.ephemerals.iter().filter(|e| e.user == user).collect();
+        let groups: Vec<Value> =
+            settings.groups.iter().map(|g| json!({ "id": g.id, "handle": g.handle, "members": g.members })).collect();
+        serde_json::to_vec(&PageState {
+            version: s.version,
+            workspace: json!({ "team_id": settings.team_id, "domain": WORKSPACE_DOMAIN, "app_id": settings.app_id }),
+            users: &settings.users,
+            groups,
+            channels,
+            ephemerals,
+            modal: s.views.get(&user),
         })
-        .collect();
-    let ephemerals: Vec<&Ephemeral> = s.ephemerals.iter().filter(|e| e.user == user).collect();
-    let groups: Vec<Value> =
-        settings.groups.iter().map(|g| json!({ "id": g.id, "handle": g.handle, "members": g.members })).collect();
-    Json(json!({
-        "version": s.version,
-        "workspace": { "team_id": settings.team_id, "domain": WORKSPACE_DOMAIN, "app_id": settings.app_id },
-        "users": settings.users,
-        "groups": groups,
-        "channels": channels,
-        "ephemerals": ephemerals,
-        "modal": s.views.get(&user),
-    }))
-    .into_response()
+    };
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialize the state: {e}")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -396,8 +396,6 @@ async fn stored_requests(dir: &Path) -> Vec<ApprovalRequest> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "too slow for the test command until local mode is faster (docs/security.md, Reliability: Load); \
-            run with `cargo test --test integration load:: -- --ignored`"]
 async fn two_thousand_requests_with_votes_at_concurrency_32_lose_nothing_and_the_chain_verifies() {
     let total = requests_to_make();
     let dir = load_data_dir();
