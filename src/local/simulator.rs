@@ -16,12 +16,17 @@
 //!   `POST /slack/sim/close`, `POST /slack/sim/dismiss`: the page's JSON API. POSTs must be JSON from the
 //!   same origin (a cross-site form cannot act as an approver).
 //!
-//! Messages are kept in `DATA_DIR/slack-simulator.json`, so a restart loses nothing. Development machinery:
-//! it must never be reachable from a deployed Lambda, and local mode should stay on the loopback.
+//! Messages are kept in `DATA_DIR/slack-simulator.json` (a snapshot) and `DATA_DIR/slack-simulator.journal`
+//! (one JSON line per message posted, updated or deleted since), so a restart loses nothing: an API call
+//! that changes a message answers only once its line is written. One writer thread appends the lines,
+//! many at a time, and nothing holds the state's lock while it writes; the journal is folded into the
+//! snapshot when the simulator starts. Development machinery: it must never be reachable from a deployed
+//! Lambda, and local mode should stay on the loopback.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -43,8 +48,10 @@ use crate::ports::{Clock, SecretString, SystemClock};
 
 use super::config::{SimChannel, SimGroup, SlackConfig};
 
-/// The state file under the data directory.
+/// The state file under the data directory: the snapshot of the kept messages.
 pub const STATE_FILE: &str = "slack-simulator.json";
+/// The changes since the snapshot, one JSON line each, next to it (`slack-simulator.journal`).
+pub const JOURNAL_EXTENSION: &str = "journal";
 /// Slack lets a `trigger_id` open a view within 3 seconds, once.
 pub const TRIGGER_TTL: Duration = Duration::from_secs(3);
 /// Slack's response URLs: 30 minutes, 5 uses.
@@ -163,6 +170,129 @@ struct Persisted {
     last_ts_micros: u64,
 }
 
+/// One line of the journal. Each names its message by (channel, ts) and carries its whole new state, so
+/// applying a line twice (a crash after the snapshot was written, before the journal was emptied) changes
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Change {
+    /// The message as it now is: replaces the one with its ts, or is added after the channel's others.
+    Put {
+        channel: String,
+        message: SimMessage,
+        last_ts_micros: u64,
+    },
+    Delete {
+        channel: String,
+        ts: String,
+    },
+}
+
+impl Persisted {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Put { channel, message, last_ts_micros } => {
+                self.last_ts_micros = self.last_ts_micros.max(last_ts_micros);
+                let list = self.channels.entry(channel).or_default();
+                match list.iter_mut().find(|m| m.ts == message.ts) {
+                    Some(m) => *m = message,
+                    None => list.push(message),
+                }
+            }
+            Change::Delete { channel, ts } => {
+                if let Some(list) = self.channels.get_mut(&channel) {
+                    list.retain(|m| m.ts != ts);
+                }
+            }
+        }
+    }
+
+    /// The put that records `channel`'s message `ts` as it now is, if it exists.
+    fn put(&self, channel: &str, ts: &str) -> Option<Change> {
+        let message = self.channels.get(channel)?.iter().find(|m| m.ts == ts)?.clone();
+        Some(Change::Put { channel: channel.to_string(), message, last_ts_micros: self.last_ts_micros })
+    }
+}
+
+/// The journal's path next to the state file.
+pub fn journal_path(state_file: &FsPath) -> PathBuf {
+    state_file.with_extension(JOURNAL_EXTENSION)
+}
+
+/// Applies the journal's lines to `p`; how many were applied. A last line cut short (the process was
+/// killed while writing it: its call was never answered) is ignored; any other line that does not parse
+/// is skipped with a warning, and the journal is copied aside first so nothing is lost.
+fn replay(p: &mut Persisted, path: &FsPath, bytes: &[u8]) -> usize {
+    let mut applied = 0;
+    let mut copied_aside = false;
+    let mut lines = bytes.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Change>(line) {
+            Ok(c) => {
+                p.apply(c);
+                applied += 1;
+            }
+            // Only the last piece can lack its newline: every line is written with one.
+            Err(_) if last => tracing::warn!(journal = %path.display(), "ignoring a torn last journal line"),
+            Err(e) => {
+                if !copied_aside {
+                    let aside = path.with_extension("journal.corrupt");
+                    let _ = std::fs::write(&aside, bytes);
+                    tracing::warn!(error = %e, copied_to = %aside.display(), "simulator journal line unreadable; skipping it");
+                    copied_aside = true;
+                }
+            }
+        }
+    }
+    applied
+}
+
+/// Writes the snapshot durably (a temporary file, synced, renamed over the old one).
+fn write_snapshot(path: &FsPath, p: &Persisted) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(p).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Makes the rename itself durable; not every platform can open a directory.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// A change on its way to the journal, and who waits for it to be written.
+type Pending = (Change, tokio::sync::oneshot::Sender<()>);
+
+/// The journal's writer thread: appends whatever changes are waiting, in the order they were made, in one
+/// write, then answers each. Ends when the simulator is dropped.
+fn journal_writer(path: PathBuf, mut file: std::fs::File, rx: mpsc::Receiver<Pending>) {
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        buf.clear();
+        for (change, _) in &batch {
+            match serde_json::to_writer(&mut buf, change) {
+                Ok(()) => buf.push(b'\n'),
+                Err(e) => tracing::warn!(error = %e, "cannot serialize a simulator journal line"),
+            }
+        }
+        if let Err(e) = file.write_all(&buf) {
+            tracing::warn!(error = %e, journal = %path.display(), "cannot write the simulator journal");
+        }
+        for (_, done) in batch {
+            let _ = done.send(());
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Ephemeral {
     id: u64,
@@ -238,8 +368,9 @@ struct Inner {
     settings: SimSettings,
     state: Mutex<SimState>,
     http: reqwest::Client,
-    /// Serializes state-file writes; holds the version last written so an older snapshot never wins.
-    saved: tokio::sync::Mutex<u64>,
+    /// To the journal's writer thread; `None` keeps messages in memory only. Sent to while holding the
+    /// state's lock, so lines are written in the order the changes were made.
+    journal: Option<mpsc::Sender<Pending>>,
 }
 
 /// A running simulator; clone freely.
@@ -263,9 +394,11 @@ fn unix_now() -> i64 {
 }
 
 impl Simulator {
-    /// Loads the kept messages (a file that does not parse is moved aside with a warning, never lost).
+    /// Loads the kept messages (a file that does not parse is moved aside with a warning, never lost),
+    /// folds the journal into the snapshot and starts the journal's writer.
     pub fn new(settings: SimSettings) -> Result<Self, SimError> {
         let mut state = SimState::default();
+        let mut journal = None;
         if let Some(path) = &settings.state_file {
             match std::fs::read(path) {
                 Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
@@ -274,18 +407,69 @@ impl Simulator {
                         let aside = path.with_extension("json.corrupt");
                         tracing::warn!(error = %e, moved_to = %aside.display(), "simulator state unreadable; starting empty");
                         let _ = std::fs::rename(path, &aside);
+                        // Its journal only makes sense on top of it: kept aside with it.
+                        let journal = journal_path(path);
+                        let _ = std::fs::rename(&journal, journal.with_extension("journal.corrupt"));
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the simulator state; starting empty"),
             }
+            journal = Self::open_journal(path, &mut state.persisted);
         }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(CALLBACK_TIMEOUT)
             .build()
             .map_err(SimError::Http)?;
-        Ok(Self(Arc::new(Inner { settings, state: Mutex::new(state), http, saved: tokio::sync::Mutex::new(0) })))
+        Ok(Self(Arc::new(Inner { settings, state: Mutex::new(state), http, journal })))
+    }
+
+    /// Replays the journal onto `persisted`, writes the result as the new snapshot and empties the
+    /// journal, then opens it for appending and starts its writer. `None` (with a warning) when the
+    /// journal cannot be opened: the simulator then keeps messages in memory only.
+    fn open_journal(state_file: &FsPath, persisted: &mut Persisted) -> Option<mpsc::Sender<Pending>> {
+        let path = journal_path(state_file);
+        let applied = match std::fs::read(&path) {
+            Ok(bytes) => replay(persisted, &path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, journal = %path.display(), "cannot read the simulator journal");
+                0
+            }
+        };
+        let mut truncate = true;
+        if applied > 0 {
+            if let Err(e) = write_snapshot(state_file, persisted) {
+                // Keep the journal: the next start replays it again.
+                tracing::warn!(error = %e, "cannot fold the simulator journal into its state file");
+                truncate = false;
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|f| {
+            if truncate {
+                f.set_len(0).map(|()| f)
+            } else {
+                Ok(f)
+            }
+        });
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, journal = %path.display(), "cannot open the simulator journal; messages will not survive a restart");
+                return None;
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let spawned =
+            std::thread::Builder::new().name("slack-sim-journal".into()).spawn(move || journal_writer(path, file, rx));
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the simulator journal's writer; messages will not survive a restart");
+                None
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
@@ -315,40 +499,22 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// Marks a visible change and writes the kept messages (outside the lock, newest snapshot wins).
-    async fn changed(&self, persist: bool) {
-        let snapshot = {
-            let mut s = self.lock();
-            s.version += 1;
-            if !persist {
-                return;
+    /// Sends a change to the journal; call it while still holding the state's lock, right after making
+    /// the change, so the journal keeps the changes' order. Await the answer with [`Self::changed`].
+    fn record(&self, change: Option<Change>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (journal, change) = (self.0.journal.as_ref()?, change?);
+        let (done, written) = tokio::sync::oneshot::channel();
+        journal.send((change, done)).ok()?;
+        Some(written)
+    }
+
+    /// Marks a visible change and, when it changed kept messages, waits until its journal line is written.
+    async fn changed(&self, written: Option<tokio::sync::oneshot::Receiver<()>>) {
+        self.lock().version += 1;
+        if let Some(w) = written {
+            if w.await.is_err() {
+                tracing::warn!("the simulator journal's writer stopped");
             }
-            (s.version, serde_json::to_vec_pretty(&s.persisted))
-        };
-        let Some(path) = self.0.settings.state_file.clone() else {
-            return;
-        };
-        let (version, bytes) = match snapshot {
-            (v, Ok(b)) => (v, b),
-            (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot serialize the simulator state");
-                return;
-            }
-        };
-        let mut saved = self.0.saved.lock().await;
-        if *saved >= version {
-            return;
-        }
-        let write = tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await;
-        match write {
-            Ok(Ok(())) => *saved = version,
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the simulator state"),
-            Err(e) => tracing::warn!(error = %e, "simulator state writer failed"),
         }
     }
 
@@ -468,7 +634,7 @@ async fn post_message(sim: &Simulator, body: &Map<String, Value>) -> Response {
         Err(code) => return slack_err(code),
     };
     let thread_ts = str_field(body, "thread_ts").map(str::to_string);
-    let ts = {
+    let (ts, written) = {
         let mut s = sim.lock();
         if let Some(parent) = &thread_ts {
             if s.message(channel, parent).is_none_or(|m| m.thread_ts.is_some()) {
@@ -485,9 +651,10 @@ async fn post_message(sim: &Simulator, body: &Map<String, Value>) -> Response {
             metadata,
         };
         s.persisted.channels.entry(channel.to_string()).or_default().push(m);
-        ts
+        let written = sim.record(s.persisted.put(channel, &ts));
+        (ts, written)
     };
-    sim.changed(true).await;
+    sim.changed(written).await;
     slack_ok(
         json!({ "channel": channel, "ts": ts, "message": { "ts": ts, "text": body.get("text"), "bot_id": BOT_ID } }),
     )
@@ -504,7 +671,7 @@ async fn update_message(sim: &Simulator, body: &Map<String, Value>) -> Response 
         Ok(m) => m,
         Err(code) => return slack_err(code),
     };
-    {
+    let written = {
         let mut s = sim.lock();
         let Some(m) = s.message_mut(channel, ts) else {
             return slack_err("message_not_found");
@@ -519,8 +686,9 @@ async fn update_message(sim: &Simulator, body: &Map<String, Value>) -> Response 
             m.blocks = b.clone();
         }
         m.updates += 1;
-    }
-    sim.changed(true).await;
+        sim.record(s.persisted.put(channel, ts))
+    };
+    sim.changed(written).await;
     slack_ok(json!({ "channel": channel, "ts": ts }))
 }
 
@@ -548,7 +716,7 @@ async fn post_ephemeral(sim: &Simulator, body: &Map<String, Value>) -> Response 
         });
         ts
     };
-    sim.changed(false).await;
+    sim.changed(None).await;
     slack_ok(json!({ "message_ts": ts }))
 }
 
@@ -575,7 +743,7 @@ async fn open_view(sim: &Simulator, body: &Map<String, Value>) -> Response {
         s.views.insert(trigger.user, OpenView { view_id: view_id.clone(), view: view.clone(), errors: None });
         view_id
     };
-    sim.changed(false).await;
+    sim.changed(None).await;
     slack_ok(json!({ "view": { "id": view_id, "type": "modal" } }))
 }
 
@@ -623,7 +791,7 @@ async fn response_url(
     let Value::Object(body) = parse_body(content_type(&headers), &body) else {
         return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
     };
-    let persist = {
+    let written = {
         let mut s = sim.lock();
         let (user, channel, message_ts) = match s.responses.get_mut(&id) {
             Some(r) if r.created.elapsed() <= RESPONSE_URL_TTL && r.uses < RESPONSE_URL_MAX_USES => {
@@ -636,30 +804,29 @@ async fn response_url(
         let blocks = body.get("blocks").cloned().unwrap_or(Value::Null);
         let flag = |k: &str| body.get(k).is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
         if flag("delete_original") {
-            if let Some(list) = s.persisted.channels.get_mut(&channel) {
-                list.retain(|m| m.ts != message_ts);
-            }
-            true
+            let change = Change::Delete { channel: channel.clone(), ts: message_ts.clone() };
+            s.persisted.apply(change.clone());
+            sim.record(Some(change))
         } else if flag("replace_original") {
             if let Some(m) = s.message_mut(&channel, &message_ts) {
                 m.text = text;
                 m.blocks = blocks;
                 m.updates += 1;
             }
-            true
+            sim.record(s.persisted.put(&channel, &message_ts))
         } else if body.get("response_type").and_then(Value::as_str) == Some("in_channel") {
             let ts = s.next_ts();
-            let m = SimMessage { ts, text, blocks, thread_ts: None, updates: 0, metadata: None };
-            s.persisted.channels.entry(channel).or_default().push(m);
-            true
+            let m = SimMessage { ts: ts.clone(), text, blocks, thread_ts: None, updates: 0, metadata: None };
+            s.persisted.channels.entry(channel.clone()).or_default().push(m);
+            sim.record(s.persisted.put(&channel, &ts))
         } else {
             let ts = s.next_ts();
             let id = s.next_id();
             s.ephemerals.push(Ephemeral { id, user, channel, ts, text, blocks });
-            false
+            None
         }
     };
-    sim.changed(persist).await;
+    sim.changed(written).await;
     Json(json!({ "ok": true })).into_response()
 }
 
@@ -691,45 +858,87 @@ struct StateQuery {
     user: Option<String>,
 }
 
+/// A top-level message as the page shows it, with its thread's replies.
+#[derive(Serialize)]
+struct PageMessage<'a> {
+    ts: &'a str,
+    text: &'a Option<String>,
+    blocks: &'a Value,
+    edited: bool,
+    replies: Vec<&'a SimMessage>,
+}
+
+#[derive(Serialize)]
+struct PageChannel<'a> {
+    id: &'a str,
+    name: String,
+    messages: Vec<PageMessage<'a>>,
+}
+
+#[derive(Serialize)]
+struct PageState<'a> {
+    version: u64,
+    workspace: Value,
+    users: &'a [UserInfo],
+    groups: Vec<Value>,
+    channels: Vec<PageChannel<'a>>,
+    ephemerals: Vec<&'a Ephemeral>,
+    modal: Option<&'a OpenView>,
+}
+
+/// Serialized straight from the state (no copy of every message) and once: the lock is held only for that.
 async fn page_state(State(sim): State<Simulator>, Query(q): Query<StateQuery>) -> Response {
     let settings = &sim.0.settings;
-    let s = sim.lock();
     let user = q.user.unwrap_or_default();
-    let mut channel_ids: Vec<String> = settings.channels.iter().map(|c| c.id.to_string()).collect();
-    for id in s.persisted.channels.keys() {
-        if !channel_ids.contains(id) {
-            channel_ids.push(id.clone());
+    let body = {
+        let s = sim.lock();
+        let mut channel_ids: Vec<&str> = settings.channels.iter().map(|c| c.id.as_str()).collect();
+        for id in s.persisted.channels.keys() {
+            if !channel_ids.contains(&id.as_str()) {
+                channel_ids.push(id);
+            }
         }
-    }
-    let channels: Vec<Value> = channel_ids
-        .iter()
-        .map(|id| {
-            let all = s.persisted.channels.get(id).map_or(&[][..], Vec::as_slice);
-            let messages: Vec<Value> = all
-                .iter()
-                .filter(|m| m.thread_ts.is_none())
-                .map(|m| {
-                    let replies: Vec<&SimMessage> =
-                        all.iter().filter(|r| r.thread_ts.as_deref() == Some(m.ts.as_str())).collect();
-                    json!({ "ts": m.ts, "text": m.text, "blocks": m.blocks, "edited": m.updates > 0, "replies": replies })
-                })
-                .collect();
-            json!({ "id": id, "name": sim.channel_name(id), "messages": messages })
+        let channels: Vec<PageChannel<'_>> = channel_ids
+            .iter()
+            .map(|&id| {
+                let all = s.persisted.channels.get(id).map_or(&[][..], Vec::as_slice);
+                let mut replies: HashMap<&str, Vec<&SimMessage>> = HashMap::new();
+                for r in all {
+                    if let Some(parent) = r.thread_ts.as_deref() {
+                        replies.entry(parent).or_default().push(r);
+                    }
+                }
+                let messages = all
+                    .iter()
+                    .filter(|m| m.thread_ts.is_none())
+                    .map(|m| PageMessage {
+                        ts: &m.ts,
+                        text: &m.text,
+                        blocks: &m.blocks,
+                        edited: m.updates > 0,
+                        replies: replies.remove(m.ts.as_str()).unwrap_or_default(),
+                    })
+                    .collect();
+                PageChannel { id, name: sim.channel_name(id), messages }
+            })
+            .collect();
+        let ephemerals: Vec<&Ephemeral> = s.ephemerals.iter().filter(|e| e.user == user).collect();
+        let groups: Vec<Value> =
+            settings.groups.iter().map(|g| json!({ "id": g.id, "handle": g.handle, "members": g.members })).collect();
+        serde_json::to_vec(&PageState {
+            version: s.version,
+            workspace: json!({ "team_id": settings.team_id, "domain": WORKSPACE_DOMAIN, "app_id": settings.app_id }),
+            users: &settings.users,
+            groups,
+            channels,
+            ephemerals,
+            modal: s.views.get(&user),
         })
-        .collect();
-    let ephemerals: Vec<&Ephemeral> = s.ephemerals.iter().filter(|e| e.user == user).collect();
-    let groups: Vec<Value> =
-        settings.groups.iter().map(|g| json!({ "id": g.id, "handle": g.handle, "members": g.members })).collect();
-    Json(json!({
-        "version": s.version,
-        "workspace": { "team_id": settings.team_id, "domain": WORKSPACE_DOMAIN, "app_id": settings.app_id },
-        "users": settings.users,
-        "groups": groups,
-        "channels": channels,
-        "ephemerals": ephemerals,
-        "modal": s.views.get(&user),
-    }))
-    .into_response()
+    };
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialize the state: {e}")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -908,7 +1117,7 @@ async fn submit(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -
             (false, _) => false,
         }
     };
-    sim.changed(false).await;
+    sim.changed(None).await;
     let mut out = result;
     out["closed"] = Value::Bool(closed);
     Json(out).into_response()
@@ -933,7 +1142,7 @@ async fn close(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) ->
             s.views.remove(&req.user);
         }
     }
-    sim.changed(false).await;
+    sim.changed(None).await;
     Json(json!({ "closed": true })).into_response()
 }
 
@@ -951,7 +1160,7 @@ async fn dismiss(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) 
         return page_error(StatusCode::BAD_REQUEST, "expected {user, id}");
     };
     sim.lock().ephemerals.retain(|e| !(e.id == req.id && e.user == req.user));
-    sim.changed(false).await;
+    sim.changed(None).await;
     Json(json!({ "dismissed": true })).into_response()
 }
 

@@ -31,7 +31,7 @@ use countersign::ports::{AuditLog, Stores};
 use lambda_http::request::RequestContext;
 use serde_json::{json, Value};
 
-use crate::harness::{DynamoTamper, Tamper};
+use crate::harness::{DynamoTamper, SqliteTamper, Tamper};
 use crate::support::{spawn_app_on, TestApp, APP_ID, DEPLOY_ARN, POLICIES, TEAM_ID};
 
 const AKID: &str = "AKIDCLITEST000000001";
@@ -770,21 +770,26 @@ async fn emulator_tamper_then_verify(tamper: impl AsyncFnOnce(&DynamoTamper), ex
     let dyn_store = ["--store", "dynamodb", "--table-prefix", p.as_str()];
     assert_eq!(run_cli(&args(&["audit", "verify"], &dyn_store)).await.code, 0);
     tamper(&DynamoTamper::new(client, TableNames::with_prefix(&p).audit)).await;
-    let ran = run_cli(&args(&["audit", "verify"], &dyn_store)).await;
+    verify_names_the_break(&dyn_store, expect).await;
+}
+
+/// `countersign audit verify` on a tampered store exits 1, says `expect`, and `--output json` agrees.
+async fn verify_names_the_break(store: &[&str], expect: &str) {
+    let ran = run_cli(&args(&["audit", "verify"], store)).await;
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.stdout.contains(expect), "expected {expect:?}: {ran:?}");
-    let json = run_cli(&args(&["audit", "verify", "--output", "json"], &dyn_store)).await;
+    let json = run_cli(&args(&["audit", "verify", "--output", "json"], store)).await;
     assert_eq!(json.code, 1);
     assert_eq!(serde_json::from_str::<Value>(json.stdout.trim()).unwrap()["intact"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emulator_verify_names_an_edited_record() {
+async fn t25_emulator_audit_verify_names_an_edited_record() {
     emulator_tamper_then_verify(async |t: &DynamoTamper| t.edit_audit(4).await, "record seq 4 was edited").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emulator_verify_names_a_deleted_record() {
+async fn t25_emulator_audit_verify_names_a_deleted_record() {
     emulator_tamper_then_verify(
         async |t: &DynamoTamper| t.delete_audit(3).await,
         "record seq 3 is missing (next record found is seq 4)",
@@ -793,9 +798,44 @@ async fn emulator_verify_names_a_deleted_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emulator_verify_names_a_moved_record() {
+async fn t25_emulator_audit_verify_names_a_moved_record() {
     emulator_tamper_then_verify(
         async |t: &DynamoTamper| t.swap_audit(2, 5).await,
+        "record seq 2 is out of order (it comes after seq 5)",
+    )
+    .await;
+}
+
+/// The same on local mode's store: six records in the database file, one edited, deleted or moved with
+/// raw SQL (the append-only triggers dropped first, as anyone with write access to the file can).
+async fn local_tamper_then_verify(tamper: impl AsyncFnOnce(&SqliteTamper), expect: &str) {
+    let (dir, store) = crate::harness::embedded();
+    store.append(crate::conformance::drafts(6, "t25")).await.unwrap();
+    let local = ["--store", "local", "--data-dir", dir.path().to_str().unwrap()];
+    let ran = run_cli(&args(&["audit", "verify"], &local)).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    tamper(&SqliteTamper::at(store.db_path())).await;
+    verify_names_the_break(&local, expect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_local_audit_verify_names_an_edited_record() {
+    local_tamper_then_verify(async |t: &SqliteTamper| t.edit_audit(4).await, "record seq 4 was edited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_local_audit_verify_names_a_deleted_record() {
+    local_tamper_then_verify(
+        async |t: &SqliteTamper| t.delete_audit(3).await,
+        "record seq 3 is missing (next record found is seq 4)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_local_audit_verify_names_a_moved_record() {
+    local_tamper_then_verify(
+        async |t: &SqliteTamper| t.swap_audit(2, 5).await,
         "record seq 2 is out of order (it comes after seq 5)",
     )
     .await;

@@ -92,7 +92,7 @@ fn conflict(r: Result<(), StoreError>) -> Conflict {
     }
 }
 
-fn drafts(n: usize, tag: &str) -> Vec<AuditDraft> {
+pub(crate) fn drafts(n: usize, tag: &str) -> Vec<AuditDraft> {
     (0..n)
         .map(|i| {
             AuditDraft::new(
@@ -685,19 +685,19 @@ async fn six_records<S: Store>(sut: &Sut<S>) {
     assert_eq!(verify_chain(&all_audit(&*sut.store).await).unwrap().records, 6);
 }
 
-pub async fn chain_verification_names_an_edited_record<S: Store>(sut: Sut<S>) {
+pub async fn t25_chain_verification_names_an_edited_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.edit_audit(3).await;
     assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::Edited { seq: 3 }));
 }
 
-pub async fn chain_verification_names_a_deleted_record<S: Store>(sut: Sut<S>) {
+pub async fn t25_chain_verification_names_a_deleted_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.delete_audit(3).await;
     assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::Missing { expected: 3, found: 4 }));
 }
 
-pub async fn chain_verification_names_a_moved_record<S: Store>(sut: Sut<S>) {
+pub async fn t25_chain_verification_names_a_moved_record<S: Store>(sut: Sut<S>) {
     six_records(&sut).await;
     sut.tamper.swap_audit(2, 4).await;
     assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::OutOfOrder { seq: 2, after: 4 }));
@@ -725,9 +725,9 @@ macro_rules! conformance {
             audit_read_from_pages_through_the_chain_in_order,
             for_request_returns_that_requests_records_in_chain_order,
             policies_are_stored_replaced_and_deleted_with_audit_records,
-            chain_verification_names_an_edited_record,
-            chain_verification_names_a_deleted_record,
-            chain_verification_names_a_moved_record,
+            t25_chain_verification_names_an_edited_record,
+            t25_chain_verification_names_a_deleted_record,
+            t25_chain_verification_names_a_moved_record,
         ]);
     };
     (@tests $store:ident, $sut:path, { $($extra:item)* }, [$($test:ident),* $(,)?]) => {

@@ -5,7 +5,7 @@
 //! Without it they print a notice and pass, except under `CI=true`, where they fail.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -65,6 +65,11 @@ pub struct SqliteTamper {
 }
 
 impl SqliteTamper {
+    /// Tampers with the database file at `path`.
+    pub fn at(path: &Path) -> Self {
+        Self { path: path.to_path_buf() }
+    }
+
     fn conn(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(&self.path).expect("open database file");
         conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");

@@ -20,14 +20,14 @@ use tokio::sync::oneshot;
 
 use crate::support::POLICIES;
 
-const KEY_ID: &str = "AKIALOCALTEST0000001";
-const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
-const ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
-const SIGNING_SECRET: &str = "0123456789abcdef0123456789abcdef";
-const ALICE: &str = "UALICE0001";
-const BOB: &str = "UBOB000001";
+pub(crate) const KEY_ID: &str = "AKIALOCALTEST0000001";
+pub(crate) const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
+pub(crate) const ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
+pub(crate) const SIGNING_SECRET: &str = "0123456789abcdef0123456789abcdef";
+pub(crate) const ALICE: &str = "UALICE0001";
+pub(crate) const BOB: &str = "UBOB000001";
 const OWNER: &str = "U0OWNER001";
-const CHANNEL: &str = "C0APPROVALS";
+pub(crate) const CHANNEL: &str = "C0APPROVALS";
 
 /// A running `countersign dev`; [`Dev::stop`] shuts it down gracefully.
 struct Dev {
@@ -37,7 +37,8 @@ struct Dev {
     task: tokio::task::JoinHandle<Result<(), LocalError>>,
 }
 
-fn config_text(dir: &Path) -> String {
+/// The dev config the tests run: the test identity, users and policies file, any free port.
+pub(crate) fn config_text(dir: &Path) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -75,7 +76,7 @@ arn = "{ARN}"
 }
 
 /// A fresh data directory holding the test policies.
-fn data_dir() -> tempfile::TempDir {
+pub(crate) fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("policies.yaml"), POLICIES).expect("write policies");
     dir
@@ -191,9 +192,21 @@ async fn send_signed(
     method: &str,
     url: &str,
     body: Option<&Value>,
-    (key, secret, region, service): (&str, &str, &str, &str),
+    creds: (&str, &str, &str, &str),
     time: SystemTime,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
+    try_send_signed(http, method, url, body, creds, time).await.expect("request sent")
+}
+
+/// [`send_signed`], with transport failures (the server is gone, a timeout) returned rather than panicking.
+pub(crate) async fn try_send_signed(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+    (key, secret, region, service): (&str, &str, &str, &str),
+    time: SystemTime,
+) -> Result<(u16, Value, reqwest::header::HeaderMap), reqwest::Error> {
     let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     let mut headers: Vec<(&str, &str)> = vec![];
     if body.is_some() {
@@ -218,11 +231,40 @@ async fn send_signed(
     for (k, v) in instructions.headers() {
         req = req.header(k, v);
     }
-    let resp = req.send().await.expect("request sent");
+    let resp = req.send().await?;
     let status = resp.status().as_u16();
     let h = resp.headers().clone();
     let json = resp.json::<Value>().await.unwrap_or(Value::Null);
-    (status, json, h)
+    Ok((status, json, h))
+}
+
+/// Posts to `/slack/interactions` what Slack (and the simulator) send for a click on Approve by `user` on the
+/// message `ts` of request `id`: a `block_actions` form, signed with `secret`.
+pub(crate) async fn post_click(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &[u8],
+    user: &str,
+    id: &str,
+    ts: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let payload = json!({
+        "type": "block_actions", "api_app_id": "A0APP00001", "team": {"id": "T0TEAM0001"},
+        "user": {"id": user, "team_id": "T0TEAM0001"},
+        "container": {"type": "message", "message_ts": ts, "channel_id": CHANNEL},
+        "trigger_id": "1.2.3", "response_url": format!("{base}/slack/response/x"),
+        "actions": [{"type": "button", "action_id": "countersign_approve", "block_id": "countersign_actions", "value": id}]
+    });
+    let form = format!("payload={}", crate::support::urlencode(&payload.to_string()));
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = countersign::adapters::slack::signature::sign(secret, &now, form.as_bytes());
+    http.post(format!("{base}/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", &now)
+        .header("x-slack-signature", signature)
+        .body(form)
+        .send()
+        .await
 }
 
 fn has_buttons(message: &Value) -> bool {
@@ -551,26 +593,7 @@ async fn forged_callbacks_to_slack_interactions_are_401_in_local_mode_too() {
     let dev = Dev::start(dir.path()).await;
     let id = dev.create("release 42").await;
     let ts = dev.message_for(&id).await["ts"].as_str().unwrap().to_string();
-    let payload = json!({
-        "type": "block_actions", "api_app_id": "A0APP00001", "team": {"id": "T0TEAM0001"},
-        "user": {"id": ALICE, "team_id": "T0TEAM0001"},
-        "container": {"type": "message", "message_ts": ts, "channel_id": CHANNEL},
-        "trigger_id": "1.2.3", "response_url": dev.url("/slack/response/x"),
-        "actions": [{"type": "button", "action_id": "countersign_approve", "block_id": "countersign_actions", "value": id}]
-    });
-    let form = format!("payload={}", crate::support::urlencode(&payload.to_string()));
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs().to_string();
-    let wrong = countersign::adapters::slack::signature::sign(b"not-the-signing-secret", &now, form.as_bytes());
-    let r = dev
-        .http
-        .post(dev.url("/slack/interactions"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", &now)
-        .header("x-slack-signature", wrong)
-        .body(form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_click(&dev.http, &dev.url(""), b"not-the-signing-secret", ALICE, &id, &ts).await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(dev.status_of(&id).await["approvals"].as_array().unwrap().is_empty());
     dev.stop().await;

@@ -9,6 +9,8 @@
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
+//! - `load`: the real `countersign dev` process under 32 concurrent clients, and killed with SIGKILL mid-load:
+//!   nothing acknowledged is lost and `countersign audit verify` passes.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
 
@@ -22,6 +24,7 @@ mod fuzz_regressions;
 mod harness;
 mod hostile;
 mod layering;
+mod load;
 mod local_mode;
 mod operator_cli;
 mod races;

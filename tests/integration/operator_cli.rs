@@ -12,7 +12,7 @@ use countersign::ports::{AuditLog, PolicyStore};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/policies.example.yaml");
 
-fn countersign(args: &[&str]) -> Output {
+pub(crate) fn countersign(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_countersign"))
         .args(args)
         .stdin(Stdio::null())
@@ -22,7 +22,7 @@ fn countersign(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
