@@ -219,7 +219,8 @@ impl Messages {
     }
 
     /// The ts of the request's message; `fresh` skips what earlier looks found (a post that timed out
-    /// under load can still have landed, and then the relay posts the request again: the newest wins).
+    /// under load can still have landed: the relay then adopts that message through
+    /// `conversations.history`, so a fresh look finds the one the request stores).
     async fn ts_of(&self, dev: &DevProcess, id: &str, fresh: bool) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut use_known = !fresh;
