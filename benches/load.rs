@@ -5,7 +5,13 @@
 //! fake Web API on 127.0.0.1 (every create posts a message, every vote updates it, over real HTTP).
 //!
 //!   cargo bench --bench load -- [--store embedded|dynamodb] [--clients N] [--approvers M] [--seconds S]
-//!                               [--json PATH]
+//!                               [--slack http|instant] [--json PATH]
+//!
+//! `--slack instant` swaps the Slack notifier for one that renders the Block Kit message (as the real one does
+//! before it sends it) and answers at once, with no HTTP: what is left is Countersign's own work per call
+//! (SigV4 identity, signature verification, payload parsing, policy selection and authorization, the
+//! conditional writes with their audit records, rendering). Only this benchmark does that; every test talks
+//! to the fake Slack over real HTTP.
 //!
 //! `--store dynamodb` needs the emulator (`AWS_ENDPOINT_URL=http://127.0.0.1:PORT`, scripts/moto_serial.py).
 //! Without `--bench` (as under `cargo test --benches`) it runs a one-second smoke on the embedded store.
@@ -19,13 +25,16 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use countersign::adapters::dynamodb::{create_tables, DynamoStore, TableNames};
 use countersign::adapters::embedded::EmbeddedStore;
+use countersign::adapters::slack::blocks::{self, MessageView};
 use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
-use countersign::domain::{Actor, RequestId};
+use countersign::domain::{Actor, ApprovalRequest, RequestId, SlackGroupId, SlackUserId, Timestamp};
 use countersign::http::slack::SlackIdentity;
-use countersign::ports::{Clock, SecretString, StaticSlackSecrets, Stores, SystemClock};
+use countersign::ports::{
+    Clock, MessageContext, Notifier, NotifyError, PostedMessage, SecretString, StaticSlackSecrets, Stores, SystemClock,
+};
 use countersign::service::policies;
 use countersign::service::requests::RequestSettings;
 use serde_json::{json, Value};
@@ -43,6 +52,7 @@ struct Opts {
     clients: usize,
     approvers: usize,
     seconds: u64,
+    slack: String,
     json: Option<String>,
 }
 
@@ -56,7 +66,59 @@ fn opts() -> Opts {
         clients: num("--clients", if bench { 8 } else { 2 }) as usize,
         approvers: (num("--approvers", if bench { 4 } else { 2 }) as usize).clamp(2, APPROVERS),
         seconds: num("--seconds", if bench { 10 } else { 1 }),
+        slack: get("--slack").unwrap_or_else(|| "http".into()),
         json: get("--json"),
+    }
+}
+
+/// Slack that answers at once (see the module docs): renders the message as `SlackNotifier` does, then
+/// hands back a fresh ts without sending anything.
+#[derive(Default)]
+struct InstantSlack {
+    next_ts: std::sync::atomic::AtomicU64,
+}
+
+impl InstantSlack {
+    fn render(ctx: &MessageContext<'_>) -> usize {
+        let (users, groups): (&[SlackUserId], &[SlackGroupId]) = match ctx.policy {
+            Some(p) => (&p.approvers.users, &p.approvers.groups),
+            None => (&[], &[]),
+        };
+        let msg = blocks::request_message(&MessageView {
+            request: ctx.request,
+            approver_users: users,
+            approver_groups: groups,
+            history: ctx.history,
+            sensitive: ctx.sensitive,
+            now: ctx.now,
+        });
+        std::hint::black_box(msg.to_string().len())
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for InstantSlack {
+    async fn post_request(&self, ctx: &MessageContext<'_>) -> Result<PostedMessage, NotifyError> {
+        Self::render(ctx);
+        let n = self.next_ts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(PostedMessage { channel: ctx.request.notification.channel.to_string(), ts: format!("1700000000.{n:06}") })
+    }
+    async fn find_request_message(
+        &self,
+        _request: &ApprovalRequest,
+        _since: Timestamp,
+    ) -> Result<Option<PostedMessage>, NotifyError> {
+        Ok(None)
+    }
+    async fn update_request(&self, ctx: &MessageContext<'_>, _posted: &PostedMessage) -> Result<(), NotifyError> {
+        Self::render(ctx);
+        Ok(())
+    }
+    async fn remind(&self, _ctx: &MessageContext<'_>, _posted: &PostedMessage) -> Result<(), NotifyError> {
+        Ok(())
+    }
+    async fn group_members(&self, _group: &SlackGroupId) -> Result<Vec<SlackUserId>, NotifyError> {
+        Ok(Vec::new())
     }
 }
 
@@ -186,7 +248,7 @@ async fn run(o: Opts) {
     std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
     let (stores, _keep) = stores(&o.store).await;
     let slack = FakeSlack::start().await.expect("fake Slack starts");
-    let app = App::build(Parts {
+    let mut app = App::build(Parts {
         stores,
         clock: Arc::new(SystemClock),
         secrets: Arc::new(StaticSlackSecrets {
@@ -199,6 +261,11 @@ async fn run(o: Opts) {
         slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
     })
     .expect("app builds");
+    match o.slack.as_str() {
+        "http" => {}
+        "instant" => app.notifier = Arc::new(InstantSlack::default()),
+        other => panic!("unknown --slack {other:?} (http or instant)"),
+    }
     let desired = parse_policies(&policy_yaml()).expect("valid policies");
     let plan = policies::plan(&[], &desired);
     policies::apply(app.stores.policies.as_ref(), &plan, &Actor::cli("bench"), SystemClock.now()).await.unwrap();
@@ -282,7 +349,7 @@ async fn run(o: Opts) {
     let approved = approved.load(std::sync::atomic::Ordering::Relaxed);
     let http = (s.create.len() + s.callback.len()) as f64 / elapsed;
     let result = json!({
-        "store": o.store, "clients": o.clients, "approvers": o.approvers, "seconds": elapsed,
+        "store": o.store, "slack": o.slack, "clients": o.clients, "approvers": o.approvers, "seconds": elapsed,
         "creates": s.create.len(), "callbacks": s.callback.len(), "approved": approved,
         "errors": s.errors.len(), "first_errors": s.errors.iter().take(3).collect::<Vec<_>>(),
         "http_per_s": http, "approvals_per_s": approved as f64 / elapsed,
