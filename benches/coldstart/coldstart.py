@@ -34,12 +34,6 @@ class State:
         self.body = b""
         self.lock = threading.Lock()
 
-    def reset(self):
-        self.served = False
-        self.answered.clear()
-        self.kind = ""
-        self.body = b""
-
 
 def handler_for(state: State):
     class H(http.server.BaseHTTPRequestHandler):
@@ -121,14 +115,10 @@ def main():
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     with open(a.event, "rb") as f:
-        state = State(f.read())
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+        event = f.read()
     env = dict(os.environ)
     env.update(
         {
-            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{srv.server_address[1]}",
             "AWS_LAMBDA_FUNCTION_NAME": a.name,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
@@ -138,11 +128,18 @@ def main():
     )
     times, rss, kinds = [], [], []
     for i in range(a.runs + 1):  # the first start warms the page cache and is not counted
-        state.reset()
+        # A fresh Runtime API (own state, own port) per start: the killed process's last poll can still be in
+        # a handler thread, and one shared state would hand it the next start's event (which then waits 30 s).
+        state = State(event)
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{srv.server_address[1]}"
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ok = state.answered.wait(30)
         hwm = vm_hwm_kib(p.pid)
+        srv.shutdown()
         p.terminate()  # SIGTERM, not SIGKILL: lets valgrind write its profile when it wraps the command
         try:
             _, err = p.communicate(timeout=30)
@@ -157,7 +154,6 @@ def main():
         times.append((state.answer_at - t0) * 1000)
         rss.append(hwm)
         kinds.append(state.kind)
-    srv.shutdown()
     times.sort()
     result = {
         "name": a.name,
