@@ -5,12 +5,18 @@ the cost model counts what the code really sends: GET /bench/counts returns the 
   python benches/moto_counting.py 127.0.0.1 PORT
 """
 import json
+import os
 import sys
 import threading
 from collections import Counter
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+import moto_undo_log  # noqa: E402
+
+moto_undo_log.install()
 
 host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
 port = int(sys.argv[2]) if len(sys.argv) > 2 else 5000

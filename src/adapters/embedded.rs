@@ -105,6 +105,12 @@ ALTER TABLE requests ADD COLUMN environment TEXT;
 UPDATE requests SET action = json_extract(doc, '$.action'), environment = json_extract(doc, '$.environment')
     WHERE json_valid(doc);
 "#,
+    r#"
+-- A principal's requests newest first, with what the history count needs: that count reads only this index,
+-- never the table's pages of documents. It replaces requests_by_principal, its prefix.
+CREATE INDEX requests_history ON requests (principal, created_at, id, action, environment);
+DROP INDEX requests_by_principal;
+"#,
 ];
 
 /// At most this many writes share one transaction (and one fsync).
@@ -173,6 +179,8 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).sql()?;
     conn.busy_timeout(BUSY_TIMEOUT).sql()?;
     conn.pragma_update(None, "foreign_keys", "ON").sql()?;
+    // Every statement of the store stays prepared (rusqlite keeps 16 by default; the store has ~25).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -493,8 +501,12 @@ impl RequestRow {
 // ---- operations inside a transaction ----
 
 fn get_request_tx(tx: &Connection, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
-    let doc: Option<String> =
-        tx.query_row("SELECT doc FROM requests WHERE id = ?1", [id], |r| r.get(0)).optional().sql()?;
+    let doc: Option<String> = tx
+        .prepare_cached("SELECT doc FROM requests WHERE id = ?1")
+        .sql()?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .sql()?;
     doc.map(|d| parse_request(id, &d)).transpose()
 }
 
@@ -520,7 +532,9 @@ fn query_audit(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Res
 
 fn last_audit_tx(tx: &Connection) -> Result<Option<(i64, AuditEvent)>, StoreError> {
     let row: Option<(i64, String)> = tx
-        .query_row("SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT 1")
+        .sql()?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .sql()?;
     row.map(|(position, doc)| parse_audit(position, &doc).map(|e| (position, e))).transpose()
@@ -570,11 +584,9 @@ fn create_request_tx(
     let row = RequestRow::of(request)?;
     if let Some(key) = &request.idempotency_key {
         let existing: Option<String> = tx
-            .query_row(
-                "SELECT request_id FROM idempotency WHERE principal = ?1 AND idempotency_key = ?2",
-                params![row.principal, key.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT request_id FROM idempotency WHERE principal = ?1 AND idempotency_key = ?2")
+            .sql()?
+            .query_row(params![row.principal, key.as_str()], |r| r.get(0))
             .optional()
             .sql()?;
         if let Some(id) = existing {
@@ -590,46 +602,47 @@ fn create_request_tx(
     // Only a new pending request can exceed the number of pending requests.
     if request.status == Status::Pending {
         let pending: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM requests WHERE principal = ?1 AND policy = ?2 AND status = 'pending'",
-                params![row.principal, row.policy],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT count(*) FROM requests WHERE principal = ?1 AND policy = ?2 AND status = 'pending'")
+            .sql()?
+            .query_row(params![row.principal, row.policy], |r| r.get(0))
             .sql()?;
         if pending >= i64::from(max_pending) {
             return Ok(CreateOutcome::TooManyPending);
         }
     }
-    let taken: bool =
-        tx.query_row("SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1)", [&row.id], |r| r.get(0)).sql()?;
+    let taken: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1)")
+        .sql()?
+        .query_row([&row.id], |r| r.get(0))
+        .sql()?;
     if taken {
         return Err(StoreError::Other(format!("request id {} already exists", row.id)));
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO requests (id, doc, status, version, expires_at, principal, policy, created_at, notify_due,
              action, environment)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            row.id,
-            row.doc,
-            row.status,
-            row.version,
-            row.expires_at,
-            row.principal,
-            row.policy,
-            row.created_at,
-            row.notify_due,
-            row.action,
-            row.environment,
-        ],
     )
+    .sql()?
+    .execute(params![
+        row.id,
+        row.doc,
+        row.status,
+        row.version,
+        row.expires_at,
+        row.principal,
+        row.policy,
+        row.created_at,
+        row.notify_due,
+        row.action,
+        row.environment,
+    ])
     .sql()?;
     if let Some(key) = &request.idempotency_key {
-        tx.execute(
-            "INSERT INTO idempotency (principal, idempotency_key, request_id) VALUES (?1, ?2, ?3)",
-            params![row.principal, key.as_str(), row.id],
-        )
-        .sql()?;
+        tx.prepare_cached("INSERT INTO idempotency (principal, idempotency_key, request_id) VALUES (?1, ?2, ?3)")
+            .sql()?
+            .execute(params![row.principal, key.as_str(), row.id])
+            .sql()?;
     }
     append_tx(tx, events)?;
     Ok(CreateOutcome::Created)
@@ -654,19 +667,17 @@ fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
     }
     let row = RequestRow::of(&c.request)?;
     let stored: Option<(String, i64, i64)> = tx
-        .query_row("SELECT status, version, expires_at FROM requests WHERE id = ?1", [&row.id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .prepare_cached("SELECT status, version, expires_at FROM requests WHERE id = ?1")
+        .sql()?
+        .query_row([&row.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()
         .sql()?;
     // A second vote by the same user is reported as such even when the request also changed meanwhile.
     if let Some(v) = &c.vote {
         let voted: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM votes WHERE request_id = ?1 AND user_id = ?2)",
-                params![row.id, v.user_id.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM votes WHERE request_id = ?1 AND user_id = ?2)")
+            .sql()?
+            .query_row(params![row.id, v.user_id.as_str()], |r| r.get(0))
             .sql()?;
         if voted {
             return Err(StoreError::Conflict(Conflict::DuplicateVote));
@@ -686,35 +697,35 @@ fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
         return Err(StoreError::Conflict(Conflict::Stale));
     }
     let changed = tx
-        .execute(
+        .prepare_cached(
             "UPDATE requests SET doc = ?2, status = ?3, version = ?4, expires_at = ?5, principal = ?6,
                  policy = ?7, created_at = ?8, notify_due = ?9, action = ?11, environment = ?12
              WHERE id = ?1 AND version = ?10",
-            params![
-                row.id,
-                row.doc,
-                row.status,
-                row.version,
-                row.expires_at,
-                row.principal,
-                row.policy,
-                row.created_at,
-                row.notify_due,
-                expected,
-                row.action,
-                row.environment,
-            ],
         )
+        .sql()?
+        .execute(params![
+            row.id,
+            row.doc,
+            row.status,
+            row.version,
+            row.expires_at,
+            row.principal,
+            row.policy,
+            row.created_at,
+            row.notify_due,
+            expected,
+            row.action,
+            row.environment,
+        ])
         .sql()?;
     if changed != 1 {
         return Err(StoreError::Conflict(Conflict::Stale));
     }
     if let Some(v) = &c.vote {
-        tx.execute(
-            "INSERT INTO votes (request_id, user_id, doc) VALUES (?1, ?2, ?3)",
-            params![row.id, v.user_id.as_str(), to_json(v, "vote")?],
-        )
-        .sql()?;
+        tx.prepare_cached("INSERT INTO votes (request_id, user_id, doc) VALUES (?1, ?2, ?3)")
+            .sql()?
+            .execute(params![row.id, v.user_id.as_str(), to_json(v, "vote")?])
+            .sql()?;
     }
     append_tx(tx, c.events)?;
     Ok(())
@@ -736,8 +747,12 @@ impl PolicyStore for EmbeddedStore {
     async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError> {
         let name = name.to_string();
         self.read(move |tx| {
-            let doc: Option<String> =
-                tx.query_row("SELECT doc FROM policies WHERE name = ?1", [&name], |r| r.get(0)).optional().sql()?;
+            let doc: Option<String> = tx
+                .prepare_cached("SELECT doc FROM policies WHERE name = ?1")
+                .sql()?
+                .query_row([&name], |r| r.get(0))
+                .optional()
+                .sql()?;
             doc.map(|d| parse_policy(&name, &d)).transpose()
         })
         .await
@@ -748,11 +763,12 @@ impl PolicyStore for EmbeddedStore {
         let doc = to_json(policy, "policy")?;
         let version = policy.version();
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO policies (name, doc, version) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, version = excluded.version",
-                params![name, doc, version],
             )
+            .sql()?
+            .execute(params![name, doc, version])
             .sql()?;
             append_tx(tx, vec![event])?;
             Ok(())
@@ -763,7 +779,7 @@ impl PolicyStore for EmbeddedStore {
     async fn delete_policy(&self, name: &PolicyName, event: AuditDraft) -> Result<(), StoreError> {
         let name = name.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM policies WHERE name = ?1", [&name]).sql()?;
+            tx.prepare_cached("DELETE FROM policies WHERE name = ?1").sql()?.execute([&name]).sql()?;
             append_tx(tx, vec![event])?;
             Ok(())
         })
@@ -1084,33 +1100,8 @@ mod tests {
         crate::domain::audit::verify_chain(&chain).unwrap();
     }
 
-    #[tokio::test]
-    async fn history_counted_on_columns_equals_the_default_over_list_by_principal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let t0 = Timestamp::from_unix_millis(1_795_621_462_000);
-        let mut all = Vec::new();
-        for i in 0..12i64 {
-            let mut r = crate::domain::request::tests::sample(2, t0.plus_seconds(i * 60));
-            if i % 3 == 1 {
-                r.action = crate::domain::Action::parse("db:migrate").unwrap();
-            }
-            if i % 4 == 2 {
-                r.environment = crate::domain::Environment::parse("staging").unwrap();
-            }
-            store.create_request(&r, vec![], 100).await.unwrap();
-            all.push(r);
-        }
-        for r in &all {
-            for (since, lim) in [(t0, 1000), (t0.plus_seconds(150), 1000), (t0, 4)] {
-                let listed = store.list_by_principal(&r.requester.principal, since, lim).await.unwrap();
-                let want = SameKind::among(r, &listed);
-                let got = store.earlier_of_same_kind(r, since, lim).await.unwrap();
-                assert_eq!(got, want, "{} since {since:?} limit {lim}", r.id);
-            }
-        }
-        assert!(store.earlier_of_same_kind(&all[11], t0, 1000).await.unwrap().count > 2);
-    }
+    // That the count on the indexed columns equals the default over `list_by_principal` is the conformance
+    // test `earlier_of_same_kind_agrees_with_the_listed_requests`, run on both stores.
 
     #[tokio::test]
     async fn upgrading_from_schema_1_fills_the_history_columns_of_existing_requests() {

@@ -539,6 +539,38 @@ pub async fn lists_pending_oldest_first_and_by_principal_newest_first<S: Store>(
     assert!(s.list_by_principal("nobody", T0, 100).await.unwrap().is_empty());
 }
 
+/// The history count a store gives (`earlier_of_same_kind`, which a store may answer from its indexes) is
+/// what the listed requests themselves say, for every request, window and limit.
+pub async fn earlier_of_same_kind_agrees_with_the_listed_requests<S: Store>(sut: Sut<S>) {
+    use countersign::ports::SameKind;
+    let s = &*sut.store;
+    let mut all = Vec::new();
+    for i in 0..12i64 {
+        // Auto-approved, so that twelve stay under the pending limit.
+        let mut r = deploy_request(0, T0.plus_seconds(i * 60));
+        if i % 3 == 1 {
+            r.action = Action::parse("db:migrate").unwrap();
+        }
+        if i % 4 == 2 {
+            r.environment = Environment::parse("staging").unwrap();
+        }
+        assert_eq!(create(s, &r).await, CreateOutcome::Created);
+        all.push(r);
+    }
+    // Another principal's requests of the same kind never count.
+    create(s, &request("ci-runner", "deploy-production", 1, T0.plus_seconds(30))).await;
+    for r in &all {
+        for (since, limit) in [(T0, 1000), (T0.plus_seconds(150), 1000), (T0, 4), (T0, 1)] {
+            let listed = s.list_by_principal(&r.requester.principal, since, limit).await.unwrap();
+            let got = s.earlier_of_same_kind(r, since, limit).await.unwrap();
+            assert_eq!(got, SameKind::among(r, &listed), "{} since {since:?} limit {limit}", r.id);
+        }
+    }
+    let last = s.earlier_of_same_kind(&all[11], T0, 1000).await.unwrap();
+    assert_eq!(last.count, 5, "requests 0, 3, 5, 7 and 9 are deploy/production before 11");
+    assert_eq!(last.newest.map(|r| r.id), Some(all[9].id));
+}
+
 pub async fn notification_due_lists_unposted_and_stale_messages<S: Store>(sut: Sut<S>) {
     let s = &*sut.store;
     // Never posted: due at creation.
@@ -721,6 +753,7 @@ macro_rules! conformance {
             commit_requires_the_next_version,
             version_only_commits_update_bookkeeping_after_a_decision,
             lists_pending_oldest_first_and_by_principal_newest_first,
+            earlier_of_same_kind_agrees_with_the_listed_requests,
             notification_due_lists_unposted_and_stale_messages,
             audit_read_from_pages_through_the_chain_in_order,
             for_request_returns_that_requests_records_in_chain_order,
@@ -789,4 +822,68 @@ conformance!(embedded, crate::harness::embedded_sut, {
     }
 });
 
-conformance!(dynamodb, crate::harness::dynamo_sut, {});
+conformance!(dynamodb, crate::harness::dynamo_sut, {
+    /// Each `DynamoStore` queues its own appends and remembers where it last left the chain; several
+    /// processes (stores) appending at once still make one unbroken chain, and a store whose remembered
+    /// end is stale (another process appended since) finds the real end instead of forking or failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn appends_from_several_processes_keep_one_unbroken_chain() {
+        use std::sync::Arc;
+
+        use countersign::adapters::dynamodb::DynamoStore;
+        use countersign::ports::AuditLog;
+
+        let Some((_, client, tables)) = crate::harness::dynamo().await else { return };
+        let stores: Vec<Arc<DynamoStore>> =
+            (0..4).map(|_| Arc::new(DynamoStore::new(client.clone(), tables.clone()))).collect();
+        // Stale on purpose: 0 appends, 1 appends, 0 appends again from the end it remembers.
+        stores[0].append(super::drafts(1, "a")).await.unwrap();
+        stores[1].append(super::drafts(2, "b")).await.unwrap();
+        let c = stores[0].append(super::drafts(1, "c")).await.unwrap();
+        assert_eq!(c[0].seq, 4, "the stale store appended after the other store's records");
+
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&stores[i % 4]);
+                tokio::spawn(async move {
+                    for round in 0..5 {
+                        store.append(super::drafts(2, &format!("task-{i}-{round}"))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let chain = super::all_audit(&*stores[3]).await;
+        assert_eq!(chain.len(), 4 + 8 * 5 * 2);
+        super::verify_chain(&chain).unwrap();
+    }
+
+    /// Items written before requests carried copies of their action and environment are still counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_counts_requests_written_before_the_kind_copies() {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use countersign::adapters::dynamodb::keys;
+        use countersign::ports::{RequestStore, SameKind};
+
+        let Some((store, client, tables)) = crate::harness::dynamo().await else { return };
+        let (old, new) = (super::deploy_request(1, super::T0), super::deploy_request(1, super::T0.plus_seconds(60)));
+        for r in [&old, &new] {
+            super::create(&*store, r).await;
+        }
+        client
+            .update_item()
+            .table_name(&tables.requests)
+            .key(keys::PK, AttributeValue::S(keys::request_pk(&old.id)))
+            .key(keys::SK, AttributeValue::S(keys::REQUEST_SK.into()))
+            .update_expression("REMOVE #a, #e")
+            .expression_attribute_names("#a", keys::ACTION)
+            .expression_attribute_names("#e", keys::ENVIRONMENT)
+            .send()
+            .await
+            .unwrap();
+        let got = store.earlier_of_same_kind(&new, super::T0, 1000).await.unwrap();
+        assert_eq!(got, SameKind { count: 1, newest: Some(super::get(&*store, &old.id).await) });
+    }
+});

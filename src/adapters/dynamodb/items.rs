@@ -86,6 +86,8 @@ pub fn request_item(r: &ApprovalRequest) -> Result<Item, StoreError> {
     item.insert(VERSION.into(), n(r.version));
     item.insert(EXPIRES_AT.into(), n(r.expires_at.unix_millis()));
     item.insert(TTL.into(), n(gc_ttl_seconds(r.expires_at)));
+    item.insert(ACTION.into(), s(r.action.as_str()));
+    item.insert(ENVIRONMENT.into(), s(r.environment.as_str()));
     item.insert(GSI1_PK.into(), s(&r.requester.principal));
     item.insert(GSI1_SK.into(), s(time_id_key(r.created_at, &r.id)));
     if r.status == Status::Pending {
@@ -113,6 +115,12 @@ pub fn request_from_item(item: &Item) -> Result<ApprovalRequest, StoreError> {
     }
     if get_i64(item, EXPIRES_AT)? != r.expires_at.unix_millis() {
         return Err(corrupt(item, "expires_at attribute disagrees with the document"));
+    }
+    // Older items have no copies of these two; where they are, they must agree.
+    for (name, value) in [(ACTION, r.action.as_str()), (ENVIRONMENT, r.environment.as_str())] {
+        if item.contains_key(name) && get_s(item, name)? != value {
+            return Err(corrupt(item, format_args!("{name} attribute disagrees with the document")));
+        }
     }
     Ok(r)
 }
@@ -260,6 +268,9 @@ mod tests {
             (STATUS, s("approved")),
             (VERSION, n(2)),
             (EXPIRES_AT, n(r.expires_at.unix_millis() + 1)),
+            (ACTION, s("rollback")),
+            (ENVIRONMENT, s("staging")),
+            (ACTION, n(1)),
             (PK, s(request_pk(&RequestId::from_parts(1, 1)))),
             (DOC, s("{not json")),
             (DOC, n(1)),
@@ -272,6 +283,11 @@ mod tests {
         let mut item = base.clone();
         item.remove(DOC);
         assert!(matches!(request_from_item(&item), Err(StoreError::Corrupt(_))));
+        // An item written before the copies existed still reads.
+        let mut item = base.clone();
+        item.remove(ACTION);
+        item.remove(ENVIRONMENT);
+        assert_eq!(request_from_item(&item).unwrap(), r);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub const EXPIRES_AT: &str = "expires_at";
 pub const TTL: &str = "ttl";
 /// Request id (S): on idempotency items, and on audit records that concern a request (index `by-request`).
 pub const REQUEST_ID: &str = "request_id";
+/// Request action and environment (S), copied out of `doc` so that a request's history can be counted from
+/// the `by-principal` index without reading documents. Absent on items written before 2026-12.
+pub const ACTION: &str = "action";
+pub const ENVIRONMENT: &str = "environment";
 /// Pending counter value (N).
 pub const COUNT: &str = "n";
 

@@ -19,6 +19,7 @@ mod requests;
 mod tables;
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
@@ -62,12 +63,28 @@ const MAX_WRITE_ATTEMPTS: u32 = 50;
 const MAX_TRANSACTION_ITEMS: usize = 100;
 const DEFAULT_PAGE_SIZE: i32 = 100;
 
-/// The DynamoDB adapter. Cheap to clone: the SDK client is a handle.
+/// The DynamoDB adapter. Cheap to clone: the SDK client is a handle, and clones share one [`ChainHead`].
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
     tables: TableNames,
     page_size: i32,
+    head: Arc<tokio::sync::Mutex<ChainHead>>,
+}
+
+/// This process's view of the end of the audit chain, behind the lock every append of this process takes.
+///
+/// Appends from one process queue on the lock instead of racing each other for the same `seq` (each lost
+/// race costs a cancelled transaction and a re-read), and an append that follows one of ours starts from the
+/// link we wrote instead of reading it back. The conditional puts stay the arbiter: another process may have
+/// appended meanwhile, which cancels the transaction on an audit item, forgets the link and re-reads it.
+#[derive(Debug, Default)]
+enum ChainHead {
+    /// Read the last record before the next append.
+    #[default]
+    Unknown,
+    /// The chain ended here when this process last wrote to it (`None`: it was empty).
+    Known(Option<(u64, String)>),
 }
 
 /// What became of a transaction after its audit records found their place.
@@ -80,7 +97,7 @@ enum TxOutcome {
 
 impl DynamoStore {
     pub fn new(client: Client, tables: TableNames) -> Self {
-        Self { client, tables, page_size: DEFAULT_PAGE_SIZE }
+        Self { client, tables, page_size: DEFAULT_PAGE_SIZE, head: Arc::default() }
     }
 
     /// Items per Query page (default 100). Small pages exercise pagination in tests.
@@ -119,15 +136,31 @@ impl DynamoStore {
         if n_state + drafts.len() == 0 {
             return Ok(TxOutcome::Committed(Vec::new()));
         }
+        // Held across the attempts: see `ChainHead`. Writes without audit records do not need it.
+        let mut head = if drafts.is_empty() { None } else { Some(self.head.lock().await) };
         for attempt in 0..MAX_WRITE_ATTEMPTS {
-            let events =
-                if drafts.is_empty() { Vec::new() } else { seal_after(self.last_link().await?, drafts.to_vec()) };
+            let events = match head.as_deref_mut() {
+                None => Vec::new(),
+                Some(h) => {
+                    let link = match std::mem::take(h) {
+                        ChainHead::Known(link) => link,
+                        ChainHead::Unknown => self.last_link().await?,
+                    };
+                    seal_after(link, drafts.to_vec())
+                }
+            };
             let mut tx = state.clone();
             for e in &events {
                 tx.push(self.audit_put(e)?);
             }
+            // From here the head is `Unknown` (taken above) unless the transaction commits.
             let err = match self.client.transact_write_items().set_transact_items(Some(tx)).send().await {
-                Ok(_) => return Ok(TxOutcome::Committed(events)),
+                Ok(_) => {
+                    if let (Some(h), Some(last)) = (head.as_deref_mut(), events.last()) {
+                        *h = ChainHead::Known(Some((last.seq, last.hash.clone())));
+                    }
+                    return Ok(TxOutcome::Committed(events));
+                }
                 Err(err) => err,
             };
             let Some(codes) = cancellation_codes(&err) else {

@@ -8,7 +8,7 @@ use super::items::{self, n, s, Item};
 use super::keys::*;
 use super::{conditional_put, DynamoStore, TxOutcome};
 use crate::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
-use crate::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, StoreError};
+use crate::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, SameKind, StoreError};
 
 /// Index of a state item in a transaction, to read its cancellation reason.
 #[derive(Default)]
@@ -314,5 +314,73 @@ impl RequestStore for DynamoStore {
             limit,
         )
         .await
+    }
+
+    /// Counted from the `by-principal` index on its keys and the `action`/`environment` copies (projected
+    /// alone, so no document is sent or parsed), then one consistent `GetItem` for the newest match. Falls
+    /// back to reading the documents when the window holds an item written before the copies existed.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKind, StoreError> {
+        let before = time_id_key(r.created_at, &r.id);
+        let (action, environment) = (r.action.as_str(), r.environment.as_str());
+        let mut values = Item::new();
+        values.insert(":pk".into(), s(r.requester.principal.as_str()));
+        values.insert(":since".into(), s(time_key(since)));
+        let (mut seen, mut count, mut newest) = (0usize, 0u32, None::<String>);
+        let mut start: Option<Item> = None;
+        while seen < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.tables.requests)
+                .index_name(INDEX_BY_PRINCIPAL)
+                .key_condition_expression("#pk = :pk AND #sk >= :since")
+                .projection_expression("#id, #sk, #a, #e")
+                .expression_attribute_names("#pk", GSI1_PK)
+                .expression_attribute_names("#sk", GSI1_SK)
+                .expression_attribute_names("#id", PK)
+                .expression_attribute_names("#a", ACTION)
+                .expression_attribute_names("#e", ENVIRONMENT)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit(self.page_limit(limit - seen))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk("Query(requests history)", e))?;
+            for item in page.items().iter().take(limit - seen) {
+                seen += 1;
+                let (Some(a), Some(e)) = (item.get(ACTION), item.get(ENVIRONMENT)) else {
+                    let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+                    return Ok(SameKind::among(r, &candidates));
+                };
+                let same = a.as_s().is_ok_and(|a| a == action) && e.as_s().is_ok_and(|e| e == environment);
+                if same && items::get_s(item, GSI1_SK)? < before.as_str() {
+                    count = count.saturating_add(1);
+                    if newest.is_none() {
+                        newest = Some(items::get_s(item, PK)?.to_string());
+                    }
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let newest = match newest {
+            None => None,
+            Some(pk) => Some(
+                self.get_item("GetItem(request)", pk.clone(), REQUEST_SK)
+                    .await?
+                    .map(|item| items::request_from_item(&item))
+                    .transpose()?
+                    .ok_or_else(|| StoreError::Other(format!("request {pk} vanished in a read")))?,
+            ),
+        };
+        Ok(SameKind { count, newest })
     }
 }
