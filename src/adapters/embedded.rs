@@ -861,33 +861,42 @@ impl RequestStore for EmbeddedStore {
             (r.requester.principal.clone(), r.action.as_str().to_string(), r.environment.as_str().to_string());
         let (created_at, id) = (r.created_at.unix_millis(), r.id.to_string());
         self.read(move |c| {
-            let mut stmt = c
+            // Counted inside SQLite over the covering index (no row leaves it), then the newest match picked
+            // with one index seek: if any match is among the newest `limit`, the newest match is too.
+            let args = params![principal, since.unix_millis(), limit(limit_n), action, environment, created_at, id];
+            let count: i64 = c
                 .prepare_cached(
-                    "WITH recent AS (
+                    "SELECT count(*) FROM (
                          SELECT id, created_at, action, environment FROM requests
                          WHERE principal = ?1 AND created_at >= ?2
                          ORDER BY created_at DESC, id DESC LIMIT ?3)
-                     SELECT id FROM recent
-                     WHERE action = ?4 AND environment = ?5 AND (created_at < ?6 OR (created_at = ?6 AND id < ?7))
-                     ORDER BY created_at DESC, id DESC",
-                )
-                .sql()?;
-            let ids = stmt
-                .query_map(
-                    params![principal, since.unix_millis(), limit(limit_n), action, environment, created_at, id],
-                    |row| row.get::<_, String>(0),
+                     WHERE action = ?4 AND environment = ?5 AND (created_at < ?6 OR (created_at = ?6 AND id < ?7))",
                 )
                 .sql()?
-                .collect::<rusqlite::Result<Vec<String>>>()
+                .query_row(args, |row| row.get(0))
                 .sql()?;
-            let newest = match ids.first() {
+            let newest: Option<String> = if count == 0 {
+                None
+            } else {
+                c.prepare_cached(
+                    "SELECT id FROM requests
+                     WHERE principal = ?1 AND created_at >= ?2 AND action = ?4 AND environment = ?5
+                       AND (created_at < ?6 OR (created_at = ?6 AND id < ?7))
+                     ORDER BY created_at DESC, id DESC LIMIT min(?3, 1)",
+                )
+                .sql()?
+                .query_row(args, |row| row.get(0))
+                .optional()
+                .sql()?
+            };
+            let newest = match newest {
                 Some(newest) => Some(
-                    get_request_tx(c, newest)?
+                    get_request_tx(c, &newest)?
                         .ok_or_else(|| StoreError::Other(format!("request {newest} vanished in a read")))?,
                 ),
                 None => None,
             };
-            Ok(SameKind { count: u32::try_from(ids.len()).unwrap_or(u32::MAX), newest })
+            Ok(SameKind { count: u32::try_from(count).unwrap_or(u32::MAX), newest })
         })
         .await
     }
