@@ -47,7 +47,12 @@ pub struct Parts {
 
 impl App {
     pub fn build(p: Parts) -> Result<Self, SlackError> {
-        let client = SlackClient::new(Arc::new(SecretsToken(p.secrets.clone())))?
+        Self::build_with_http(p, SlackClient::http_client()?)
+    }
+
+    /// [`Self::build`] with the Slack client's HTTP client already built.
+    fn build_with_http(p: Parts, http: reqwest::Client) -> Result<Self, SlackError> {
+        let client = SlackClient::with_http(Arc::new(SecretsToken(p.secrets.clone())), http)?
             .with_base_url(&p.slack_api_base_url)?
             .with_timeout(p.slack_timeout);
         let client = Arc::new(client);
@@ -67,6 +72,9 @@ impl App {
 
     /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock.
     pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, SlackError> {
+        // Both TLS stacks (the SDK's and Slack's) load the system's root certificates when they are built,
+        // about half of a cold start: build Slack's on a blocking thread meanwhile (docs/performance.md).
+        let slack_http = tokio::task::spawn_blocking(SlackClient::http_client);
         let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let tables = TableNames {
             policies: cfg.tables.policies.clone(),
@@ -79,7 +87,12 @@ impl App {
             cfg.slack_secret_id.clone(),
             cfg.secret_cache_ttl,
         ));
-        Self::build(Parts {
+        // A join error means the thread panicked (never with panic = "abort"): build it here instead.
+        let slack_http = match slack_http.await {
+            Ok(built) => built?,
+            Err(_) => SlackClient::http_client()?,
+        };
+        let parts = Parts {
             stores: Stores::from_one(store),
             clock: Arc::new(SystemClock),
             secrets,
@@ -94,7 +107,8 @@ impl App {
                 app_id: cfg.slack_app_id.clone().unwrap_or_default(),
                 team_id: cfg.slack_team_id.clone().unwrap_or_default(),
             },
-        })
+        };
+        Self::build_with_http(parts, slack_http)
     }
 
     pub fn dispatcher(&self) -> Dispatcher {

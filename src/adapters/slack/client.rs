@@ -235,11 +235,21 @@ fn object(v: &Value, what: &'static str) -> Result<Map<String, Value>, SlackErro
 impl SlackClient {
     /// A client for `https://slack.com/api` with a 2 s per-call timeout.
     pub fn new(token: Arc<dyn TokenProvider>) -> Result<Self, SlackError> {
-        let http = reqwest::Client::builder()
+        Self::with_http(token, Self::http_client()?)
+    }
+
+    /// The HTTP client [`Self::new`] uses. Building it loads the system's root certificates (a few ms, all
+    /// CPU), so a Lambda builds it on a blocking thread while the AWS SDK sets itself up.
+    pub fn http_client() -> Result<reqwest::Client, SlackError> {
+        reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("countersign/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(network)?;
+            .map_err(network)
+    }
+
+    /// [`Self::new`] with an HTTP client from [`Self::http_client`].
+    pub fn with_http(token: Arc<dyn TokenProvider>, http: reqwest::Client) -> Result<Self, SlackError> {
         Ok(Self { http, base_url: parse_base(DEFAULT_BASE_URL)?, token, timeout: DEFAULT_TIMEOUT })
     }
 
