@@ -25,8 +25,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use countersign::adapters::dynamodb::{create_tables, DynamoStore, TableNames};
 use countersign::adapters::embedded::EmbeddedStore;
-use countersign::adapters::slack::blocks::{self, MessageView};
 use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::notifier;
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
@@ -79,20 +79,9 @@ struct InstantSlack {
 }
 
 impl InstantSlack {
+    /// The message exactly as `SlackNotifier` builds it before sending, serialized as it would be sent.
     fn render(ctx: &MessageContext<'_>) -> usize {
-        let (users, groups): (&[SlackUserId], &[SlackGroupId]) = match ctx.policy {
-            Some(p) => (&p.approvers.users, &p.approvers.groups),
-            None => (&[], &[]),
-        };
-        let msg = blocks::request_message(&MessageView {
-            request: ctx.request,
-            approver_users: users,
-            approver_groups: groups,
-            history: ctx.history,
-            sensitive: ctx.sensitive,
-            now: ctx.now,
-        });
-        std::hint::black_box(msg.to_string().len())
+        std::hint::black_box(notifier::render(ctx).to_string().len())
     }
 }
 

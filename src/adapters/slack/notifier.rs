@@ -73,7 +73,7 @@ fn notify_error(e: &SlackError) -> NotifyError {
 }
 
 /// The message for a post or an update, with its metadata (sent on updates too, so it is never lost).
-fn render(ctx: &MessageContext<'_>) -> serde_json::Value {
+pub fn render(ctx: &MessageContext<'_>) -> serde_json::Value {
     let (users, groups): (&[SlackUserId], &[SlackGroupId]) = match ctx.policy {
         Some(p) => (&p.approvers.users, &p.approvers.groups),
         None => (&[], &[]),
