@@ -75,7 +75,7 @@ def main():
     out.append(f"Machine: {m.get('cpu', '?')}, {m.get('nproc', '?')} cores, {m.get('mem', '?')} memory, "
                f"{m.get('os', '?')}; Rust {m.get('rustc', '?')}, Python {m.get('python', '?')}. "
                f"Load average before / after the run: {m.get('load_before', '?')} / {m.get('load_after', '?')}"
-               f"{' (other builds were running: wall-clock figures are noisy)' if m.get('noisy') else ''}.\n")
+               f"{' (the machine was busy before the run: wall-clock figures are noisy)' if m.get('noisy') else ''}.\n")
 
     # 1. hot paths
     out.append("### Hot paths (criterion, median per operation)\n")
