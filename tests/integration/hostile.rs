@@ -9,6 +9,7 @@ use countersign::adapters::slack::signature::sign;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::support::on_both_stores;
 use crate::support::{api_event, spawn_app, NowTs, StoreKind, TestApp, DEPLOY_ARN, SIGNING_SECRET};
 
 const KIB: usize = 1024;
@@ -278,27 +279,6 @@ async fn slack_endpoint_answers_every_hostile_input_with_a_coded_4xx(kind: Store
         assert_4xx_with_code(what, status, &json);
     }
     countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Embedded).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Dynamodb).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -13,6 +13,7 @@ use countersign::domain::{AuditEvent, RequestId, Status};
 use serde_json::json;
 use tower::ServiceExt;
 
+use crate::support::on_both_stores;
 use crate::support::{api_event, spawn_app, Posted, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
 
 const APPROVE: &str = "countersign_approve";
@@ -166,28 +167,8 @@ async fn approve_racing_deny_has_one_outcome_everywhere(kind: StoreKind) {
     eprintln!("approve vs deny over {} rounds: {approved} approved, {denied} denied", rounds(kind));
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Embedded).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Dynamodb).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
+    workers = 4;
     fifty_approvers_make_one_transition_in_every_round,
     same_vote_ten_times_at_once_counts_once_in_every_round,
     approve_racing_deny_has_one_outcome_everywhere,

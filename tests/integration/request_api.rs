@@ -24,34 +24,14 @@ use lambda_http::request::RequestContext;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use crate::support::on_both_stores;
 use crate::support::{
     api_event, spawn_app, spawn_app_with, Answer, NowTs, Rng, StoreKind, TestApp, APP_ID, DEPLOY_ARN, POLICIES, T0,
     TEAM_ID,
 };
 
-/// Instantiates each scenario for the embedded store and for DynamoDB (emulator).
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Embedded).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::support::StoreKind::Dynamodb).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
+    workers = 2;
     request_object_has_every_contract_field,
     auto_approved_request_is_approved_at_once_audited_and_posted_without_buttons,
     invalid_bodies_are_400_with_the_field_named_and_audited,

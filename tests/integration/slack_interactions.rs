@@ -16,8 +16,8 @@ use countersign::http::slack::SlackIdentity;
 use serde_json::{json, Value};
 
 use crate::support::{
-    capture_logs, secretsmanager_client, slack_event, spawn_app, spawn_app_with_options, spawn_app_with_secrets,
-    urlencode, Answer, AppOptions, NowTs, Posted, StoreKind, TestApp, APP_ID, SIGNING_SECRET,
+    both_stores, capture_logs, secretsmanager_client, slack_event, spawn_app, spawn_app_with_options,
+    spawn_app_with_secrets, urlencode, Answer, AppOptions, NowTs, Posted, StoreKind, TestApp, APP_ID, SIGNING_SECRET,
 };
 
 const APPROVE: &str = "countersign_approve";
@@ -96,31 +96,6 @@ fn approvals(r: &ApprovalRequest) -> Vec<String> {
 
 async fn click(t: &TestApp, user: &str, action: &str, p: &Posted) -> Answer {
     t.call_slack(t.signed_callback(&t.click(user, action, &p.id, &p.channel, &p.ts))).await
-}
-
-macro_rules! both_stores {
-    ($generic:ident, $embedded:ident, $dynamodb:ident) => {
-        #[tokio::test]
-        async fn $embedded() {
-            $generic(StoreKind::Embedded).await;
-        }
-
-        #[tokio::test]
-        async fn $dynamodb() {
-            $generic(StoreKind::Dynamodb).await;
-        }
-    };
-    (multi_thread: $generic:ident, $embedded:ident, $dynamodb:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $embedded() {
-            $generic(StoreKind::Embedded).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $dynamodb() {
-            $generic(StoreKind::Dynamodb).await;
-        }
-    };
 }
 
 // ---- row 1: forged callbacks ---------------------------------------------------------------------------

@@ -527,3 +527,74 @@ impl Rng {
         &items[self.below(items.len())]
     }
 }
+
+/// One test body, run on both stores: `both_stores!(generic_fn, embedded_name, dynamodb_name)`; prefix
+/// `multi_thread:` for a 4-worker runtime. Use it from any test module: `use crate::support::both_stores;`.
+macro_rules! both_stores {
+    ($generic:ident, $embedded:ident, $dynamodb:ident) => {
+        #[tokio::test]
+        async fn $embedded() {
+            $generic(crate::support::StoreKind::Embedded).await;
+        }
+
+        #[tokio::test]
+        async fn $dynamodb() {
+            $generic(crate::support::StoreKind::Dynamodb).await;
+        }
+    };
+    (multi_thread: $generic:ident, $embedded:ident, $dynamodb:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $embedded() {
+            $generic(crate::support::StoreKind::Embedded).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $dynamodb() {
+            $generic(crate::support::StoreKind::Dynamodb).await;
+        }
+    };
+}
+pub(crate) use both_stores;
+
+/// Instantiates each `async fn NAME(StoreKind)` of the calling module as `embedded::NAME` and
+/// `dynamodb::NAME`: `on_both_stores!(a, b)`, or `on_both_stores!(workers = 4; a, b)` for a multi-threaded
+/// runtime with that many workers. Use it from any test module: `use crate::support::on_both_stores;`.
+macro_rules! on_both_stores {
+    (workers = $n:literal; $($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = $n)]
+                async fn $name() {
+                    super::$name(crate::support::StoreKind::Embedded).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = $n)]
+                async fn $name() {
+                    super::$name(crate::support::StoreKind::Dynamodb).await;
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::StoreKind::Embedded).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::StoreKind::Dynamodb).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;
