@@ -21,6 +21,11 @@ fn invalid(what: &'static str, problem: impl Into<String>) -> InvalidId {
     InvalidId { what, problem: problem.into() }
 }
 
+/// Threat row 33, checked first so the message names the code point (see `super::text`).
+fn check_visible(s: &str) -> Result<(), String> {
+    super::text::check_visible(s).map_err(|h| h.to_string())
+}
+
 macro_rules! string_newtype {
     ($(#[$m:meta])* $name:ident, $what:literal, $check:expr) => {
         $(#[$m])*
@@ -75,6 +80,7 @@ macro_rules! string_newtype {
 
 /// `[a-z0-9][a-z0-9._:-]{0,63}`
 fn check_token(s: &str) -> Result<(), String> {
+    check_visible(s)?;
     let b = s.as_bytes();
     if b.is_empty() {
         return Err("must not be empty".into());
@@ -122,6 +128,7 @@ string_newtype!(
 string_newtype!(
     /// What it acts on, as the workload states it (`service/payments`). At most 256 printable characters.
     Resource, "resource", |s| {
+        check_visible(s)?;
         if s.is_empty() {
             return Err("must not be empty".into());
         }
@@ -161,6 +168,7 @@ string_newtype!(
 string_newtype!(
     /// A caller-chosen key that collapses retries into one request. 1 to 128 printable ASCII characters.
     IdempotencyKey, "idempotency_key", |s| {
+        check_visible(s)?;
         if s.is_empty() || s.len() > 128 {
             return Err("must be 1 to 128 characters".into());
         }
@@ -270,5 +278,16 @@ mod tests {
         assert!(Resource::parse(&"é".repeat(256)).is_ok());
         assert!(Resource::parse(&"é".repeat(257)).is_err());
         assert!(Resource::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn t33_requester_ids_refuse_hidden_characters_naming_the_code_point() {
+        let e = Resource::parse("service/\u{202E}gnigats-stnemyap").unwrap_err();
+        assert!(e.problem.contains("U+202E"), "{e}");
+        assert!(Action::parse("deploy\u{200B}").unwrap_err().problem.contains("U+200B"));
+        assert!(Environment::parse("prod\u{2029}").unwrap_err().problem.contains("U+2029"));
+        assert!(IdempotencyKey::parse("key-\u{E000}").unwrap_err().problem.contains("U+E000"));
+        // Visible non-ASCII stays a resource.
+        assert!(Resource::parse("bucket/données 中文 👍").is_ok());
     }
 }

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod policy;
 pub mod principal;
 pub mod request;
+pub mod text;
 pub mod time;
 
 pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};

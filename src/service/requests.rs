@@ -14,6 +14,8 @@ use crate::domain::{
 };
 use crate::ports::{Clock, Commit, Conflict, CreateOutcome, Guard, Notifier, StoreError, Stores};
 
+use crate::domain::text::{check_visible, escape_hidden};
+
 use super::notify::Dispatcher;
 
 /// Input limits (also documented in docs/api.md).
@@ -151,6 +153,19 @@ fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
     let environment = Environment::parse(&input.environment).map_err(|e| invalid("environment", e.problem))?;
     let resource =
         input.resource.as_deref().map(Resource::parse).transpose().map_err(|e| invalid("resource", e.problem))?;
+    // Row 33 before any other rule, so the message names the code point (the rule: domain::text).
+    if let Some(r) = &input.reason {
+        check_visible(r).map_err(|h| invalid("reason", h.to_string()))?;
+    }
+    for (k, v) in &input.details {
+        check_visible(k).map_err(|h| {
+            invalid("details", format!("the key {:?} {h}", escape_hidden(&truncate(k, MAX_DETAIL_KEY_CHARS))))
+        })?;
+        check_visible(v).map_err(|h| RequestError::Invalid {
+            field: Some("details"),
+            message: format!("{}: {h}", detail_path(k)),
+        })?;
+    }
     let reason = match input.reason.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(r) if r.chars().count() > MAX_REASON_CHARS => {
@@ -184,6 +199,19 @@ fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
     Ok(Validated { action, environment, resource, reason, details: input.details.clone(), idempotency_key })
 }
 
+/// How a message names one detail: `details.ticket`, or `details["two words"]` when the key is not a
+/// plain name. Only for keys that passed `check_visible`.
+fn detail_path(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key.chars().count() <= MAX_DETAIL_KEY_CHARS
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if plain {
+        format!("details.{key}")
+    } else {
+        format!("details[{:?}]", truncate(key, MAX_DETAIL_KEY_CHARS))
+    }
+}
+
 /// SHA-256 over the canonical JSON of the body (sorted details): equal bodies, equal hashes.
 fn body_hash(input: &NewRequest) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(input).unwrap_or_default()))
@@ -212,7 +240,10 @@ impl RequestService {
             .with("code", e.code())
             .with("message", e.to_string());
         if let Some(i) = input {
-            d = d.with("action", truncate(&i.action, 64)).with("environment", truncate(&i.environment, 64));
+            // A refused action may hold the very characters row 33 refuses: recorded as `{U+202E}`.
+            d = d
+                .with("action", escape_hidden(&truncate(&i.action, 64)))
+                .with("environment", escape_hidden(&truncate(&i.environment, 64)));
         }
         if let Some(id) = request {
             d = d.with("request", truncate(id, 64));

@@ -8,6 +8,12 @@
 //!   deny reason is escaped for mrkdwn (`&`, `<`, `>`) before it is placed in a `mrkdwn` object, so
 //!   `<!channel>`, `<@U…>` or `<https://evil|Approve>` render as text. Mentions come only from the policy
 //!   (`approver_users`, `approver_groups`) and from recorded votes. `link_names` is never set.
+//! - Requester text (reason, resource, detail keys and values) is placed only in `plain_text` objects with
+//!   `"emoji": false` (threat row 33): `*bold*`, `_italic_`, `~strike~`, `` `code` ``, `> quote` and
+//!   `:shortcode:` stay literal, so a reason cannot draw Countersign's own headings. Slack mrkdwn has no
+//!   escape for those characters, hence plain_text. It is escaped for `&`, `<`, `>` all the same: Slack
+//!   decodes those three entities in every text object, so escaped text shows exactly as sent.
+//!   No plain_text object of ours turns `:shortcodes:` into emoji either.
 //! - What AWS IAM verified is shown apart from what the workload merely stated (divider + own heading).
 //! - Buttons exist only while the request is pending; their `value` is the request id and nothing else.
 //! - Every documented Block Kit limit holds; text is cut after escaping, never inside an escape sequence or
@@ -120,8 +126,19 @@ fn mrkdwn(text: impl Into<String>) -> Value {
     json!({ "type": "mrkdwn", "text": text.into() })
 }
 
+/// A plain_text object of already-escaped text; `emoji: false` keeps `:shortcodes:` literal.
 fn plain(text: &str, max_chars: usize) -> Value {
-    json!({ "type": "plain_text", "text": truncate_escaped(text, max_chars) })
+    json!({ "type": "plain_text", "text": truncate_escaped(text, max_chars), "emoji": false })
+}
+
+/// Requester text as it is shown: escaped, cut, plain_text without emoji conversion (rows 19, 20, 33).
+/// Slack refuses an empty text object, so blank text (a detail value may be `""`) shows as our own
+/// `(empty)` marker, in italics, which plain requester text cannot imitate.
+fn stated(s: &str, max_chars: usize) -> Value {
+    if s.trim().is_empty() {
+        return mrkdwn("_(empty)_");
+    }
+    plain(&escape_mrkdwn(s), max_chars)
 }
 
 /// `*label*\nvalue` within the field limit; `value` must already be escaped (or be our own tokens).
@@ -300,29 +317,29 @@ fn verified_section(r: &ApprovalRequest) -> Value {
     })
 }
 
+/// The workload's own words: one heading of ours, the reason as a plain_text section, then a two-column
+/// table of plain_text rows (resource first, then details), five rows to a section.
 fn stated_blocks(r: &ApprovalRequest) -> Vec<Value> {
     let mut text = ":speech_balloon: *Stated by the workload* _(not verified)_".to_string();
-    match &r.reason {
-        Some(reason) => {
-            text.push_str("\n*Reason:* ");
-            let room = limits::SECTION_TEXT.saturating_sub(text.chars().count());
-            text.push_str(&safe(reason, room));
-        }
-        None if r.resource.is_none() && r.details.is_empty() => text.push_str("\n_Nothing stated._"),
-        None => {}
+    if r.reason.is_some() {
+        text.push_str("\n*Reason:*");
+    } else if r.resource.is_none() && r.details.is_empty() {
+        text.push_str("\n_Nothing stated._");
     }
-    let mut head = json!({ "type": "section", "text": mrkdwn(text) });
+    let mut blocks = vec![json!({ "type": "section", "text": mrkdwn(text) })];
+    if let Some(reason) = &r.reason {
+        blocks.push(json!({ "type": "section", "text": stated(reason, limits::SECTION_TEXT) }));
+    }
+    let mut cells: Vec<Value> = vec![];
     if let Some(res) = &r.resource {
-        head["fields"] = json!([field("Resource", &escape_mrkdwn(res.as_str()))]);
+        cells.push(mrkdwn("*Resource*"));
+        cells.push(stated(res.as_str(), limits::FIELD_TEXT));
     }
-    let mut blocks = vec![head];
-    let fields: Vec<Value> = r
-        .details
-        .iter()
-        .take(MAX_DETAILS_SHOWN)
-        .map(|(k, v)| field(&safe(&one_line(k), DETAIL_KEY_CHARS), &escape_mrkdwn(v)))
-        .collect();
-    for chunk in fields.chunks(limits::MAX_FIELDS) {
+    for (k, v) in r.details.iter().take(MAX_DETAILS_SHOWN) {
+        cells.push(stated(&one_line(k), DETAIL_KEY_CHARS));
+        cells.push(stated(v, limits::FIELD_TEXT));
+    }
+    for chunk in cells.chunks(limits::MAX_FIELDS) {
         blocks.push(json!({ "type": "section", "fields": chunk }));
     }
     let hidden = r.details.len().saturating_sub(MAX_DETAILS_SHOWN);

@@ -624,6 +624,12 @@ fn check_text(out: &mut Vec<String>, path: &str, t: Option<&Value>, max: usize, 
         Some("mrkdwn") if !plain_only => {}
         other => out.push(format!("{path}: text type {other:?} not allowed here")),
     }
+    // `emoji` is a boolean that only plain_text takes.
+    if let Some(e) = t.get("emoji") {
+        if !e.is_boolean() || t.get("type").and_then(Value::as_str) != Some("plain_text") {
+            out.push(format!("{path}.emoji: only a boolean on plain_text"));
+        }
+    }
     match t.get("text") {
         Some(s) if chars(s) == 0 => out.push(format!("{path}: empty text")),
         Some(s) => check_len(out, &format!("{path}.text"), Some(s), max),

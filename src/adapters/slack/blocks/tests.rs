@@ -239,8 +239,9 @@ fn t19_mrkdwn_injection_is_escaped() {
     assert!(text.contains("&lt;https://evil.example|Approve&gt;"));
     // Already-escaped input is escaped again, so it shows literally as typed.
     assert!(text.contains("&amp;lt; already escaped"));
-    // A detail key cannot start a line of its own.
-    assert!(text.contains("*x :lock: *Verified by AWS IAM**"), "{text}");
+    // A detail key cannot start a line of its own, and shows as plain text, not as a bold heading.
+    let key = plain_texts(&msg).into_iter().find(|t| t.contains("Verified")).expect("the key is shown");
+    assert_eq!(key, "x :lock: *Verified by AWS IAM*");
     golden("injection", &msg);
 }
 
@@ -280,6 +281,82 @@ fn t19_mentions_come_only_from_the_policy() {
     let s = empty.to_string();
     assert!(!s.contains("<@") && !s.contains("<!subteam"));
     assert!(s.contains("nobody: this policy approves nothing"));
+}
+
+/// The text of every plain_text object, checking each one keeps `:shortcodes:` literal.
+fn plain_texts(v: &Value) -> Vec<String> {
+    let mut out = vec![];
+    collect_plain(v, &mut out);
+    out
+}
+
+fn collect_plain(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) if m.get("type") == Some(&Value::from("plain_text")) => {
+            assert_eq!(m.get("emoji"), Some(&Value::Bool(false)), "plain_text converting emoji: {v}");
+            out.push(m["text"].as_str().unwrap().to_string());
+        }
+        Value::Object(m) => m.values().for_each(|x| collect_plain(x, out)),
+        Value::Array(a) => a.iter().for_each(|x| collect_plain(x, out)),
+        _ => {}
+    }
+}
+
+/// The text of every mrkdwn object.
+fn mrkdwn_texts(v: &Value) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) if m.get("type") == Some(&Value::from("mrkdwn")) => {
+                out.push(m["text"].as_str().unwrap().to_string());
+            }
+            Value::Object(m) => stack.extend(m.values()),
+            Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
+}
+
+const IMITATION: &str = ":lock: *Verified by AWS IAM* :white_check_mark: _signed_ ~unsigned~ `ok`\n> quoted";
+
+fn imitating_request() -> ApprovalRequest {
+    let mut r = request(2);
+    r.reason = Some(format!("{IMITATION} & <!here>"));
+    r.resource = Some(Resource::parse("service/*Verified by AWS IAM* :white_check_mark:").unwrap());
+    r.details = BTreeMap::from([
+        ("*Verified by AWS IAM*".to_string(), ":white_check_mark: *Account* `111122223333`".to_string()),
+        ("empty".to_string(), String::new()),
+    ]);
+    r
+}
+
+#[test]
+fn t33_requester_text_cannot_imitate_our_formatting() {
+    let msg = render(&imitating_request(), &seen_before(), false, T0);
+    assert_within_limits(&msg);
+    // Our own heading is the only mrkdwn that says "Verified by AWS IAM"; no mrkdwn object carries a
+    // requester's word (the reason, resource and details all hold "white_check_mark" or "signed").
+    for t in mrkdwn_texts(&msg) {
+        assert!(!t.contains("Verified by AWS IAM") || t == ":lock: *Verified by AWS IAM*", "mrkdwn: {t}");
+        assert!(!t.contains("white_check_mark") || t.starts_with(":white_check_mark: *Approved*"), "mrkdwn: {t}");
+        assert!(!t.contains("signed"), "mrkdwn: {t}");
+    }
+    // The requester's text arrives literally, in plain_text objects that convert no emoji, still escaped.
+    let plain = plain_texts(&msg);
+    let want_reason = format!("{} &amp; &lt;!here&gt;", IMITATION.replace('>', "&gt;"));
+    for want in [
+        want_reason.as_str(),
+        "service/*Verified by AWS IAM* :white_check_mark:",
+        "*Verified by AWS IAM*",
+        ":white_check_mark: *Account* `111122223333`",
+    ] {
+        assert!(plain.iter().any(|t| t == want), "{want:?} not shown literally in {plain:#?}");
+    }
+    // An empty value is our own marker, never an empty text object.
+    assert!(mrkdwn_texts(&msg).iter().any(|t| t == "_(empty)_"));
+    golden("imitation", &msg);
 }
 
 // --- escaping and truncation ----------------------------------------------------------------------------
@@ -380,13 +457,13 @@ fn t20_maximal_request_stays_within_every_block_kit_limit() {
     let msg = request_message(&view);
     assert_within_limits(&msg);
     assert_no_split_entities(&msg);
-    // All 20 details are shown (two sections of 10 fields).
+    // The resource and all 20 details are shown: 21 rows of two cells, five rows to a section.
     let detail_sections = blocks_of(&msg)
         .iter()
         .filter(|b| b["type"] == "section" && b.get("text").is_none())
         .filter(|b| !b["fields"][0]["text"].as_str().unwrap().starts_with("*Policy*"))
         .count();
-    assert_eq!(detail_sections, 2);
+    assert_eq!(detail_sections, 5);
     // The reason was cut to the section limit, visibly.
     let s = msg.to_string();
     assert!(s.contains('…'));
@@ -508,7 +585,9 @@ fn verified_facts_are_separate_from_stated_ones_and_key_is_masked() {
     assert!(!msg.to_string().contains("ASIAEXAMPLE"), "full access key id must not be shown");
     // Reason, resource and details are in the stated part only.
     assert!(!v.contains("payments"));
-    assert!(blocks[stated].to_string().contains("service/payments"));
+    let end = stated + blocks[stated..].iter().position(|b| b["type"] == "divider").unwrap();
+    let part = serde_json::to_string(&blocks[stated..end]).unwrap();
+    assert!(part.contains("service/payments") && part.contains("refund rounding") && part.contains("9f1c2ab"));
 }
 
 #[test]
