@@ -15,6 +15,7 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::{exit, ApiArgs, AwsArgs, CliError};
+use crate::domain::text::escape_hidden;
 
 /// The SigV4 service name of API Gateway.
 pub const SIGNING_SERVICE: &str = "execute-api";
@@ -271,8 +272,11 @@ fn is_transient(status: reqwest::StatusCode, json: Option<&Value>) -> bool {
 }
 
 /// The API's `{"error": {"code", "message"}}`, or API Gateway's own `{"message"}` with `x-amzn-ErrorType`.
+/// Printed as received, except that characters row 33 refuses are shown as `{U+202E}`: an endpoint that
+/// is not ours must not reorder or hide text in a terminal or a CI log either.
 fn error_of(json: Option<&Value>, error_type: Option<String>) -> (String, String) {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| s.chars().take(2000).collect::<String>());
+    let text =
+        |v: Option<&Value>| v.and_then(Value::as_str).map(|s| escape_hidden(&s.chars().take(2000).collect::<String>()));
     let err = json.and_then(|j| j.get("error"));
     let code = text(err.and_then(|e| e.get("code"))).or(error_type).unwrap_or_else(|| "unknown_error".to_string());
     let message = text(err.and_then(|e| e.get("message")))
@@ -352,6 +356,15 @@ mod tests {
             ("UnrecognizedClientException".into(), "The security token included in the request is invalid.".into())
         );
         assert_eq!(error_of(None, None), ("unknown_error".into(), "(no message)".into()));
+    }
+
+    #[test]
+    fn t33_a_refused_character_is_named_as_the_api_says_and_never_printed_raw() {
+        let msg = "resource: contains U+202E (an invisible format character, category Cf) at character 9";
+        let api = json!({"error": {"code": "invalid_request", "message": msg, "field": "resource"}});
+        assert_eq!(error_of(Some(&api), None), ("invalid_request".into(), msg.into()));
+        let hostile = json!({"error": {"code": "x\u{202E}", "message": "ok\u{2028}\u{200B}"}});
+        assert_eq!(error_of(Some(&hostile), None), ("x{U+202E}".into(), "ok{U+2028}{U+200B}".into()));
     }
 
     #[test]

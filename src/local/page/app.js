@@ -196,10 +196,21 @@
     return out;
   }
 
+  /**
+   * A text object as Slack shows it. plain_text: no formatting at all; the three entities decoded;
+   * `:shortcodes:` become emoji only unless `"emoji": false` (Slack's default is true).
+   */
   function textObject(t) {
     if (!t) return [];
     if (t.type === 'mrkdwn') return mrkdwn(t.text || '');
-    return leaf(String(t.text || '').replace(/:([a-z0-9_+-]+):/g, (m, n) => EMOJI[n] || m));
+    const text = decodeEntities(String(t.text || ''));
+    const shown = t.emoji === false ? text : text.replace(/:([a-z0-9_+-]+):/g, (m, n) => EMOJI[n] || m);
+    const out = [];
+    shown.split('\n').forEach((line, i) => {
+      if (i > 0) out.push(el('br'));
+      if (line) out.push(document.createTextNode(line));
+    });
+    return out;
   }
 
   // ---- Block Kit ----------------------------------------------------------------------------------------
