@@ -64,8 +64,8 @@ async fn assert_owner_refused_everywhere(t: &TestApp, p: &Posted) {
 // ---- row 30: owners belong to the identity -------------------------------------------------------------
 
 /// `deploy-production` (narrow, 1 approval) is owned by U0OWNER001. `platform` covers every action and
-/// environment of the same role, lists the owner among its approvers (directly and through a group Slack
-/// cannot resolve), needs 2 approvals and so wins the production match.
+/// environment of the same role, lists the owner among its approvers (directly and through its group),
+/// needs 2 approvals and so wins the production match.
 const NARROW_AND_PLATFORM: &str = r#"
 version: 1
 policies:
@@ -85,7 +85,7 @@ policies:
     environments: ["*"]
     approvers:
       users: [U0OWNER001, UALICE0001, UBOB000001]
-      groups: [S0NOSUCH01]
+      groups: [S0PLATFORM1]
     required_approvals: 2
     channel: C0PLATFORM
     max_ttl: 1h
@@ -94,6 +94,7 @@ policies:
 async fn t30_owner_of_a_narrow_policy_cannot_approve_through_a_broader_one(kind: StoreKind) {
     let Some(t) = crate::support::spawn_app(kind).await else { return };
     t.apply_policies(NARROW_AND_PLATFORM).await;
+    t.slack.set_usergroup("S0PLATFORM1", &[OWNER, "USRE000001"]);
     let p = pending(&t, "deploy", "production").await;
     let r = t.request(&p.id).await;
     assert_eq!(r.policy.name.as_str(), "platform", "the broader policy wins the match");
@@ -106,8 +107,9 @@ async fn t30_owner_of_a_narrow_policy_cannot_approve_through_a_broader_one(kind:
     assert_eq!(approvals(&r), ["UALICE0001", "UBOB000001"]);
 }
 
-/// The owner is listed only in a policy for other actions and environments of the same identity; the
-/// request is governed by a policy that names the owner as an approver and no owners at all.
+/// The owner is listed only in a policy for other actions and environments of the same identity. The
+/// request is governed by a policy without owners whose approver group Slack cannot resolve: the owner's
+/// refusal does not depend on group lookups (a non-owner gets "try again").
 const OWNER_ELSEWHERE: &str = r#"
 version: 1
 policies:
@@ -126,7 +128,8 @@ policies:
     actions: [restart]
     environments: [staging]
     approvers:
-      users: [U0OWNER001, UALICE0001]
+      users: [UALICE0001]
+      groups: [S0NOSUCH01]
     required_approvals: 1
     channel: C0STAGING
     max_ttl: 1h
@@ -138,6 +141,9 @@ async fn t30_owner_listed_only_under_other_actions_is_still_refused(kind: StoreK
     let p = pending(&t, "restart", "staging").await;
     assert_eq!(t.request(&p.id).await.policy.name.as_str(), "restart-staging");
     assert_owner_refused_everywhere(&t, &p).await;
+    // Control: the group really cannot be resolved, so anyone else outside the user list is asked to retry.
+    assert_eq!(click(&t, "USRE000001", APPROVE, &p).await.status, 200);
+    assert!(ephemeral_texts(&t).last().is_some_and(|m| m.contains("try again")), "{:?}", ephemeral_texts(&t));
     assert_eq!(click(&t, "UALICE0001", APPROVE, &p).await.status, 200);
     assert_eq!(t.request(&p.id).await.status, Status::Approved);
 }
