@@ -174,7 +174,7 @@ impl VoteService {
             return Ok(Err(Rejection::NoPolicy));
         };
         // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
-        // for this principal are refused, before and whatever any group lookup says.
+        // for this principal are refused, before and regardless of any group lookup.
         let owners = Owners::of(&policies, &principal);
         let mut in_group = false;
         if policy.needs_group_lookup(user, &owners) {
