@@ -935,6 +935,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::domain::request::Governing;
     use crate::domain::{Actor, AuditKind};
     use crate::ports::{Commit, Guard};
 
@@ -1016,7 +1017,7 @@ mod tests {
         let user = crate::domain::SlackUserId::parse("UAPPROVER1").unwrap();
         let now = t0.plus_seconds(1);
         let vote = |r: &ApprovalRequest| {
-            let t = r.approve(&user, now).unwrap();
+            let t = r.approve(&user, &Governing::as_stored(r), now).unwrap();
             Commit {
                 expected_version: r.version,
                 request: t.request,

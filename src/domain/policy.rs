@@ -151,16 +151,29 @@ impl Policy {
             && self.principals.matches(who)
     }
 
-    /// May this Slack user vote on a request governed by this policy? `groups_of_user` are the approver
-    /// groups of this policy the user belongs to (looked up by the caller). Owners never may.
-    pub fn approver_check(&self, user: &SlackUserId, in_approver_group: bool) -> Result<(), NotApprover> {
-        if self.owners.contains(user) {
+    /// May this Slack user vote on a request governed by this policy? `owners` are the owners of the
+    /// requesting identity ([`Owners::of`]); `in_approver_group` says whether the user belongs to one of this
+    /// policy's approver groups (looked up by the caller). Owners never may, whatever the groups say.
+    pub fn approver_check(
+        &self,
+        user: &SlackUserId,
+        owners: &Owners,
+        in_approver_group: bool,
+    ) -> Result<(), NotApprover> {
+        if owners.contains(user) || self.owners.contains(user) {
             return Err(NotApprover::Owner);
         }
         if self.approvers.users.contains(user) || in_approver_group {
             return Ok(());
         }
         Err(NotApprover::NotListed)
+    }
+
+    /// Whether group membership can change [`Policy::approver_check`]'s answer for `user`: not for an owner
+    /// (refused whatever the groups say, so a failing group lookup cannot turn an owner's refusal into
+    /// "try again") nor for a listed approver.
+    pub fn needs_group_lookup(&self, user: &SlackUserId, owners: &Owners) -> bool {
+        !owners.contains(user) && !self.owners.contains(user) && !self.approvers.users.contains(user)
     }
 
     /// Sort key for "strictest wins": most approvals, then shortest max_ttl, then name.
@@ -189,6 +202,33 @@ pub fn select<'a>(
         .into_iter()
         .filter(|p| p.matches(who, action, env, resource))
         .min_by(|a, b| a.strictness_key().cmp(&b.strictness_key()))
+}
+
+/// The owners of a requesting identity (row 30): everyone listed in `owners` of **any** policy whose
+/// `principals` match it, whatever that policy's actions, environments or resources. Owners belong to the
+/// identity, not to one policy: otherwise a broader policy for the same principal (a "platform" policy that
+/// lists the owner as an approver) would let the owner approve their own pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners(BTreeSet<SlackUserId>);
+
+impl Owners {
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>, who: &Principal) -> Self {
+        Self(
+            policies
+                .into_iter()
+                .filter(|p| !p.owners.is_empty() && p.principals.matches(who))
+                .flat_map(|p| p.owners.iter().cloned())
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, user: &SlackUserId) -> bool {
+        self.0.contains(user)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SlackUserId> {
+        self.0.iter()
+    }
 }
 
 /// Parses `1h`, `30m`, `90s`, `2h30m`, `1d`, or a plain number of seconds.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{Actor, AuditDraft, AuditKind};
 use super::ids::{Action, Environment, IdempotencyKey, PolicyName, RequestId, Resource, SlackChannelId, SlackUserId};
+use super::policy::Policy;
 use super::principal::Principal;
 use super::time::Timestamp;
 
@@ -78,6 +79,32 @@ impl Requester {
 pub struct PolicyRef {
     pub name: PolicyName,
     pub version: String,
+}
+
+impl PolicyRef {
+    pub fn of(policy: &Policy) -> Self {
+        Self { name: policy.name.clone(), version: policy.version() }
+    }
+}
+
+/// The policy that governs a vote: the one that matches the request at vote time (row 31). It may differ
+/// from the one stored on the request (another name, or the same name at another version) when policies
+/// changed while the request was pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Governing {
+    pub policy: PolicyRef,
+    pub required_approvals: u32,
+}
+
+impl Governing {
+    pub fn of(policy: &Policy) -> Self {
+        Self { policy: PolicyRef::of(policy), required_approvals: policy.required_approvals }
+    }
+
+    /// The terms stored on `r`, as if no policy had changed since it was created.
+    pub fn as_stored(r: &ApprovalRequest) -> Self {
+        Self { policy: r.policy.clone(), required_approvals: r.required_approvals }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +250,45 @@ impl ApprovalRequest {
             .with("principal", &self.requester.principal)
     }
 
+    /// Approvals this request needs when `current` governs it: `max(stored, current)` (row 31). Tightening a
+    /// policy raises the quorum of its pending requests; loosening one never lowers it, so the count shown
+    /// to earlier approvers never shrinks under them.
+    pub fn quorum_under(&self, current: &Governing) -> u32 {
+        self.required_approvals.max(current.required_approvals)
+    }
+
+    /// The next version of this request, re-based on the policy that governs the vote: the quorum raised as
+    /// [`Self::quorum_under`] says. The stored policy ref stays the one the request was created under (it
+    /// keys the per-policy `max_pending` accounting); each vote record names both.
+    fn next_under(&self, current: &Governing) -> Self {
+        let mut r = self.next();
+        r.required_approvals = self.quorum_under(current);
+        r
+    }
+
+    /// A vote's audit record: the stored policy and the one that governed the vote, and the quorum if the
+    /// vote raised it.
+    fn vote_draft(
+        &self,
+        now: Timestamp,
+        kind: AuditKind,
+        actor: Actor,
+        current: &Governing,
+        after: &Self,
+    ) -> AuditDraft {
+        let mut d = self
+            .draft(now, kind, actor)
+            .with("policy_version", &self.policy.version)
+            .with("current_policy", current.policy.name.as_str())
+            .with("current_policy_version", &current.policy.version);
+        if after.required_approvals != self.required_approvals {
+            d = d
+                .with("required_approvals", after.required_approvals.to_string())
+                .with("previous_required_approvals", self.required_approvals.to_string());
+        }
+        d
+    }
+
     fn decided(&mut self, status: Status, now: Timestamp) {
         self.status = status;
         self.decided_at = Some(now);
@@ -252,18 +318,24 @@ impl ApprovalRequest {
         events
     }
 
-    /// An authorized approver approves. Reaching `required_approvals` approves the request.
-    pub fn approve(&self, user: &SlackUserId, now: Timestamp) -> Result<Transition, TransitionError> {
+    /// An approver, authorized under `current` (the policy that matches the request now), approves.
+    /// Reaching the quorum under `current` ([`Self::quorum_under`]) approves the request.
+    pub fn approve(
+        &self,
+        user: &SlackUserId,
+        current: &Governing,
+        now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
         self.ensure_open(now)?;
         if self.has_voted(user) {
             return Err(TransitionError::DuplicateVote);
         }
-        let mut r = self.next();
+        let mut r = self.next_under(current);
         r.approvals.push(Approval { user_id: user.clone(), at: now });
         r.notification.update_pending = true;
         let actor = Actor::slack(user.as_str());
         let mut events = vec![self
-            .draft(now, AuditKind::VoteApprove, actor.clone())
+            .vote_draft(now, AuditKind::VoteApprove, actor.clone(), current, &r)
             .with("approvals", format!("{}/{}", r.approvals.len(), r.required_approvals))];
         if r.approvals.len() as u64 >= u64::from(r.required_approvals) {
             r.decided(Status::Approved, now);
@@ -282,16 +354,26 @@ impl ApprovalRequest {
         })
     }
 
-    /// An authorized approver denies: one deny is final.
-    pub fn deny(&self, user: &SlackUserId, reason: &str, now: Timestamp) -> Result<Transition, TransitionError> {
+    /// An approver, authorized under `current`, denies: one deny is final.
+    pub fn deny(
+        &self,
+        user: &SlackUserId,
+        reason: &str,
+        current: &Governing,
+        now: Timestamp,
+    ) -> Result<Transition, TransitionError> {
         self.ensure_open(now)?;
         if self.has_voted(user) {
             return Err(TransitionError::DuplicateVote);
         }
-        let mut r = self.next();
+        let mut r = self.next_under(current);
         r.denial = Some(Denial { user_id: user.clone(), reason: reason.to_string(), at: now });
         r.decided(Status::Denied, now);
         let actor = Actor::slack(user.as_str());
+        let events = vec![
+            self.vote_draft(now, AuditKind::VoteDeny, actor.clone(), current, &r).with("reason", reason),
+            self.draft(now, AuditKind::RequestDenied, actor).with("reason", reason),
+        ];
         Ok(Transition {
             vote: Some(Vote {
                 request_id: self.id,
@@ -301,10 +383,7 @@ impl ApprovalRequest {
                 at: now,
             }),
             request: r,
-            events: vec![
-                self.draft(now, AuditKind::VoteDeny, actor.clone()).with("reason", reason),
-                self.draft(now, AuditKind::RequestDenied, actor).with("reason", reason),
-            ],
+            events,
         })
     }
 
@@ -396,11 +475,14 @@ pub mod tests {
     #[test]
     fn quorum_of_distinct_approvers_approves() {
         let r = sample(2, T0);
-        let t1 = r.approve(&u("UALICE01"), T0.plus_seconds(1)).unwrap();
+        let t1 = r.approve(&u("UALICE01"), &Governing::as_stored(&r), T0.plus_seconds(1)).unwrap();
         assert_eq!(t1.request.status, Status::Pending);
         assert_eq!(t1.events.len(), 1);
-        assert_eq!(t1.request.approve(&u("UALICE01"), T0), Err(TransitionError::DuplicateVote));
-        let t2 = t1.request.approve(&u("UBOB0001"), T0.plus_seconds(2)).unwrap();
+        assert_eq!(
+            t1.request.approve(&u("UALICE01"), &Governing::as_stored(&t1.request), T0),
+            Err(TransitionError::DuplicateVote)
+        );
+        let t2 = t1.request.approve(&u("UBOB0001"), &Governing::as_stored(&t1.request), T0.plus_seconds(2)).unwrap();
         assert_eq!(t2.request.status, Status::Approved);
         assert_eq!(t2.request.decided_at, Some(T0.plus_seconds(2)));
         assert_eq!(
@@ -413,7 +495,7 @@ pub mod tests {
     #[test]
     fn one_deny_denies() {
         let r = sample(2, T0);
-        let t = r.deny(&u("UALICE01"), "not now", T0).unwrap();
+        let t = r.deny(&u("UALICE01"), "not now", &Governing::as_stored(&r), T0).unwrap();
         assert_eq!(t.request.status, Status::Denied);
         assert_eq!(t.request.denial.as_ref().unwrap().reason, "not now");
     }
@@ -421,8 +503,11 @@ pub mod tests {
     #[test]
     fn terminal_states_never_change() {
         let r = sample(1, T0);
-        let approved = r.approve(&u("UALICE01"), T0).unwrap().request;
-        assert_eq!(approved.deny(&u("UBOB0001"), "x", T0), Err(TransitionError::AlreadyDecided(Status::Approved)));
+        let approved = r.approve(&u("UALICE01"), &Governing::as_stored(&r), T0).unwrap().request;
+        assert_eq!(
+            approved.deny(&u("UBOB0001"), "x", &Governing::as_stored(&approved), T0),
+            Err(TransitionError::AlreadyDecided(Status::Approved))
+        );
         assert_eq!(approved.cancel("arn", T0), Err(TransitionError::AlreadyDecided(Status::Approved)));
         assert_eq!(approved.expire(T0.plus_seconds(99_999)), Err(TransitionError::AlreadyDecided(Status::Approved)));
     }
@@ -431,10 +516,59 @@ pub mod tests {
     fn expired_request_cannot_be_approved_even_before_the_sweeper() {
         let r = sample(1, T0);
         let late = r.expires_at;
-        assert_eq!(r.approve(&u("UALICE01"), late), Err(TransitionError::Expired));
+        assert_eq!(r.approve(&u("UALICE01"), &Governing::as_stored(&r), late), Err(TransitionError::Expired));
         assert_eq!(r.effective_status(late), Status::Expired);
         assert_eq!(r.expire(late.plus_millis(-1)), Err(TransitionError::NotYetExpired));
         assert_eq!(r.expire(late).unwrap().request.status, Status::Expired);
+    }
+
+    fn governing(version: &str, required: u32) -> Governing {
+        Governing {
+            policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: version.into() },
+            required_approvals: required,
+        }
+    }
+
+    #[test]
+    fn t31_a_tightened_policy_raises_the_quorum_of_a_pending_request() {
+        let r = sample(1, T0);
+        let tightened = governing("def", 2);
+        let t = r.approve(&u("UALICE01"), &tightened, T0).unwrap();
+        assert_eq!(t.request.status, Status::Pending, "one approval does not make a quorum of two");
+        assert_eq!(t.request.required_approvals, 2);
+        assert_eq!(t.request.policy, r.policy, "the stored policy stays the one the request was created under");
+        let vote = &t.events[0];
+        assert_eq!(vote.kind, AuditKind::VoteApprove);
+        for (k, v) in [
+            ("policy", "deploy-production"),
+            ("policy_version", "abc"),
+            ("current_policy", "deploy-production"),
+            ("current_policy_version", "def"),
+            ("required_approvals", "2"),
+            ("previous_required_approvals", "1"),
+            ("approvals", "1/2"),
+        ] {
+            assert_eq!(vote.details.get(k).map(String::as_str), Some(v), "{k}: {:?}", vote.details);
+        }
+        // A later vote under an older view of the policy cannot bring the quorum back down.
+        let t2 = t.request.approve(&u("UBOB0001"), &governing("abc", 1), T0).unwrap();
+        assert_eq!(t2.request.required_approvals, 2);
+        assert_eq!(t2.request.status, Status::Approved);
+    }
+
+    #[test]
+    fn t31_a_loosened_policy_keeps_the_stored_quorum() {
+        let r = sample(2, T0);
+        let t = r.approve(&u("UALICE01"), &governing("def", 1), T0).unwrap();
+        assert_eq!(t.request.status, Status::Pending);
+        assert_eq!(t.request.required_approvals, 2);
+        assert_eq!(t.events[0].details.get("approvals").map(String::as_str), Some("1/2"));
+        assert!(!t.events[0].details.contains_key("previous_required_approvals"));
+        // A deny under a changed policy names both versions too.
+        let d = r.deny(&u("UBOB0001"), "no", &governing("def", 3), T0).unwrap();
+        assert_eq!(d.events[0].details.get("current_policy_version").map(String::as_str), Some("def"));
+        assert_eq!(d.events[0].details.get("policy_version").map(String::as_str), Some("abc"));
+        assert_eq!(d.request.required_approvals, 3);
     }
 
     #[test]

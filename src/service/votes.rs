@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::policy::select;
+use crate::domain::policy::{select, Owners};
+use crate::domain::request::Governing;
 use crate::domain::{
     Actor, ApprovalRequest, AuditDraft, AuditKind, Policy, Principal, RequestId, SlackUserId, TransitionError,
 };
@@ -172,8 +173,11 @@ impl VoteService {
         else {
             return Ok(Err(Rejection::NoPolicy));
         };
+        // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
+        // for this principal are refused, before and regardless of any group lookup.
+        let owners = Owners::of(&policies, &principal);
         let mut in_group = false;
-        if !policy.owners.contains(user) && !policy.approvers.users.contains(user) {
+        if policy.needs_group_lookup(user, &owners) {
             let lookups = async {
                 for g in &policy.approvers.groups {
                     match self.dispatcher.notifier.group_members(g).await {
@@ -196,7 +200,7 @@ impl VoteService {
                 Err(why) => return Ok(Err(Rejection::TryAgain(why))),
             }
         }
-        if let Err(e) = policy.approver_check(user, in_group) {
+        if let Err(e) = policy.approver_check(user, &owners, in_group) {
             return Ok(Err(Rejection::NotApprover(e.to_string())));
         }
         if r.status.is_terminal() {
@@ -213,8 +217,11 @@ impl VoteService {
     pub async fn vote(&self, v: VoteRequest) -> Result<VoteOutcome, StoreError> {
         // The first attempt applies the vote to the request as authorization just read it: the commit is
         // conditional on its version, so if it changed since, the commit conflicts and the retry re-reads.
-        let mut authorized = match self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
-            Ok((r, _policy)) => Some(r),
+        // The vote counts under the policy that authorized it, which may not be the one stored on the
+        // request (row 31): the transition raises the quorum to `max(stored, current)` and the commit stores
+        // it, so every later vote, and the message, sees the raised count.
+        let (mut authorized, governing) = match self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
+            Ok((r, policy)) => (Some(r), Governing::of(&policy)),
             Err(why) => return Ok(VoteOutcome::Rejected(why)),
         };
         for attempt in 0..VOTE_ATTEMPTS {
@@ -227,8 +234,8 @@ impl VoteService {
             };
             let now = self.clock.now();
             let t = match &v.decision {
-                Decision::Approve => r.approve(&v.user, now),
-                Decision::Deny { reason } => r.deny(&v.user, reason, now),
+                Decision::Approve => r.approve(&v.user, &governing, now),
+                Decision::Deny { reason } => r.deny(&v.user, reason, &governing, now),
             };
             let t = match t {
                 Ok(t) => t,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use countersign::domain::audit::{verify_chain, ChainBreak};
 use countersign::domain::policy::parse_policies;
-use countersign::domain::request::{Notification, NotificationState, PolicyRef, Requester};
+use countersign::domain::request::{Governing, Notification, NotificationState, PolicyRef, Requester};
 use countersign::domain::{
     Action, Actor, ApprovalRequest, AuditDraft, AuditEvent, AuditKind, Environment, IdempotencyKey, PolicyName,
     Principal, RequestId, Resource, SlackChannelId, SlackUserId, Status, Timestamp, Transition, TransitionError,
@@ -145,7 +145,7 @@ enum Outcome {
 async fn approve_until_settled<S: Store>(store: Arc<S>, id: RequestId, user: SlackUserId, now: Timestamp) -> Outcome {
     for _ in 0..1000 {
         let current = get(&*store, &id).await;
-        let t = match current.approve(&user, now) {
+        let t = match current.approve(&user, &Governing::as_stored(&current), now) {
             Ok(t) => t,
             Err(e) => return Outcome::Refused(e),
         };
@@ -201,7 +201,7 @@ pub async fn create_with_a_used_idempotency_key_returns_the_existing_request<S: 
     assert_eq!(s.get_request(&retry.id).await.unwrap(), None);
 
     // The key stays taken after the first request is decided.
-    let t = first.approve(&user(1), T0.plus_seconds(6)).unwrap();
+    let t = first.approve(&user(1), &Governing::as_stored(&first), T0.plus_seconds(6)).unwrap();
     let decided = t.request.clone();
     s.commit(commit_of(&first, t, Guard::OpenAt(T0.plus_seconds(6)))).await.unwrap();
     assert_eq!(create(s, &retry).await, CreateOutcome::Existing(decided.clone()));
@@ -387,7 +387,7 @@ pub async fn no_transition_leaves_a_terminal_state<S: Store>(sut: Sut<S>) {
     let r = deploy_request(1, T0);
     create(s, &r).await;
     let t1 = T0.plus_seconds(1);
-    let t = r.approve(&user(1), t1).unwrap();
+    let t = r.approve(&user(1), &Governing::as_stored(&r), t1).unwrap();
     s.commit(commit_of(&r, t, Guard::OpenAt(t1))).await.unwrap();
     let approved = get(s, &r.id).await;
     assert_eq!(approved.status, Status::Approved);
@@ -396,19 +396,22 @@ pub async fn no_transition_leaves_a_terminal_state<S: Store>(sut: Sut<S>) {
     // Transitions computed from the old pending state lose.
     let now = T0.plus_seconds(2);
     let late = [
-        r.deny(&user(2), "no", now).unwrap(),
+        r.deny(&user(2), "no", &Governing::as_stored(&r), now).unwrap(),
         r.cancel(&arn("github-deploy"), now).unwrap(),
-        r.approve(&user(3), now).unwrap(),
+        r.approve(&user(3), &Governing::as_stored(&r), now).unwrap(),
     ];
     for t in late {
         assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::OpenAt(now))).await), Conflict::Stale);
     }
     // The same user's second vote is reported as a duplicate, even though it is also stale.
-    let again = r.approve(&user(1), now).unwrap();
+    let again = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
     assert_eq!(conflict(s.commit(commit_of(&r, again, Guard::OpenAt(now))).await), Conflict::DuplicateVote);
 
     // A forged change from the current version is refused by the store's own guard.
-    assert_eq!(approved.deny(&user(2), "no", now), Err(TransitionError::AlreadyDecided(Status::Approved)));
+    assert_eq!(
+        approved.deny(&user(2), "no", &Governing::as_stored(&approved), now),
+        Err(TransitionError::AlreadyDecided(Status::Approved))
+    );
     let mut forged = approved.clone();
     forged.version += 1;
     forged.status = Status::Denied;
@@ -429,7 +432,7 @@ pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<
 
     // A vote read and decided just before expiry, committed at or after it, loses.
     for commit_at in [exp, exp.plus_seconds(60)] {
-        let t = r.approve(&user(1), exp.plus_millis(-1)).unwrap();
+        let t = r.approve(&user(1), &Governing::as_stored(&r), exp.plus_millis(-1)).unwrap();
         assert_eq!(conflict(s.commit(commit_of(&r, t, Guard::OpenAt(commit_at))).await), Conflict::Stale);
     }
     let still = get(s, &r.id).await;
@@ -456,7 +459,7 @@ pub async fn an_open_request_accepts_a_vote_just_before_expiry<S: Store>(sut: Su
     let r = deploy_request(1, T0);
     create(s, &r).await;
     let just_before = r.expires_at.plus_millis(-1);
-    let t = r.approve(&user(1), just_before).unwrap();
+    let t = r.approve(&user(1), &Governing::as_stored(&r), just_before).unwrap();
     s.commit(commit_of(&r, t, Guard::OpenAt(just_before))).await.unwrap();
     assert_eq!(get(s, &r.id).await.status, Status::Approved);
 }
@@ -466,12 +469,12 @@ pub async fn commit_requires_the_next_version<S: Store>(sut: Sut<S>) {
     let r = deploy_request(1, T0);
     create(s, &r).await;
     let now = T0.plus_seconds(1);
-    let mut t = r.approve(&user(1), now).unwrap();
+    let mut t = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
     t.request.version = 5;
     assert!(s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.is_err());
     // Nothing of it was applied: the same user can still vote.
     assert_eq!(get(s, &r.id).await, r);
-    let t = r.approve(&user(1), now).unwrap();
+    let t = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
     s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
     // A commit from an old version is stale.
     let mut t = r.cancel(&arn("github-deploy"), now).unwrap();
@@ -487,7 +490,7 @@ pub async fn version_only_commits_update_bookkeeping_after_a_decision<S: Store>(
     let r = deploy_request(1, T0);
     create(s, &r).await;
     let now = T0.plus_seconds(1);
-    let t = r.approve(&user(1), now).unwrap();
+    let t = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
     s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
     let approved = get(s, &r.id).await;
     assert!(approved.notification.update_pending);
@@ -525,7 +528,7 @@ pub async fn lists_pending_oldest_first_and_by_principal_newest_first<S: Store>(
         assert_eq!(create(s, r).await, CreateOutcome::Created);
     }
     let now = T0.plus_seconds(5);
-    let t = b.deny(&user(1), "no", now).unwrap();
+    let t = b.deny(&user(1), "no", &Governing::as_stored(&b), now).unwrap();
     s.commit(commit_of(&b, t, Guard::OpenAt(now))).await.unwrap();
 
     let ids = |v: Vec<ApprovalRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -596,7 +599,7 @@ pub async fn notification_due_lists_unposted_and_stale_messages<S: Store>(sut: S
 
     // A decision makes the posted message stale: due again, with no retry time, from its creation.
     let now = T0.plus_seconds(3);
-    let t = posted.approve(&user(1), now).unwrap();
+    let t = posted.approve(&user(1), &Governing::as_stored(&posted), now).unwrap();
     s.commit(commit_of(&posted, t, Guard::OpenAt(now))).await.unwrap();
     assert_eq!(due(T0.plus_seconds(60)).await, vec![unposted.id, posted.id, retrying.id]);
     assert_eq!(s.list_notification_due(T0.plus_seconds(60), 1).await.unwrap().len(), 1);
@@ -649,12 +652,12 @@ pub async fn for_request_returns_that_requests_records_in_chain_order<S: Store>(
     create(s, &b).await;
     s.append(drafts(2, "noise")).await.unwrap();
     let now = T0.plus_seconds(2);
-    let t = a.approve(&user(1), now).unwrap();
+    let t = a.approve(&user(1), &Governing::as_stored(&a), now).unwrap();
     let a2 = t.request.clone();
     s.commit(commit_of(&a, t, Guard::OpenAt(now))).await.unwrap();
-    let t = b.deny(&user(2), "not today", now).unwrap();
+    let t = b.deny(&user(2), "not today", &Governing::as_stored(&b), now).unwrap();
     s.commit(commit_of(&b, t, Guard::OpenAt(now))).await.unwrap();
-    let t = a2.approve(&user(3), now).unwrap();
+    let t = a2.approve(&user(3), &Governing::as_stored(&a2), now).unwrap();
     s.commit(commit_of(&a2, t, Guard::OpenAt(now))).await.unwrap();
 
     let of_a = s.for_request(&a.id).await.unwrap();
@@ -782,13 +785,14 @@ conformance!(embedded, crate::harness::embedded_sut, {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn embedded_store_survives_reopen() {
         use countersign::adapters::embedded::EmbeddedStore;
+        use countersign::domain::request::Governing;
         use countersign::ports::{AuditLog, PolicyStore, RequestStore};
 
         let (dir, store) = crate::harness::embedded();
         let r = super::deploy_request(2, super::T0);
         super::create(&*store, &r).await;
         let now = super::T0.plus_seconds(1);
-        let t = r.approve(&super::user(1), now).unwrap();
+        let t = r.approve(&super::user(1), &Governing::as_stored(&r), now).unwrap();
         store.commit(super::commit_of(&r, t, super::Guard::OpenAt(now))).await.unwrap();
         let policies = super::parse_policies(include_str!("../../infra/policies.example.yaml")).unwrap();
         let p = &policies[0];
@@ -808,7 +812,7 @@ conformance!(embedded, crate::harness::embedded_sut, {
         super::verify_chain(&audit_after).unwrap();
 
         // The vote is still recorded: the same user cannot vote again.
-        let again = r.approve(&super::user(1), now).unwrap();
+        let again = r.approve(&super::user(1), &Governing::as_stored(&r), now).unwrap();
         assert_eq!(
             super::conflict(store.commit(super::commit_of(&r, again, super::Guard::OpenAt(now))).await),
             super::Conflict::DuplicateVote

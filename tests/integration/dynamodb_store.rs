@@ -18,7 +18,7 @@ use aws_sdk_dynamodb::Client;
 use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
 use countersign::domain::audit::verify_chain;
 use countersign::domain::policy::parse_policies;
-use countersign::domain::request::{Notification, NotificationState, PolicyRef, Requester, VoteDecision};
+use countersign::domain::request::{Governing, Notification, NotificationState, PolicyRef, Requester, VoteDecision};
 use countersign::domain::*;
 use countersign::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
 
@@ -233,7 +233,7 @@ async fn max_pending_is_enforced_per_principal_and_policy_and_freed_by_decisions
     assert_eq!(create(&h.store, &sample_for(ROLE, "zero-policy", 1, T0, 7), 0).await, CreateOutcome::TooManyPending);
 
     // Deciding one frees a slot.
-    let t = a.deny(&u("UALICE01"), "no", T0.plus_seconds(1)).unwrap();
+    let t = a.deny(&u("UALICE01"), "no", &Governing::as_stored(&a), T0.plus_seconds(1)).unwrap();
     h.store.commit(commit_of(t, 1, Guard::OpenAt(T0.plus_seconds(1)))).await.unwrap();
     assert_eq!(create(&h.store, &c, 2).await, CreateOutcome::Created);
     assert_eq!(create(&h.store, &sample(1, T0, 8), 2).await, CreateOutcome::TooManyPending);
@@ -260,7 +260,7 @@ async fn twenty_concurrent_approvers_cause_exactly_one_approved_transition() {
             let user = u(&format!("UAPPROVER{i:02}"));
             for _ in 0..200 {
                 let current = store.get_request(&id).await.unwrap().unwrap();
-                let t = match current.approve(&user, now) {
+                let t = match current.approve(&user, &Governing::as_stored(&current), now) {
                     Ok(t) => t,
                     Err(TransitionError::AlreadyDecided(_)) => return false,
                     Err(e) => panic!("unexpected refusal: {e}"),
@@ -337,12 +337,12 @@ async fn duplicate_vote_is_refused_by_the_vote_item_before_staleness() {
     let r = sample(3, T0, 1);
     create(&h.store, &r, 5).await;
     let now = T0.plus_seconds(5);
-    let t = r.approve(&u("UALICE01"), now).unwrap();
+    let t = r.approve(&u("UALICE01"), &Governing::as_stored(&r), now).unwrap();
     h.store.commit(commit_of(t, 1, Guard::OpenAt(now))).await.unwrap();
 
     // A second click computed from the state read before the first one landed: both the version and the
     // vote conditions fail; the vote wins.
-    let again = r.approve(&u("UALICE01"), now).unwrap();
+    let again = r.approve(&u("UALICE01"), &Governing::as_stored(&r), now).unwrap();
     assert!(matches!(
         h.store.commit(commit_of(again, 1, Guard::OpenAt(now))).await,
         Err(StoreError::Conflict(Conflict::DuplicateVote))
@@ -375,7 +375,7 @@ async fn no_commit_leaves_a_terminal_state() {
     let r = sample(2, T0, 1);
     create(&h.store, &r, 5).await;
     let now = T0.plus_seconds(5);
-    let denied = r.deny(&u("UALICE01"), "not today", now).unwrap();
+    let denied = r.deny(&u("UALICE01"), "not today", &Governing::as_stored(&r), now).unwrap();
     h.store.commit(commit_of(denied.clone(), 1, Guard::OpenAt(now))).await.unwrap();
     let denied = denied.request;
 
@@ -429,7 +429,7 @@ async fn expired_request_cannot_be_approved_although_its_item_exists() {
     let late = r.expires_at;
 
     // An approval computed with a clock that lags: the store's guard, at the real time, refuses it.
-    let t = r.approve(&u("UALICE01"), late.plus_millis(-1)).unwrap();
+    let t = r.approve(&u("UALICE01"), &Governing::as_stored(&r), late.plus_millis(-1)).unwrap();
     assert!(matches!(
         h.store.commit(commit_of(t, 1, Guard::OpenAt(late))).await,
         Err(StoreError::Conflict(Conflict::Stale))
@@ -457,7 +457,7 @@ async fn commit_refuses_a_version_that_does_not_follow_the_expected_one() {
     let h = harness!("commit_refuses_a_version_that_does_not_follow_the_expected_one");
     let r = sample(1, T0, 1);
     create(&h.store, &r, 5).await;
-    let t = r.approve(&u("UALICE01"), T0).unwrap();
+    let t = r.approve(&u("UALICE01"), &Governing::as_stored(&r), T0).unwrap();
     assert!(matches!(h.store.commit(commit_of(t.clone(), 0, Guard::OpenAt(T0))).await, Err(StoreError::Other(_))));
     // Expected version that is not the stored one: stale.
     let mut ahead = t;
@@ -467,7 +467,8 @@ async fn commit_refuses_a_version_that_does_not_follow_the_expected_one() {
         Err(StoreError::Conflict(Conflict::Stale))
     ));
     // Unknown request: stale as well (nothing to overwrite).
-    let ghost = sample(1, T0, 99).approve(&u("UALICE01"), T0).unwrap();
+    let ghost = sample(1, T0, 99);
+    let ghost = ghost.approve(&u("UALICE01"), &Governing::as_stored(&ghost), T0).unwrap();
     assert!(matches!(
         h.store.commit(commit_of(ghost, 1, Guard::OpenAt(T0))).await,
         Err(StoreError::Conflict(Conflict::Stale))
@@ -549,7 +550,7 @@ async fn list_pending_is_oldest_expiry_first_and_drops_decided_requests() {
     assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), want);
     assert_eq!(store.list_pending(3).await.unwrap().len(), 3);
 
-    let t = reqs[4].approve(&u("UALICE01"), T0).unwrap();
+    let t = reqs[4].approve(&u("UALICE01"), &Governing::as_stored(&reqs[4]), T0).unwrap();
     store.commit(commit_of(t, 1, Guard::OpenAt(T0))).await.unwrap();
     let listed = store.list_pending(100).await.unwrap();
     assert_eq!(listed.len(), 4);
@@ -610,7 +611,7 @@ async fn list_notification_due_holds_only_owed_messages_that_are_due() {
     assert_eq!(ids(store.list_notification_due(T0.plus_seconds(60), 10).await.unwrap()), vec![reqs[2].id, reqs[1].id]);
 
     // A vote makes the posted message stale: due again.
-    let t = posted.approve(&u("UALICE01"), T0.plus_seconds(20)).unwrap();
+    let t = posted.approve(&u("UALICE01"), &Governing::as_stored(&posted), T0.plus_seconds(20)).unwrap();
     assert!(t.request.notification.update_pending);
     store.commit(commit_of(t, 2, Guard::OpenAt(T0.plus_seconds(20)))).await.unwrap();
     let due = ids(store.list_notification_due(T0.plus_seconds(30), 10).await.unwrap());

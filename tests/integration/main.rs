@@ -9,6 +9,7 @@
 //! - `requester_text`: threat row 33 (invisible, bidirectional and look-alike text) through the request API.
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
+//! - `policy_drift`: policies that overlap or change under a pending request (threat rows 30 and 31).
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
 //! - `load`: the real `countersign dev` process under 32 concurrent clients, and killed with SIGKILL mid-load:
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
@@ -28,6 +29,7 @@ mod layering;
 mod load;
 mod local_mode;
 mod operator_cli;
+mod policy_drift;
 mod races;
 mod request_api;
 mod requester_text;

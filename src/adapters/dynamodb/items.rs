@@ -202,6 +202,7 @@ mod tests {
     use super::*;
     use crate::domain::audit::seal_after;
     use crate::domain::request::tests::sample;
+    use crate::domain::request::Governing;
     use crate::domain::request::VoteDecision;
     use crate::domain::*;
 
@@ -233,7 +234,8 @@ mod tests {
         let item = request_item(&r).unwrap();
         assert_eq!(text(&item, GSI2_PK), "PENDING");
         assert_eq!(text(&item, GSI2_SK), format!("{}#{}", time_key(r.expires_at), r.id));
-        let approved = r.approve(&SlackUserId::parse("UALICE01").unwrap(), T0).unwrap().request;
+        let approved =
+            r.approve(&SlackUserId::parse("UALICE01").unwrap(), &Governing::as_stored(&r), T0).unwrap().request;
         let item = request_item(&approved).unwrap();
         assert!(!item.contains_key(GSI2_PK) && !item.contains_key(GSI2_SK));
     }
@@ -293,7 +295,7 @@ mod tests {
     #[test]
     fn vote_and_idempotency_items_have_their_keys() {
         let mut r = sample(1, T0);
-        let t = r.approve(&SlackUserId::parse("UALICE01").unwrap(), T0).unwrap();
+        let t = r.approve(&SlackUserId::parse("UALICE01").unwrap(), &Governing::as_stored(&r), T0).unwrap();
         let v = t.vote.unwrap();
         let item = vote_item(&v, r.expires_at).unwrap();
         assert_eq!(text(&item, PK), format!("REQ#{}", r.id));

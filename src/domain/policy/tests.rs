@@ -240,10 +240,67 @@ fn resources_default_to_any_and_requests_without_resource_need_a_star() {
 fn owners_can_never_approve_even_through_a_group() {
     let p = &parse_policies(EXAMPLE).unwrap()[0];
     let owner = SlackUserId::parse("U0OWNER01").unwrap();
-    assert_eq!(p.approver_check(&owner, true), Err(NotApprover::Owner));
+    let none = Owners::default();
+    assert_eq!(p.approver_check(&owner, &none, true), Err(NotApprover::Owner));
+    assert!(!p.needs_group_lookup(&owner, &none));
     let stranger = SlackUserId::parse("U0STRANGER").unwrap();
-    assert_eq!(p.approver_check(&stranger, false), Err(NotApprover::NotListed));
-    assert_eq!(p.approver_check(&SlackUserId::parse("U012AB3CD").unwrap(), false), Ok(()));
+    assert_eq!(p.approver_check(&stranger, &none, false), Err(NotApprover::NotListed));
+    assert_eq!(p.approver_check(&SlackUserId::parse("U012AB3CD").unwrap(), &none, false), Ok(()));
+}
+
+/// Two policies for one identity: a narrow one whose owner is U0OWNER01, and a broader one (every action,
+/// every environment) that lists that owner as an approver and has owners of its own.
+const NARROW_AND_BROAD: &str = r#"
+version: 1
+policies:
+  - name: deploy-production
+    principals: [arn:aws:iam::111122223333:role/github-deploy]
+    actions: [deploy]
+    environments: [production]
+    approvers: {users: [U0ALICE01]}
+    required_approvals: 1
+    owners: [U0OWNER01]
+    channel: C0X
+    max_ttl: 1h
+  - name: platform
+    principals: [arn:aws:iam::111122223333:role/github-*]
+    actions: ["*"]
+    environments: ["*"]
+    approvers: {users: [U0OWNER01, U0ALICE01]}
+    required_approvals: 1
+    owners: [U0PLATFORM]
+    channel: C0X
+    max_ttl: 1h
+  - name: other-identity
+    principals: [arn:aws:iam::111122223333:role/billing]
+    actions: ["*"]
+    environments: ["*"]
+    approvers: {users: [U0ALICE01]}
+    required_approvals: 1
+    owners: [U0BILLING]
+    channel: C0X
+    max_ttl: 1h
+"#;
+
+#[test]
+fn t30_owners_are_the_union_over_every_policy_matching_the_principal() {
+    let ps = parse_policies(NARROW_AND_BROAD).unwrap();
+    let who = principal("arn:aws:sts::111122223333:assumed-role/github-deploy/run-1");
+    let owners = Owners::of(&ps, &who);
+    let names: Vec<&str> = owners.iter().map(SlackUserId::as_str).collect();
+    assert_eq!(names, ["U0OWNER01", "U0PLATFORM"], "another identity's owners are not this one's");
+    // A staging request matches only the broad policy, which lists the owner as an approver: still refused.
+    let staging =
+        select(&ps, &who, &Action::parse("restart").unwrap(), &Environment::parse("staging").unwrap(), None).unwrap();
+    assert_eq!(staging.name.as_str(), "platform");
+    let owner = SlackUserId::parse("U0OWNER01").unwrap();
+    assert_eq!(staging.approver_check(&owner, &owners, false), Err(NotApprover::Owner));
+    assert!(!staging.needs_group_lookup(&owner, &owners), "an owner's refusal never waits on a group lookup");
+    let alice = SlackUserId::parse("U0ALICE01").unwrap();
+    assert_eq!(staging.approver_check(&alice, &owners, false), Ok(()));
+    // The billing identity's owners list neither.
+    let billing = principal("arn:aws:sts::111122223333:assumed-role/billing/run-1");
+    assert_eq!(staging.approver_check(&owner, &Owners::of(&ps, &billing), false), Ok(()));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::*;
 use crate::adapters::slack::fake::{message_limit_violations, modal_limit_violations};
 use crate::domain::request::tests::sample;
+use crate::domain::request::Governing;
 use crate::domain::{Action, Environment, Resource};
 
 /// 2026-11-25T15:44:22Z
@@ -151,7 +152,8 @@ fn assert_no_split_entities(msg: &Value) {
 
 #[test]
 fn golden_pending_with_two_approvals_required() {
-    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
+    let r =
+        request(2).approve(&u("UALICE01"), &Governing::as_stored(&request(2)), T0.plus_seconds(60)).unwrap().request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(61));
     assert_within_limits(&msg);
     golden("pending_two_approvals", &msg);
@@ -166,8 +168,9 @@ fn golden_pending_sensitive_has_confirm_dialog() {
 
 #[test]
 fn golden_approved_final() {
-    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
-    let r = r.approve(&u("UBOB0001"), T0.plus_seconds(120)).unwrap().request;
+    let r =
+        request(2).approve(&u("UALICE01"), &Governing::as_stored(&request(2)), T0.plus_seconds(60)).unwrap().request;
+    let r = r.approve(&u("UBOB0001"), &Governing::as_stored(&r), T0.plus_seconds(120)).unwrap().request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(121));
     assert_within_limits(&msg);
     golden("approved_final", &msg);
@@ -176,7 +179,12 @@ fn golden_approved_final() {
 #[test]
 fn golden_denied_final_with_reason() {
     let r = request(2)
-        .deny(&u("UBOB0001"), "Freeze until the incident review <#INC-42> is done", T0.plus_seconds(90))
+        .deny(
+            &u("UBOB0001"),
+            "Freeze until the incident review <#INC-42> is done",
+            &Governing::as_stored(&request(2)),
+            T0.plus_seconds(90),
+        )
         .unwrap()
         .request;
     let msg = render(&r, &seen_before(), false, T0.plus_seconds(91));
@@ -194,7 +202,8 @@ fn golden_auto_approved() {
 
 #[test]
 fn golden_expired_final() {
-    let r = request(2).approve(&u("UALICE01"), T0.plus_seconds(60)).unwrap().request;
+    let r =
+        request(2).approve(&u("UALICE01"), &Governing::as_stored(&request(2)), T0.plus_seconds(60)).unwrap().request;
     let r = r.expire(r.expires_at).unwrap().request;
     let msg = render(&r, &seen_before(), false, r.expires_at.plus_seconds(5));
     assert_within_limits(&msg);
@@ -247,7 +256,10 @@ fn t19_mrkdwn_injection_is_escaped() {
 
 #[test]
 fn t19_denial_reason_is_escaped_too() {
-    let r = request(1).deny(&u("UBOB0001"), "see <!channel> & <@U123>", T0).unwrap().request;
+    let r = request(1)
+        .deny(&u("UBOB0001"), "see <!channel> & <@U123>", &Governing::as_stored(&request(1)), T0)
+        .unwrap()
+        .request;
     let msg = render(&r, &first_time(), false, T0);
     let s = msg.to_string();
     assert!(!s.contains("<!channel>") && !s.contains("<@U123>"));
@@ -532,9 +544,9 @@ fn sensitive_environment_puts_a_confirm_on_approve_only() {
 #[test]
 fn terminal_and_overdue_requests_have_no_buttons() {
     let pending = request(2);
-    let approved = pending.approve(&u("UALICE01"), T0).unwrap().request;
-    let approved = approved.approve(&u("UBOB0001"), T0).unwrap().request;
-    let denied = pending.deny(&u("UALICE01"), "no", T0).unwrap().request;
+    let approved = pending.approve(&u("UALICE01"), &Governing::as_stored(&pending), T0).unwrap().request;
+    let approved = approved.approve(&u("UBOB0001"), &Governing::as_stored(&approved), T0).unwrap().request;
+    let denied = pending.deny(&u("UALICE01"), "no", &Governing::as_stored(&pending), T0).unwrap().request;
     let cancelled = pending.cancel(&pending.requester.arn, T0).unwrap().request;
     let expired = pending.expire(pending.expires_at).unwrap().request;
     for (r, word) in [
@@ -563,7 +575,7 @@ fn progress_line_counts_approvals_and_mentions_voters() {
     let r = request(2);
     let msg = render(&r, &first_time(), false, T0);
     assert!(msg.to_string().contains("0 of 2 approvals"));
-    let r = r.approve(&u("UALICE01"), T0).unwrap().request;
+    let r = r.approve(&u("UALICE01"), &Governing::as_stored(&r), T0).unwrap().request;
     let msg = render(&r, &first_time(), false, T0);
     assert!(msg.to_string().contains("1 of 2 approvals: <@UALICE01>"));
 }
