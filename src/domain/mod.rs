@@ -9,6 +9,7 @@ pub mod policy;
 pub mod principal;
 pub mod request;
 pub mod time;
+pub mod voter;
 
 pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};
 pub use ids::*;
@@ -16,3 +17,4 @@ pub use policy::Policy;
 pub use principal::{Principal, PrincipalError};
 pub use request::{ApprovalRequest, History, Status, Transition, TransitionError, Vote};
 pub use time::Timestamp;
+pub use voter::{Ineligible, SlackAccount, SlackWorkspaces};

@@ -48,6 +48,10 @@ pub struct SimUser {
     pub name: String,
     /// Shown under the name (e.g. "SRE on call").
     pub title: Option<String>,
+    /// `deactivated = true`: `users.info` answers `deleted: true` (the account may not vote).
+    pub deactivated: bool,
+    /// `guest = true`: `users.info` answers `is_restricted: true`, a multi-channel guest (may not vote).
+    pub guest: bool,
 }
 
 /// A Slack user group (`usergroups.users.list` answers with its members).
@@ -70,6 +74,8 @@ pub struct SlackConfig {
     pub api_base_url: Option<String>,
     pub bot_token: SecretString,
     pub signing_secret: SecretString,
+    /// `T…` workspace ids and at most one `E…` organization id, comma-separated (as
+    /// `COUNTERSIGN_SLACK_TEAM_ID`); the simulator acts as the first `T…` one.
     pub team_id: String,
     pub app_id: String,
     pub users: Vec<SimUser>,
@@ -131,6 +137,10 @@ struct RawUser {
     id: String,
     name: String,
     title: Option<String>,
+    #[serde(default)]
+    deactivated: bool,
+    #[serde(default)]
+    guest: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +242,15 @@ impl DevConfig {
         })
     }
 
+    /// The workspace the simulator acts as: the first `T…` id of `slack.team_id` (the default one when it
+    /// lists only an `E…` id).
+    pub fn simulator_team_id(&self) -> String {
+        crate::domain::SlackWorkspaces::parse(&self.slack.team_id)
+            .ok()
+            .and_then(|w| w.teams().next().map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_TEAM_ID.to_string())
+    }
+
     /// Whether Slack calls go to the built-in simulator (no real Slack configured).
     pub fn uses_simulator(&self) -> bool {
         self.slack.api_base_url.is_none()
@@ -245,8 +264,9 @@ fn slack(raw: RawSlack) -> Result<SlackConfig, ConfigError> {
         Some(u) => Some(crate::config::check_slack_api_base_url(u.trim()).map_err(|p| err("slack.api_base_url", p))?),
     };
     let team_id = raw.team_id.unwrap_or_else(|| DEFAULT_TEAM_ID.to_string());
-    if !is_slack_id(&team_id, &['T', 'E']) {
-        return Err(err("slack.team_id", format!("{team_id:?} is not a Slack team (T…) or enterprise (E…) id")));
+    // The same list as COUNTERSIGN_SLACK_TEAM_ID, by the same (domain) rule.
+    if let Err(p) = crate::domain::SlackWorkspaces::parse(&team_id) {
+        return Err(err("slack.team_id", p));
     }
     let app_id = raw.app_id.unwrap_or_else(|| DEFAULT_APP_ID.to_string());
     if !is_slack_id(&app_id, &['A']) {
@@ -272,7 +292,8 @@ fn slack(raw: RawSlack) -> Result<SlackConfig, ConfigError> {
             return Err(err(format!("{key}.id"), format!("{id} is listed twice")));
         }
         let title = u.title.map(|t| check_name(&format!("{key}.title"), &t)).transpose()?;
-        users.push(SimUser { id, name: check_name(&format!("{key}.name"), &u.name)?, title });
+        let name = check_name(&format!("{key}.name"), &u.name)?;
+        users.push(SimUser { id, name, title, deactivated: u.deactivated, guest: u.guest });
     }
     let mut groups = Vec::new();
     for (i, g) in raw.groups.into_iter().enumerate() {

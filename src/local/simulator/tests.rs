@@ -16,7 +16,14 @@ fn settings(state_file: Option<PathBuf>) -> SimSettings {
         signing_secret: SecretString::new("secret"),
         team_id: "T0LOCAL01".into(),
         app_id: "A0LOCAL01".into(),
-        users: vec![UserInfo { id: "U012AB3CD".into(), name: "alice".into(), title: None, roles: vec![] }],
+        users: vec![UserInfo {
+            id: "U012AB3CD".into(),
+            name: "alice".into(),
+            title: None,
+            roles: vec![],
+            deactivated: false,
+            guest: false,
+        }],
         groups: vec![],
         channels: vec![],
         // Nothing listens here: these tests never click.
