@@ -585,6 +585,27 @@ arn = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"
     }
 
     #[test]
+    fn t34_team_id_list_and_deactivated_or_guest_users_are_read() {
+        let c = DevConfig::parse(
+            "[slack]\nteam_id = \"E0ORG0001, T0AAA0001,T0BBB0002\"\n\
+             [[slack.users]]\nid = \"U0GONE001\"\nname = \"gone\"\ndeactivated = true\n\
+             [[slack.users]]\nid = \"U0GUEST01\"\nname = \"guest\"\nguest = true\n\
+             [[slack.users]]\nid = \"U0ALICE01\"\nname = \"alice\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.simulator_team_id(), "T0AAA0001");
+        let flags: Vec<(bool, bool)> = c.slack.users.iter().map(|u| (u.deactivated, u.guest)).collect();
+        assert_eq!(flags, [(true, false), (false, true), (false, false)]);
+        assert_eq!(DevConfig::parse("").unwrap().simulator_team_id(), DEFAULT_TEAM_ID);
+        for bad in ["E0ORG0001,E0ORG0002", "T0AAA0001,junk"] {
+            let e = DevConfig::parse(&format!("[slack]\nteam_id = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key, "slack.team_id", "{bad}");
+        }
+        let e = DevConfig::parse("[[slack.users]]\nid = \"U0X000001\"\nname = \"x\"\ndeactivated = \"yes\"");
+        assert!(e.is_err());
+    }
+
+    #[test]
     fn duplicate_access_keys_are_refused() {
         let one = "[[identities]]\naccess_key_id = \"AKIAAAAAAAAAAAAAAAAA\"\nsecret_access_key = \"x\"\narn = \"arn:aws:iam::111122223333:user/x\"\n";
         let e = DevConfig::parse(&format!("{one}{one}")).unwrap_err();
