@@ -30,7 +30,7 @@ use countersign::adapters::slack::notifier;
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
-use countersign::domain::{Actor, ApprovalRequest, RequestId, SlackGroupId, SlackUserId, Timestamp};
+use countersign::domain::{Actor, ApprovalRequest, RequestId, SlackAccount, SlackGroupId, SlackUserId, Timestamp};
 use countersign::http::slack::SlackIdentity;
 use countersign::ports::{
     Clock, MessageContext, Notifier, NotifyError, PostedMessage, SecretString, StaticSlackSecrets, Stores, SystemClock,
@@ -108,6 +108,10 @@ impl Notifier for InstantSlack {
     }
     async fn group_members(&self, _group: &SlackGroupId) -> Result<Vec<SlackUserId>, NotifyError> {
         Ok(Vec::new())
+    }
+    /// Every voter is an active member of the bench's workspace (as the fake Slack's default users are).
+    async fn user_account(&self, user: &SlackUserId) -> Result<SlackAccount, NotifyError> {
+        Ok(SlackAccount { id: user.to_string(), team_id: TEAM_ID.into(), ..SlackAccount::default() })
     }
 }
 

@@ -56,8 +56,9 @@ impl App {
             .with_base_url(&p.slack_api_base_url)?
             .with_timeout(p.slack_timeout);
         let client = Arc::new(client);
-        let notifier: Arc<dyn Notifier> =
-            Arc::new(SlackNotifier::new(client.clone()).with_app_id(&p.slack_identity.app_id));
+        let notifier: Arc<dyn Notifier> = Arc::new(
+            SlackNotifier::new(client.clone()).with_app_id(&p.slack_identity.app_id).with_clock(p.clock.clone()),
+        );
         Ok(Self {
             stores: p.stores,
             clock: p.clock,
@@ -137,6 +138,7 @@ impl App {
             dispatcher: self.dispatcher(),
             update_budget: self.slack_budget,
             deadline: None,
+            workspaces: Arc::new(self.slack_identity.workspaces()),
         }
     }
 

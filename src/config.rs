@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::domain::principal::valid_account;
-use crate::domain::Environment;
+use crate::domain::{Environment, SlackWorkspaces};
 
 pub const DEFAULT_SLACK_API_BASE_URL: &str = "https://slack.com/api";
 
@@ -41,7 +41,8 @@ pub struct LambdaConfig {
     pub tables: TableConfig,
     pub slack_secret_id: String,
     pub slack_api_base_url: String,
-    /// `T…` workspace or `E…` Enterprise Grid organization id; callbacks from anything else are refused.
+    /// `T…` workspace ids and at most one `E…` Enterprise Grid organization id, comma-separated (see
+    /// [`SlackWorkspaces`]); callbacks and voters from anything else are refused.
     pub slack_team_id: Option<String>,
     pub slack_app_id: Option<String>,
     /// Empty = any account (API Gateway's resource policy still applies).
@@ -84,13 +85,11 @@ impl LambdaConfig {
         };
         let needs_slack_ids = component == Component::SlackInteractions;
         let slack_team_id = match opt("COUNTERSIGN_SLACK_TEAM_ID") {
-            Some(t) if is_slack_id(&t, &['T', 'E']) => Some(t),
-            Some(t) => {
-                return Err(err(
-                    "COUNTERSIGN_SLACK_TEAM_ID",
-                    format!("{t:?} is not a Slack team (T…) or enterprise (E…) id"),
-                ))
-            }
+            // A comma-separated list of `T…` ids and at most one `E…` id (the rule is the domain's).
+            Some(t) => match SlackWorkspaces::parse(&t) {
+                Ok(_) => Some(t),
+                Err(p) => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", p)),
+            },
             None if needs_slack_ids => return Err(err("COUNTERSIGN_SLACK_TEAM_ID", "is required but not set")),
             None => None,
         };
@@ -240,6 +239,21 @@ mod tests {
             let mut m = base();
             m.insert(k, v);
             assert_eq!(load(Component::SlackInteractions, &m).unwrap_err().var, k, "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn t34_team_id_takes_a_list_of_workspaces_and_at_most_one_enterprise() {
+        for ok in ["T0123ABCD", "E0GRID001", "T0123ABCD,T0456EFGH", " T0123ABCD , T0456EFGH, E0GRID001 "] {
+            let mut m = base();
+            m.insert("COUNTERSIGN_SLACK_TEAM_ID", ok);
+            assert!(load(Component::SlackInteractions, &m).is_ok(), "{ok:?}");
+        }
+        for bad in ["E0GRID001,E0GRID002", "T0123ABCD,,T0456EFGH", "T0123ABCD,x", "T0123ABCD;T0456EFGH", "U0123ABCD"] {
+            let mut m = base();
+            m.insert("COUNTERSIGN_SLACK_TEAM_ID", bad);
+            let e = load(Component::SlackInteractions, &m).unwrap_err();
+            assert_eq!(e.var, "COUNTERSIGN_SLACK_TEAM_ID", "{bad:?}");
         }
     }
 

@@ -266,6 +266,10 @@ pub trait Notifier: Send + Sync {
         &self,
         group: &crate::domain::SlackGroupId,
     ) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
+    /// The account as the chat system's directory describes it now (Slack's `users.info`), for the
+    /// eligibility check at vote time (implementations cache briefly, at most 60 s).
+    async fn user_account(&self, user: &crate::domain::SlackUserId)
+        -> Result<crate::domain::SlackAccount, NotifyError>;
 }
 
 /// A secret value: never printed by `Debug`.

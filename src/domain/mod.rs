@@ -10,6 +10,7 @@ pub mod principal;
 pub mod request;
 pub mod text;
 pub mod time;
+pub mod voter;
 
 pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};
 pub use ids::*;
@@ -17,3 +18,4 @@ pub use policy::Policy;
 pub use principal::{Principal, PrincipalError};
 pub use request::{ApprovalRequest, History, Status, Transition, TransitionError, Vote};
 pub use time::Timestamp;
+pub use voter::{Ineligible, SlackAccount, SlackWorkspaces};

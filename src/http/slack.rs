@@ -25,6 +25,7 @@ use crate::adapters::slack::blocks;
 use crate::adapters::slack::client::SlackClient;
 use crate::adapters::slack::interaction::{self, ButtonAction, Interaction};
 use crate::adapters::slack::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::domain::SlackWorkspaces;
 use crate::ports::{Clock, SecretError, SlackSecrets};
 use crate::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteService};
 
@@ -32,12 +33,21 @@ use crate::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteS
 /// window room for API Gateway, Lambda and the network.
 pub const ACK_BUDGET: Duration = Duration::from_millis(2000);
 
-/// Who may call: the Slack app and workspace (or Enterprise Grid organization) from configuration.
+/// Who may call: the Slack app and workspaces (or Enterprise Grid organization) from configuration.
 #[derive(Debug, Clone)]
 pub struct SlackIdentity {
     pub app_id: String,
-    /// `T…` (a workspace) or `E…` (an Enterprise Grid organization).
+    /// `T…` workspace ids and at most one `E…` Enterprise Grid organization id, comma-separated, as
+    /// configured (`COUNTERSIGN_SLACK_TEAM_ID`; see [`SlackWorkspaces`]).
     pub team_id: String,
+}
+
+impl SlackIdentity {
+    /// The configured workspaces; a value that does not parse admits nobody (fail closed; configuration
+    /// loading refuses it at start-up anyway).
+    pub fn workspaces(&self) -> SlackWorkspaces {
+        SlackWorkspaces::parse(&self.team_id).unwrap_or_default()
+    }
 }
 
 #[derive(Clone)]
@@ -272,8 +282,9 @@ async fn reply(state: &SlackState, deadline: tokio::time::Instant, response_url:
     }
 }
 
-/// Row 8: the app id must be ours; the workspace (or Enterprise Grid org) must be ours; the clicking user
-/// must belong to it (a Slack Connect user from another organization is refused).
+/// Row 8: the app id must be ours; the workspace (or Enterprise Grid org) must be one of ours; the clicking
+/// user must belong to one of ours (a Slack Connect user from another organization is refused). The
+/// workspace rule is the domain's ([`SlackWorkspaces::admits_callback`]).
 pub fn check_workspace(
     id: &SlackIdentity,
     app: &str,
@@ -284,23 +295,7 @@ pub fn check_workspace(
     if app != id.app_id {
         return Err("api_app_id does not match");
     }
-    if id.team_id.starts_with('E') {
-        if enterprise != Some(id.team_id.as_str()) {
-            return Err("enterprise id does not match");
-        }
-        if user_team.is_none() {
-            return Err("user has no team");
-        }
-        return Ok(());
-    }
-    if team != id.team_id {
-        return Err("team id does not match");
-    }
-    match user_team {
-        Some(t) if t == id.team_id => Ok(()),
-        Some(_) => Err("user belongs to another workspace"),
-        None => Err("user has no team"),
-    }
+    id.workspaces().admits_callback(team, enterprise, user_team)
 }
 
 #[cfg(test)]

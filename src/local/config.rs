@@ -48,6 +48,10 @@ pub struct SimUser {
     pub name: String,
     /// Shown under the name (e.g. "SRE on call").
     pub title: Option<String>,
+    /// `deactivated = true`: `users.info` answers `deleted: true` (the account may not vote).
+    pub deactivated: bool,
+    /// `guest = true`: `users.info` answers `is_restricted: true`, a multi-channel guest (may not vote).
+    pub guest: bool,
 }
 
 /// A Slack user group (`usergroups.users.list` answers with its members).
@@ -70,6 +74,8 @@ pub struct SlackConfig {
     pub api_base_url: Option<String>,
     pub bot_token: SecretString,
     pub signing_secret: SecretString,
+    /// `T…` workspace ids and at most one `E…` organization id, comma-separated (as
+    /// `COUNTERSIGN_SLACK_TEAM_ID`); the simulator acts as the first `T…` one.
     pub team_id: String,
     pub app_id: String,
     pub users: Vec<SimUser>,
@@ -131,6 +137,10 @@ struct RawUser {
     id: String,
     name: String,
     title: Option<String>,
+    #[serde(default)]
+    deactivated: bool,
+    #[serde(default)]
+    guest: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +242,15 @@ impl DevConfig {
         })
     }
 
+    /// The workspace the simulator acts as: the first `T…` id of `slack.team_id` (the default one when it
+    /// lists only an `E…` id).
+    pub fn simulator_team_id(&self) -> String {
+        crate::domain::SlackWorkspaces::parse(&self.slack.team_id)
+            .ok()
+            .and_then(|w| w.teams().next().map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_TEAM_ID.to_string())
+    }
+
     /// Whether Slack calls go to the built-in simulator (no real Slack configured).
     pub fn uses_simulator(&self) -> bool {
         self.slack.api_base_url.is_none()
@@ -245,8 +264,9 @@ fn slack(raw: RawSlack) -> Result<SlackConfig, ConfigError> {
         Some(u) => Some(crate::config::check_slack_api_base_url(u.trim()).map_err(|p| err("slack.api_base_url", p))?),
     };
     let team_id = raw.team_id.unwrap_or_else(|| DEFAULT_TEAM_ID.to_string());
-    if !is_slack_id(&team_id, &['T', 'E']) {
-        return Err(err("slack.team_id", format!("{team_id:?} is not a Slack team (T…) or enterprise (E…) id")));
+    // The same list as COUNTERSIGN_SLACK_TEAM_ID, by the same (domain) rule.
+    if let Err(p) = crate::domain::SlackWorkspaces::parse(&team_id) {
+        return Err(err("slack.team_id", p));
     }
     let app_id = raw.app_id.unwrap_or_else(|| DEFAULT_APP_ID.to_string());
     if !is_slack_id(&app_id, &['A']) {
@@ -272,7 +292,8 @@ fn slack(raw: RawSlack) -> Result<SlackConfig, ConfigError> {
             return Err(err(format!("{key}.id"), format!("{id} is listed twice")));
         }
         let title = u.title.map(|t| check_name(&format!("{key}.title"), &t)).transpose()?;
-        users.push(SimUser { id, name: check_name(&format!("{key}.name"), &u.name)?, title });
+        let name = check_name(&format!("{key}.name"), &u.name)?;
+        users.push(SimUser { id, name, title, deactivated: u.deactivated, guest: u.guest });
     }
     let mut groups = Vec::new();
     for (i, g) in raw.groups.into_iter().enumerate() {
@@ -561,6 +582,27 @@ arn = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"
         ] {
             assert_eq!(DevConfig::parse(src).unwrap_err().key, key, "{src}");
         }
+    }
+
+    #[test]
+    fn t34_team_id_list_and_deactivated_or_guest_users_are_read() {
+        let c = DevConfig::parse(
+            "[slack]\nteam_id = \"E0ORG0001, T0AAA0001,T0BBB0002\"\n\
+             [[slack.users]]\nid = \"U0GONE001\"\nname = \"gone\"\ndeactivated = true\n\
+             [[slack.users]]\nid = \"U0GUEST01\"\nname = \"guest\"\nguest = true\n\
+             [[slack.users]]\nid = \"U0ALICE01\"\nname = \"alice\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.simulator_team_id(), "T0AAA0001");
+        let flags: Vec<(bool, bool)> = c.slack.users.iter().map(|u| (u.deactivated, u.guest)).collect();
+        assert_eq!(flags, [(true, false), (false, true), (false, false)]);
+        assert_eq!(DevConfig::parse("").unwrap().simulator_team_id(), DEFAULT_TEAM_ID);
+        for bad in ["E0ORG0001,E0ORG0002", "T0AAA0001,junk"] {
+            let e = DevConfig::parse(&format!("[slack]\nteam_id = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key, "slack.team_id", "{bad}");
+        }
+        let e = DevConfig::parse("[[slack.users]]\nid = \"U0X000001\"\nname = \"x\"\ndeactivated = \"yes\"");
+        assert!(e.is_err());
     }
 
     #[test]

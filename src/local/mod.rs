@@ -198,7 +198,7 @@ impl LocalServer {
             let sim = Simulator::new(SimSettings {
                 bot_token: config.slack.bot_token.clone(),
                 signing_secret: config.slack.signing_secret.clone(),
-                team_id: config.slack.team_id.clone(),
+                team_id: config.simulator_team_id(),
                 app_id: config.slack.app_id.clone(),
                 users,
                 groups: config.slack.groups.clone(),

@@ -7,7 +7,9 @@
 //!
 //! - `POST /slack/api/{method}` (bearer bot token): `chat.postMessage` (with `thread_ts` and `metadata`),
 //!   `chat.update`, `chat.postEphemeral`, `views.open` (needs a fresh `trigger_id` from a click: 3 s, once),
-//!   `usergroups.users.list`, `conversations.history` (Slack's paging, shared with the fake Slack, so the
+//!   `usergroups.users.list`, `users.info` (configured users may be `deactivated` or `guest`; users the
+//!   page lists are active members of the workspace; anyone else is `user_not_found`),
+//!   `conversations.history` (Slack's paging, shared with the fake Slack, so the
 //!   relay can adopt a post it never recorded). Slack's documented Block Kit limits are enforced (shared
 //!   with the fake Slack).
 //! - `POST /slack/response/{id}`: response URLs (30 minutes, at most 5 uses, like Slack's).
@@ -40,7 +42,7 @@ use serde_json::{json, Map, Value};
 
 use crate::adapters::slack::fake::{
     check_message, history_answer, message_metadata, modal_limit_violations, parse_body, slack_err, slack_err_with,
-    slack_ok, str_field,
+    slack_ok, str_field, users_info_answer, FakeUser,
 };
 use crate::adapters::slack::signature;
 use crate::domain::{Policy, SlackUserId};
@@ -81,6 +83,10 @@ pub struct UserInfo {
     pub name: String,
     pub title: Option<String>,
     pub roles: Vec<String>,
+    /// `users.info` says `deleted: true` (dev.toml `deactivated = true`).
+    pub deactivated: bool,
+    /// `users.info` says `is_restricted: true` (dev.toml `guest = true`).
+    pub guest: bool,
 }
 
 /// Everything the simulator is configured with.
@@ -106,11 +112,25 @@ pub fn directory(cfg: &SlackConfig, policies: &[Policy]) -> (Vec<UserInfo>, Vec<
     let mut users: Vec<UserInfo> = cfg
         .users
         .iter()
-        .map(|u| UserInfo { id: u.id.to_string(), name: u.name.clone(), title: u.title.clone(), roles: vec![] })
+        .map(|u| UserInfo {
+            id: u.id.to_string(),
+            name: u.name.clone(),
+            title: u.title.clone(),
+            roles: vec![],
+            deactivated: u.deactivated,
+            guest: u.guest,
+        })
         .collect();
     let mut add = |id: &SlackUserId| {
         if !users.iter().any(|u| u.id == id.as_str()) {
-            users.push(UserInfo { id: id.to_string(), name: id.to_string(), title: None, roles: vec![] });
+            users.push(UserInfo {
+                id: id.to_string(),
+                name: id.to_string(),
+                title: None,
+                roles: vec![],
+                deactivated: false,
+                guest: false,
+            });
         }
     };
     for p in policies {
@@ -618,6 +638,19 @@ async fn api(State(sim): State<Simulator>, Path(method): Path<String>, headers: 
         "views.open" => open_view(&sim, &body).await,
         "usergroups.users.list" => usergroup_members(&sim, &body),
         "conversations.history" => history(&sim, &body),
+        "users.info" => {
+            let json_body = content_type(&headers).is_some_and(|c| c.starts_with("application/json"));
+            users_info_answer(json_body, &body, |id| {
+                let u = sim.user(id)?;
+                let account = FakeUser {
+                    team_id: sim.0.settings.team_id.clone(),
+                    deleted: u.deactivated,
+                    is_restricted: u.guest,
+                    ..FakeUser::member()
+                };
+                Some(account.wire(id))
+            })
+        }
         _ => slack_err("unknown_method"),
     }
 }

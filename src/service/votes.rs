@@ -1,13 +1,16 @@
 //! Recording approvals and denials from Slack: re-check everything against server-side state (request,
-//! current policy, approver rights, expiry, the clicked message) and commit exactly once.
+//! current policy, approver rights, expiry, the clicked message, the voter's account in Slack's directory)
+//! and commit exactly once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::policy::{select, Owners};
 use crate::domain::request::Governing;
+use crate::domain::voter::eligibility;
 use crate::domain::{
-    Actor, ApprovalRequest, AuditDraft, AuditKind, Policy, Principal, RequestId, SlackUserId, TransitionError,
+    Actor, ApprovalRequest, AuditDraft, AuditKind, Ineligible, Policy, Principal, RequestId, SlackUserId,
+    SlackWorkspaces, TransitionError,
 };
 use crate::ports::{Clock, Commit, Conflict, Guard, StoreError, Stores};
 
@@ -40,7 +43,9 @@ pub enum Rejection {
     NoPolicy,
     NotApprover(String),
     AlreadyDecided(&'static str),
-    /// A dependency (Slack group lookup) failed: nothing was recorded; try again.
+    /// Row 34: the voter's account may not vote (deactivated, bot, guest, another workspace).
+    Ineligible(Ineligible),
+    /// A dependency (Slack group lookup, `users.info`) failed: nothing was recorded; try again.
     TryAgain(String),
 }
 
@@ -52,6 +57,7 @@ impl Rejection {
             Self::NoPolicy => "No policy governs this request any more, so nobody can approve it.".into(),
             Self::NotApprover(why) => format!("Your vote was not counted: {why}."),
             Self::AlreadyDecided(s) => format!("This request is already {s}; your vote was not counted."),
+            Self::Ineligible(i) => format!("Your vote was not counted: {}.", i.describe()),
             Self::TryAgain(why) => format!("Could not check your approver rights ({why}); please try again."),
         }
     }
@@ -63,6 +69,7 @@ impl Rejection {
             Self::NoPolicy => "no_matching_policy",
             Self::NotApprover(_) => "not_approver",
             Self::AlreadyDecided(_) => "already_decided",
+            Self::Ineligible(_) => "voter_ineligible",
             Self::TryAgain(_) => "try_again",
         }
     }
@@ -87,6 +94,8 @@ pub struct VoteService {
     /// When the caller must have its answer (Slack's acknowledgement window): calls to Slack made on its
     /// behalf (group lookups, the message update) stop there. `None`: only their own timeouts apply.
     pub deadline: Option<tokio::time::Instant>,
+    /// The workspaces whose active full members may vote (row 34).
+    pub workspaces: Arc<SlackWorkspaces>,
 }
 
 impl VoteService {
@@ -112,9 +121,12 @@ impl VoteService {
         kind: AuditKind,
         why: &Rejection,
     ) -> Result<(), StoreError> {
-        let d = AuditDraft::new(self.clock.now(), kind, Actor::slack(user.as_str()), request_id)
+        let mut d = AuditDraft::new(self.clock.now(), kind, Actor::slack(user.as_str()), request_id)
             .with("code", why.code())
             .with("message", why.message());
+        if let Rejection::Ineligible(i) = why {
+            d = d.with("reason", i.code());
+        }
         self.stores.audit.append(vec![d]).await.map(|_| ())
     }
 
@@ -139,7 +151,12 @@ impl VoteService {
         request_id: &RequestId,
         clicked: Option<&(String, String)>,
     ) -> Result<Result<(ApprovalRequest, Policy), Rejection>, StoreError> {
-        let res = self.check(user, request_id, clicked).await?;
+        let mut res = self.check(user, request_id, clicked).await?;
+        if res.is_ok() {
+            if let Err(why) = self.eligible(user).await {
+                res = Err(why);
+            }
+        }
         if let Err(why) = &res {
             if !matches!(why, Rejection::TryAgain(_)) {
                 let rid = (!matches!(why, Rejection::UnknownRequest)).then_some(*request_id);
@@ -147,6 +164,28 @@ impl VoteService {
             }
         }
         Ok(res)
+    }
+
+    /// Row 34: asks Slack's directory (`users.info`, cached ≤ 60 s) whether `user` is an active full member
+    /// of our workspaces, within the caller's deadline. A lookup that fails or runs out of time refuses the
+    /// vote (fail closed) with "try again"; it never counts.
+    async fn eligible(&self, user: &SlackUserId) -> Result<(), Rejection> {
+        let lookup = self.dispatcher.notifier.user_account(user);
+        let account = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, lookup).await.unwrap_or_else(|_| {
+                Err(crate::ports::NotifyError {
+                    retryable: true,
+                    retry_after: None,
+                    message: "Slack did not answer in time".into(),
+                })
+            }),
+            None => lookup.await,
+        };
+        let account = account.map_err(|e| {
+            tracing::warn!(error = %e, "users.info failed: vote refused");
+            Rejection::TryAgain(format!("Slack could not confirm your account: {}", e.message))
+        })?;
+        eligibility(user.as_str(), &account, &self.workspaces).map_err(Rejection::Ineligible)
     }
 
     async fn check(

@@ -15,6 +15,8 @@
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
+//! - `voter_eligibility`: threat row 34: only active, full members of our workspaces vote (`users.info` at
+//!   vote time, fail closed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,3 +40,4 @@ mod smoke;
 mod support;
 mod sweeper;
 mod template;
+mod voter_eligibility;

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode};
 use countersign::adapters::secrets::SecretsManagerSlackSecrets;
 use countersign::adapters::slack::client::DEFAULT_TIMEOUT;
-use countersign::adapters::slack::fake::{Behaviour, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
 use countersign::adapters::slack::signature::sign;
 use countersign::domain::{ApprovalRequest, Status};
 use countersign::http::slack::SlackIdentity;
@@ -709,6 +709,10 @@ async fn t08_enterprise_grid_org_must_match(kind: StoreKind) {
         assert_eq!(t.audit().await.last().unwrap().kind.as_str(), "callback.rejected", "{what}");
     }
     assert!(t.request(&p.id).await.approvals.is_empty());
+    // Slack's directory agrees: a member of a workspace of that organization (row 34).
+    let member =
+        FakeUser { team_id: "T0TEAM0002".into(), enterprise_id: Some("E0GRID0001".into()), ..FakeUser::member() };
+    t.slack.set_user("UALICE0001", member);
     let a = t.call_slack(t.signed_callback(&grid(json!({"id": "E0GRID0001"}), "T0TEAM0002".into()))).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(approvals(&t.request(&p.id).await), ["UALICE0001"]);
@@ -1113,8 +1117,8 @@ async fn t24_slack_hanging_callback_still_answers_fast_and_update_lands_later(ki
     t.slack.set_usergroup("S0SRE00001", &["USRE000001"]);
     let p = t.pending_request().await;
 
-    // chat.update hangs: the vote is recorded and acknowledged in time; the update is owed.
-    t.slack.set_behaviour([Behaviour::Hang]);
+    // users.info answers, chat.update hangs: the vote is recorded and acknowledged in time; the update is owed.
+    t.slack.set_behaviour([Behaviour::Ok, Behaviour::Hang]);
     let started = Instant::now();
     let a = click(&t, "UALICE0001", APPROVE, &p).await;
     let took = started.elapsed();

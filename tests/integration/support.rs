@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use countersign::adapters::slack::fake::{Behaviour, FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN};
+use countersign::adapters::slack::fake::{Behaviour, FakeSlack, FAKE_APP_ID, FAKE_BOT_TOKEN, FAKE_TEAM_ID};
 use countersign::adapters::slack::signature::sign;
 use countersign::app::{App, Parts};
 use countersign::domain::policy::parse_policies;
@@ -25,7 +25,8 @@ use tower::ServiceExt;
 pub const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 pub const DEPLOY_ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
-pub const TEAM_ID: &str = "T0TEAM0001";
+/// Our workspace: the one the fake Slack's users belong to by default.
+pub const TEAM_ID: &str = FAKE_TEAM_ID;
 /// Our Slack app: the one the fake Slack posts as.
 pub const APP_ID: &str = FAKE_APP_ID;
 

@@ -822,7 +822,8 @@ fn slack_manifest_asks_only_for_the_needed_scopes() {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
-    // The history scopes let the relay adopt a post it never recorded instead of posting twice (row 23).
+    // The history scopes let the relay adopt a post it never recorded instead of posting twice (row 23);
+    // users:read is users.info at vote time (row 34).
     assert_eq!(bot, set(&["chat:write", "channels:history", "groups:history", "usergroups:read", "users:read"]));
     assert!(get(&manifest, &["oauth_config", "scopes", "user"]).is_none(), "no user-token scopes");
     assert!(get(&manifest, &["settings", "event_subscriptions"]).is_none(), "no events are consumed");

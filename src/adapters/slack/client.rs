@@ -1,5 +1,5 @@
 //! The Slack Web API client: post and update approval messages, open the deny modal, list user group
-//! members, answer `response_url`s.
+//! members, read a user's account (`users.info`), answer `response_url`s.
 //!
 //! Every call is bounded by a timeout (default 2 s), so a slow Slack never holds a callback past Slack's
 //! 3 s budget; failures are classified ([`SlackError`]) so the outbox relay knows what to retry and when.
@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value};
 
-use crate::domain::{SlackChannelId, SlackGroupId, SlackUserId};
+use crate::domain::{SlackAccount, SlackChannelId, SlackGroupId, SlackUserId};
 
 pub const DEFAULT_BASE_URL: &str = "https://slack.com/api";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -399,6 +399,15 @@ impl SlackClient {
         Ok(users.iter().filter_map(Value::as_str).filter_map(|u| SlackUserId::parse(u).ok()).collect())
     }
 
+    /// `users.info` (scope `users:read`, rate-limit Tier 4): the account as Slack's directory has it now.
+    /// A 429 is [`SlackError::RateLimited`] like any other call; the caller refuses the vote then.
+    pub async fn users_info(&self, user: &SlackUserId) -> Result<SlackAccount, SlackError> {
+        // User ids are [A-Z0-9]: nothing to percent-encode. A read method: form data.
+        let form = format!("user={}", user.as_str());
+        let answer = self.call("users.info", ApiBody::Form(form)).await?;
+        parse_account(answer.get("user").ok_or(SlackError::InvalidResponse("no user"))?)
+    }
+
     /// Whether `url` may be called as a response URL: `https://hooks.slack.com/…` or under the configured
     /// API origin (the fake Slack in tests and local mode).
     pub fn response_url_allowed(&self, url: &str) -> Option<Url> {
@@ -422,6 +431,45 @@ impl SlackClient {
         .await
         .inspect_err(|e| tracing::debug!(error = %e, "response_url call failed"))
     }
+}
+
+/// Slack's user object as a [`SlackAccount`]. `id`, `team_id` and `deleted` must be there (a deactivated
+/// account's object omits most other fields); an absent flag is `false`, a flag that is not a boolean makes
+/// the answer unreadable (refused, never read as `false`).
+fn parse_account(u: &Value) -> Result<SlackAccount, SlackError> {
+    let id_field = |key: &'static str, what: &'static str| -> Result<String, SlackError> {
+        u.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 32)
+            .map(str::to_string)
+            .ok_or(SlackError::InvalidResponse(what))
+    };
+    let flag = |key: &'static str| -> Result<bool, SlackError> {
+        match u.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(SlackError::InvalidResponse("a user flag is not a boolean")),
+        }
+    };
+    let deleted = u.get("deleted").and_then(Value::as_bool).ok_or(SlackError::InvalidResponse("no deleted flag"))?;
+    let grid = u.get("enterprise_user");
+    let enterprise_id = grid.and_then(|g| g.get("enterprise_id")).and_then(Value::as_str).map(str::to_string);
+    let enterprise_teams = grid
+        .and_then(|g| g.get("teams"))
+        .and_then(Value::as_array)
+        .map(|ts| ts.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok(SlackAccount {
+        id: id_field("id", "no user id")?,
+        team_id: id_field("team_id", "no team_id")?,
+        enterprise_id,
+        enterprise_teams,
+        deleted,
+        is_bot: flag("is_bot")?,
+        is_app_user: flag("is_app_user")?,
+        is_restricted: flag("is_restricted")?,
+        is_ultra_restricted: flag("is_ultra_restricted")?,
+    })
 }
 
 enum ApiBody {

@@ -2,12 +2,14 @@
 //! so tests fail the way production would. Local mode's Slack simulator grows from it.
 //!
 //! - `POST /api/{method}` with `Authorization: Bearer TOKEN`: `chat.postMessage` (with `metadata` and
-//!   `thread_ts`), `chat.update`, `chat.postEphemeral`, `views.open`, `usergroups.users.list`,
+//!   `thread_ts`), `chat.update`, `chat.postEphemeral`, `views.open`, `usergroups.users.list`, `users.info`
+//!   (also as `GET ?user=…`, form arguments only, like Slack's read methods; every well-formed user id is an
+//!   active member of [`FAKE_TEAM_ID`] unless [`FakeSlack::set_user`] says otherwise),
 //!   `conversations.history` (Slack's paging: newest first, `oldest`/`latest`/`inclusive`, `limit` up to
 //!   999, opaque `cursor`, `has_more`, `response_metadata.next_cursor`; metadata only with
 //!   `include_all_metadata`). Answers `{"ok": true, …}` or `{"ok": false, "error": "…"}` like Slack
 //!   (`not_authed`, `invalid_auth`, `invalid_blocks`, `invalid_metadata_format`, `message_not_found`,
-//!   `no_such_subteam`, `missing_scope`, `invalid_limit`, `invalid_cursor`, `unknown_method`, …).
+//!   `no_such_subteam`, `user_not_found`, `missing_scope`, `invalid_limit`, `invalid_cursor`, `unknown_method`, …).
 //! - Message timestamps come from the clock given to [`FakeSlack::start_with_clock`] (the system clock
 //!   otherwise), strictly increasing, as Slack's do.
 //! - `POST /response/{id}`: stands in for `response_url`s (see [`FakeSlack::response_url`]).
@@ -41,6 +43,8 @@ pub const FAKE_BOT_TOKEN: &str = "xoxb-0000000000-fake-test-token";
 /// The app (`app_id`) and bot (`bot_id`) the fake posts as.
 pub const FAKE_APP_ID: &str = "A0APP00001";
 pub const FAKE_BOT_ID: &str = "B0FAKEBOT1";
+/// The workspace the fake's users belong to by default (the tests' configured team).
+pub const FAKE_TEAM_ID: &str = "T0TEAM0001";
 /// The bot scopes the fake's token has when `conversations.history` is refused (see
 /// [`FakeSlack::set_history_scope`]).
 const SCOPES_WITHOUT_HISTORY: &str = "chat:write,usergroups:read,users:read";
@@ -74,6 +78,72 @@ pub struct Call {
     pub behaviour: Behaviour,
 }
 
+/// How the fake's directory (`users.info`) describes one account; [`FakeUser::member`] is the default for
+/// every user id nobody set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeUser {
+    pub team_id: String,
+    /// Set: an Enterprise Grid account (`enterprise_user`), member of `team_id` in that organization.
+    pub enterprise_id: Option<String>,
+    pub deleted: bool,
+    pub is_bot: bool,
+    pub is_app_user: bool,
+    pub is_restricted: bool,
+    pub is_ultra_restricted: bool,
+}
+
+impl FakeUser {
+    /// An active, full member of [`FAKE_TEAM_ID`].
+    pub fn member() -> Self {
+        Self {
+            team_id: FAKE_TEAM_ID.to_string(),
+            enterprise_id: None,
+            deleted: false,
+            is_bot: false,
+            is_app_user: false,
+            is_restricted: false,
+            is_ultra_restricted: false,
+        }
+    }
+
+    /// The user object as Slack's `users.info` sends it. A deactivated account's omits the role flags,
+    /// as Slack's does.
+    pub fn wire(&self, id: &str) -> Value {
+        let mut u = json!({
+            "id": id, "team_id": self.team_id, "name": id.to_lowercase(), "real_name": id,
+            "deleted": self.deleted, "is_bot": self.is_bot, "is_app_user": self.is_app_user,
+            "profile": { "real_name": id, "display_name": id.to_lowercase(), "team": self.team_id },
+            "updated": 1_700_000_000,
+        });
+        if !self.deleted {
+            u["is_admin"] = false.into();
+            u["is_owner"] = false.into();
+            u["is_restricted"] = self.is_restricted.into();
+            u["is_ultra_restricted"] = self.is_ultra_restricted.into();
+            u["tz"] = "Europe/Amsterdam".into();
+        }
+        if let Some(e) = &self.enterprise_id {
+            u["enterprise_user"] = json!({ "id": id, "enterprise_id": e, "enterprise_name": "Example Org",
+                                           "is_admin": false, "is_owner": false, "teams": [self.team_id] });
+        }
+        u
+    }
+}
+
+/// Slack's `users.info` over a directory: `user` must be a form (or query) argument; a JSON body's
+/// arguments are not read, as Slack's read methods do not. Shared with local mode's simulator.
+pub(crate) fn users_info_answer(
+    json_body: bool,
+    body: &Map<String, Value>,
+    lookup: impl FnOnce(&str) -> Option<Value>,
+) -> Response {
+    let user = if json_body { None } else { str_field(body, "user") };
+    match user.and_then(lookup) {
+        Some(u) => slack_ok(json!({ "user": u })),
+        None => slack_err("user_not_found"),
+    }
+}
+
 /// A message as the fake holds it, with every `chat.update` applied to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeMessage {
@@ -98,6 +168,8 @@ struct Inner {
     calls: Vec<Call>,
     messages: Vec<FakeMessage>,
     usergroups: HashMap<String, Vec<String>>,
+    /// `users.info` overrides: `None` is an unknown user (`user_not_found`).
+    users: HashMap<String, Option<FakeUser>>,
     /// The last ts handed out, in microseconds.
     last_ts_micros: i64,
     clock: Option<Arc<dyn Clock>>,
@@ -160,7 +232,7 @@ impl FakeSlack {
     async fn serve(inner: Inner) -> std::io::Result<Self> {
         let state: Shared = Arc::new(Mutex::new(inner));
         let app = Router::new()
-            .route("/api/{method}", post(api))
+            .route("/api/{method}", post(api).get(api_get))
             .route("/response/{id}", post(response_url))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -191,6 +263,16 @@ impl FakeSlack {
     /// Members returned by `usergroups.users.list` for `group`.
     pub fn set_usergroup(&self, group: &str, members: &[&str]) {
         lock(&self.state).usergroups.insert(group.to_string(), members.iter().map(|m| (*m).to_string()).collect());
+    }
+
+    /// How `users.info` describes `user` from now on.
+    pub fn set_user(&self, user: &str, account: FakeUser) {
+        lock(&self.state).users.insert(user.to_string(), Some(account));
+    }
+
+    /// `users.info` answers `user_not_found` for `user` from now on.
+    pub fn remove_user(&self, user: &str) {
+        lock(&self.state).users.insert(user.to_string(), None);
     }
 
     /// With `false`, `conversations.history` answers `missing_scope`, as for an install whose token was
@@ -274,6 +356,16 @@ pub(crate) fn slack_err_with(error: &str, details: Vec<String>) -> Response {
 fn record(state: &Shared, method: &str, headers: &HeaderMap, body: &[u8]) -> (Behaviour, Value) {
     let content_type = header_str(headers, header::CONTENT_TYPE);
     let parsed = parse_body(content_type.as_deref(), body);
+    record_parsed(state, method, headers, content_type, parsed)
+}
+
+fn record_parsed(
+    state: &Shared,
+    method: &str,
+    headers: &HeaderMap,
+    content_type: Option<String>,
+    parsed: Value,
+) -> (Behaviour, Value) {
     let mut s = lock(state);
     let behaviour = s.queue.pop_front().unwrap_or(Behaviour::Ok);
     s.calls.push(Call {
@@ -323,8 +415,29 @@ async fn response_url(
     slack_ok(json!({}))
 }
 
+/// `GET /api/{method}?args`: Slack takes read methods' arguments from the query string too.
+async fn api_get(
+    State(state): State<Shared>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let args = if query.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        parse_body(Some("application/x-www-form-urlencoded"), query.as_bytes())
+    };
+    let (behaviour, args) = record_parsed(&state, &method, &headers, None, args);
+    answer(state, method, headers, behaviour, args).await
+}
+
 async fn api(State(state): State<Shared>, Path(method): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let (behaviour, body) = record(&state, &method, &headers, &body);
+    answer(state, method, headers, behaviour, body).await
+}
+
+async fn answer(state: Shared, method: String, headers: HeaderMap, behaviour: Behaviour, body: Value) -> Response {
     if let Some(r) = injected(behaviour).await {
         return r;
     }
@@ -347,6 +460,16 @@ async fn api(State(state): State<Shared>, Path(method): Path<String>, headers: H
         "views.open" => open_view(&body),
         "usergroups.users.list" => usergroup_members(&state, &body),
         "conversations.history" => history(&state, &body),
+        "users.info" => {
+            let json_body =
+                header_str(&headers, header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/json"));
+            let s = lock(&state);
+            users_info_answer(json_body, &body, |u| match s.users.get(u) {
+                Some(Some(account)) => Some(account.wire(u)),
+                Some(None) => None,
+                None => crate::domain::SlackUserId::parse(u).ok().map(|_| FakeUser::member().wire(u)),
+            })
+        }
         _ => slack_err("unknown_method"),
     }
 }

@@ -1,5 +1,6 @@
 //! The `Notifier` port on Slack: renders with [`super::blocks`] and calls [`super::client`]. User-group
-//! membership is cached briefly so a burst of clicks does not become a burst of `usergroups.users.list`.
+//! membership and voters' accounts (`users.info`) are cached briefly ([`GROUP_CACHE_TTL`],
+//! [`USER_CACHE_TTL`]) so a burst of clicks does not become a burst of lookups; failures are never cached.
 //!
 //! Every request message carries Slack message metadata (`event_type` [`METADATA_EVENT_TYPE`],
 //! `event_payload.request_id`), so a post whose (channel, ts) was never recorded can be found again in
@@ -13,14 +14,17 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::domain::{ApprovalRequest, SlackChannelId, SlackGroupId, SlackUserId, Timestamp};
-use crate::ports::{MessageContext, NotifyError, PostedMessage, SlackSecrets};
+use crate::domain::{ApprovalRequest, SlackAccount, SlackChannelId, SlackGroupId, SlackUserId, Timestamp};
+use crate::ports::{Clock, MessageContext, NotifyError, PostedMessage, SlackSecrets, SystemClock};
 
 use super::blocks::{self, MessageView};
 use super::client::{BotToken, SlackClient, SlackError, TokenProvider};
 
 /// How long a user group's member list is trusted.
 pub const GROUP_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long a voter's account (`users.info`) is trusted: a deactivation or a demotion to guest takes
+/// effect on votes at most this long after it. Measured on the injected clock (tests move it).
+pub const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The `metadata.event_type` of every request message.
 pub const METADATA_EVENT_TYPE: &str = "countersign_request";
 /// `conversations.history` page size (Slack allows up to 999 and recommends at most 200). Small enough
@@ -47,13 +51,29 @@ impl TokenProvider for SecretsToken {
 pub struct SlackNotifier {
     client: Arc<SlackClient>,
     groups: Mutex<HashMap<SlackGroupId, (Instant, Vec<SlackUserId>)>>,
+    users: Mutex<HashMap<SlackUserId, (Timestamp, SlackAccount)>>,
+    /// Times the `users` cache.
+    clock: Arc<dyn Clock>,
     /// Our Slack app id: only messages posted by it are adopted. `None` (not configured) accepts any app's.
     app_id: Option<String>,
 }
 
 impl SlackNotifier {
     pub fn new(client: Arc<SlackClient>) -> Self {
-        Self { client, groups: Mutex::new(HashMap::new()), app_id: None }
+        Self {
+            client,
+            groups: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            clock: Arc::new(SystemClock),
+            app_id: None,
+        }
+    }
+
+    /// Times the account cache with `clock` (the app's, so tests can move it past [`USER_CACHE_TTL`]).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Adopt only messages posted by this app (`A…`); an empty id is ignored.
@@ -202,5 +222,20 @@ impl crate::ports::Notifier for SlackNotifier {
         let members = self.client.usergroup_members(group).await.map_err(|e| notify_error(&e))?;
         self.groups.lock().await.insert(group.clone(), (Instant::now(), members.clone()));
         Ok(members)
+    }
+
+    async fn user_account(&self, user: &SlackUserId) -> Result<SlackAccount, NotifyError> {
+        let now = self.clock.now();
+        let ttl = i64::try_from(USER_CACHE_TTL.as_millis()).unwrap_or(i64::MAX);
+        if let Some((at, account)) = self.users.lock().await.get(user) {
+            // A clock that went backwards does not extend the entry's life.
+            let age = now.unix_millis().saturating_sub(at.unix_millis());
+            if (0..ttl).contains(&age) {
+                return Ok(account.clone());
+            }
+        }
+        let account = self.client.users_info(user).await.map_err(|e| notify_error(&e))?;
+        self.users.lock().await.insert(user.clone(), (now, account.clone()));
+        Ok(account)
     }
 }

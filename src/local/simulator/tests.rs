@@ -16,7 +16,14 @@ fn settings(state_file: Option<PathBuf>) -> SimSettings {
         signing_secret: SecretString::new("secret"),
         team_id: "T0LOCAL01".into(),
         app_id: "A0LOCAL01".into(),
-        users: vec![UserInfo { id: "U012AB3CD".into(), name: "alice".into(), title: None, roles: vec![] }],
+        users: vec![UserInfo {
+            id: "U012AB3CD".into(),
+            name: "alice".into(),
+            title: None,
+            roles: vec![],
+            deactivated: false,
+            guest: false,
+        }],
         groups: vec![],
         channels: vec![],
         // Nothing listens here: these tests never click.
@@ -232,4 +239,44 @@ async fn changes_are_journaled_and_survive_a_reopen_and_a_torn_last_line_is_igno
     assert_eq!(kept[2].text.as_deref(), Some("edited"));
     assert_eq!(kept[1].text.as_deref(), Some("m1"));
     assert_eq!(kept.last().unwrap().ts, later);
+}
+
+#[tokio::test]
+async fn t34_users_info_says_what_dev_toml_says_about_each_user() {
+    let mut s = settings(None);
+    let user = |id: &str, deactivated: bool, guest: bool| UserInfo {
+        id: id.into(),
+        name: id.to_lowercase(),
+        title: None,
+        roles: vec![],
+        deactivated,
+        guest,
+    };
+    s.users = vec![user("U0ALICE01", false, false), user("U0GONE001", true, false), user("U0GUEST01", false, true)];
+    let sim = Simulator::new(s).unwrap();
+    let info = |auth: &str, ct: &str, body: String| {
+        let req = Request::post("/slack/api/users.info")
+            .header("authorization", format!("Bearer {auth}"))
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .unwrap();
+        let router = sim.router();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let form = "application/x-www-form-urlencoded";
+    let alice = info(BOT, form, "user=U0ALICE01".into()).await;
+    assert_eq!(alice["ok"], true, "{alice}");
+    assert_eq!(alice["user"]["team_id"], "T0LOCAL01");
+    assert_eq!(alice["user"]["deleted"], false);
+    assert_eq!(alice["user"]["is_restricted"], false);
+    assert_eq!(info(BOT, form, "user=U0GONE001".into()).await["user"]["deleted"], true);
+    assert_eq!(info(BOT, form, "user=U0GUEST01".into()).await["user"]["is_restricted"], true);
+    assert_eq!(info(BOT, form, "user=U0NOBODY1".into()).await["error"], "user_not_found");
+    assert_eq!(info("xoxb-wrong", form, "user=U0ALICE01".into()).await["error"], "invalid_auth");
+    let json = info(BOT, "application/json", r#"{"user":"U0ALICE01"}"#.into()).await;
+    assert_eq!(json["error"], "user_not_found", "JSON arguments are not read: {json}");
 }

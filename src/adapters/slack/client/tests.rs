@@ -385,3 +385,26 @@ async fn conversation_history_pages_older_with_the_cursor_and_a_missing_scope_is
     assert!(matches!(&e, SlackError::Api(code) if code == "missing_scope"), "{e:?}");
     assert!(!e.retryable(), "a missing scope does not heal by waiting");
 }
+
+#[test]
+fn t34_users_info_answers_are_read_strictly() {
+    let a = super::parse_account(&json!({"id": "U0GONE001", "team_id": "T0TEAM0001", "deleted": true})).unwrap();
+    assert!(a.deleted && !a.is_restricted && !a.is_bot, "a deactivated account's object omits the role flags");
+    let grid = json!({"id": "U0A", "team_id": "T0A", "deleted": false, "is_restricted": false,
+                      "enterprise_user": {"enterprise_id": "E0ORG0001", "teams": ["T0A", "T0B"]}});
+    let g = super::parse_account(&grid).unwrap();
+    assert_eq!(g.enterprise_id.as_deref(), Some("E0ORG0001"));
+    assert_eq!(g.enterprise_teams, ["T0A", "T0B"]);
+    for bad in [
+        json!({"id": "U0A", "team_id": "T0A"}),
+        json!({"id": "U0A", "deleted": false}),
+        json!({"team_id": "T0A", "deleted": false}),
+        json!({"id": "U0A", "team_id": "T0A", "deleted": false, "is_restricted": "true"}),
+        json!({"id": "U0A", "team_id": "T0A", "deleted": "false"}),
+    ] {
+        assert!(
+            matches!(super::parse_account(&bad), Err(super::SlackError::InvalidResponse(_))),
+            "{bad} must not be read as an eligible account"
+        );
+    }
+}
