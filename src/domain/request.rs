@@ -4,7 +4,7 @@
 //! pure function returning the new request and the audit drafts it causes; the store commits both, and the
 //! vote, in one conditional write (see `ports::RequestStore::commit`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,16 +94,31 @@ impl PolicyRef {
 pub struct Governing {
     pub policy: PolicyRef,
     pub required_approvals: u32,
+    /// Earlier approvers whose approvals no longer count: they are not approvers under the governing
+    /// policy, or they own the identity (row 31: the quorum is met "from the current policy's approvers").
+    /// Their votes stay recorded (they cannot vote again); their approvals leave the count.
+    pub discounted: BTreeSet<SlackUserId>,
 }
 
 impl Governing {
     pub fn of(policy: &Policy) -> Self {
-        Self { policy: PolicyRef::of(policy), required_approvals: policy.required_approvals }
+        Self {
+            policy: PolicyRef::of(policy),
+            required_approvals: policy.required_approvals,
+            discounted: BTreeSet::new(),
+        }
     }
 
     /// The terms stored on `r`, as if no policy had changed since it was created.
     pub fn as_stored(r: &ApprovalRequest) -> Self {
-        Self { policy: r.policy.clone(), required_approvals: r.required_approvals }
+        Self { policy: r.policy.clone(), required_approvals: r.required_approvals, discounted: BTreeSet::new() }
+    }
+
+    /// The same terms, with `users`' earlier approvals no longer counted.
+    #[must_use]
+    pub fn discounting(mut self, users: impl IntoIterator<Item = SlackUserId>) -> Self {
+        self.discounted.extend(users);
+        self
     }
 }
 
@@ -263,6 +278,7 @@ impl ApprovalRequest {
     fn next_under(&self, current: &Governing) -> Self {
         let mut r = self.next();
         r.required_approvals = self.quorum_under(current);
+        r.approvals.retain(|a| !current.discounted.contains(&a.user_id));
         r
     }
 
@@ -285,6 +301,15 @@ impl ApprovalRequest {
             d = d
                 .with("required_approvals", after.required_approvals.to_string())
                 .with("previous_required_approvals", self.required_approvals.to_string());
+        }
+        let dropped: Vec<&str> = self
+            .approvals
+            .iter()
+            .filter(|a| current.discounted.contains(&a.user_id))
+            .map(|a| a.user_id.as_str())
+            .collect();
+        if !dropped.is_empty() {
+            d = d.with("discounted_approvals", dropped.join(","));
         }
         d
     }
@@ -526,6 +551,7 @@ pub mod tests {
         Governing {
             policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: version.into() },
             required_approvals: required,
+            discounted: BTreeSet::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::policy::{select, Owners};
-use crate::domain::request::Governing;
+use crate::domain::request::{Governing, PolicyRef};
 use crate::domain::voter::eligibility;
 use crate::domain::{
     Actor, ApprovalRequest, AuditDraft, AuditKind, Ineligible, Policy, Principal, RequestId, SlackUserId,
@@ -150,7 +150,7 @@ impl VoteService {
         user: &SlackUserId,
         request_id: &RequestId,
         clicked: Option<&(String, String)>,
-    ) -> Result<Result<(ApprovalRequest, Policy), Rejection>, StoreError> {
+    ) -> Result<Result<(ApprovalRequest, Governing), Rejection>, StoreError> {
         let mut res = self.check(user, request_id, clicked).await?;
         if res.is_ok() {
             if let Err(why) = self.eligible(user).await {
@@ -193,7 +193,7 @@ impl VoteService {
         user: &SlackUserId,
         request_id: &RequestId,
         clicked: Option<&(String, String)>,
-    ) -> Result<Result<(ApprovalRequest, Policy), Rejection>, StoreError> {
+    ) -> Result<Result<(ApprovalRequest, Governing), Rejection>, StoreError> {
         let Some(r) = self.stores.requests.get_request(request_id).await? else {
             return Ok(Err(Rejection::UnknownRequest));
         };
@@ -215,30 +215,14 @@ impl VoteService {
         // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
         // for this principal are refused, before and regardless of any group lookup.
         let owners = Owners::of(&policies, &principal);
-        let mut in_group = false;
-        if policy.needs_group_lookup(user, &owners) {
-            let lookups = async {
-                for g in &policy.approvers.groups {
-                    match self.dispatcher.notifier.group_members(g).await {
-                        Ok(members) if members.contains(user) => return Ok(true),
-                        Ok(_) => {}
-                        Err(e) => return Err(e.message),
-                    }
-                }
-                Ok(false)
-            };
-            // Several groups, each looked up with its own timeout, must still fit the caller's deadline.
-            let lookups = match self.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, lookups)
-                    .await
-                    .unwrap_or_else(|_| Err("Slack did not answer in time".to_string())),
-                None => lookups.await,
-            };
-            match lookups {
-                Ok(found) => in_group = found,
+        let in_group = if policy.needs_group_lookup(user, &owners) {
+            match self.in_approver_group(&policy, user).await {
+                Ok(found) => found,
                 Err(why) => return Ok(Err(Rejection::TryAgain(why))),
             }
-        }
+        } else {
+            false
+        };
         if let Err(e) = policy.approver_check(user, &owners, in_group) {
             return Ok(Err(Rejection::NotApprover(e.to_string())));
         }
@@ -248,7 +232,56 @@ impl VoteService {
         if self.clock.now() >= r.expires_at {
             return Ok(Err(Rejection::AlreadyDecided("expired")));
         }
-        Ok(Ok((r, policy)))
+        // Earlier approvals count only while their approvers could approve now (row 31: the quorum is met
+        // "from the current policy's approvers"). An owner's approval never counts (row 30). Under the
+        // policy the request was created under, approvers were checked when they voted; under another
+        // policy (or version), each is checked again against it.
+        let drifted = PolicyRef::of(&policy) != r.policy;
+        let mut discounted = Vec::new();
+        for a in &r.approvals {
+            let still = if owners.contains(&a.user_id) {
+                false
+            } else if !drifted {
+                true
+            } else {
+                let in_group = if policy.needs_group_lookup(&a.user_id, &owners) {
+                    match self.in_approver_group(&policy, &a.user_id).await {
+                        Ok(found) => found,
+                        Err(why) => return Ok(Err(Rejection::TryAgain(why))),
+                    }
+                } else {
+                    false
+                };
+                policy.approver_check(&a.user_id, &owners, in_group).is_ok()
+            };
+            if !still {
+                discounted.push(a.user_id.clone());
+            }
+        }
+        let governing = Governing::of(&policy).discounting(discounted);
+        Ok(Ok((r, governing)))
+    }
+
+    /// Whether `user` is in one of `policy`'s approver groups, within the caller's deadline; `Err` when
+    /// Slack cannot say (the caller refuses with "try again").
+    async fn in_approver_group(&self, policy: &Policy, user: &SlackUserId) -> Result<bool, String> {
+        let lookups = async {
+            for g in &policy.approvers.groups {
+                match self.dispatcher.notifier.group_members(g).await {
+                    Ok(members) if members.contains(user) => return Ok(true),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.message),
+                }
+            }
+            Ok(false)
+        };
+        // Several groups, each looked up with its own timeout, must still fit the caller's deadline.
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, lookups)
+                .await
+                .unwrap_or_else(|_| Err("Slack did not answer in time".to_string())),
+            None => lookups.await,
+        }
     }
 
     /// Authorizes and records one vote: the vote, any status change and the audit records commit together,
@@ -260,7 +293,7 @@ impl VoteService {
         // request (row 31): the transition raises the quorum to `max(stored, current)` and the commit stores
         // it, so every later vote, and the message, sees the raised count.
         let (mut authorized, governing) = match self.authorize(&v.user, &v.request_id, v.clicked.as_ref()).await? {
-            Ok((r, policy)) => (Some(r), Governing::of(&policy)),
+            Ok((r, governing)) => (Some(r), governing),
             Err(why) => return Ok(VoteOutcome::Rejected(why)),
         };
         for attempt in 0..VOTE_ATTEMPTS {

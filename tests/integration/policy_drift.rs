@@ -260,10 +260,45 @@ async fn t31_request_governed_by_another_policy_uses_its_quorum_and_approvers(ki
     assert_eq!(t.request(&p.id).await.status, Status::Approved);
 }
 
+/// Alice approves a 2-of-N request; the policy is then re-applied without her. Her approval stays recorded
+/// (she cannot vote again) but no longer counts: the quorum is met from the current policy's approvers only.
+async fn t31_approvals_of_removed_approvers_stop_counting_under_a_changed_policy(kind: StoreKind) {
+    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    // Alice's earlier approval is re-checked against the current policy, its group included.
+    t.slack.set_usergroup("S0SRE00001", &["USRE000001"]);
+    let p = t.pending_request().await;
+    assert_eq!(click(&t, "UALICE0001", APPROVE, &p).await.status, 200);
+    assert_eq!(approvals(&t.request(&p.id).await), ["UALICE0001"]);
+
+    t.apply_policies(
+        &POLICIES.replace("users: [UALICE0001, UBOB000001, UCAROL0001]", "users: [UBOB000001, UCAROL0001]"),
+    )
+    .await;
+    assert_eq!(click(&t, "UBOB000001", APPROVE, &p).await.status, 200);
+    let r = t.request(&p.id).await;
+    assert_eq!(r.status, Status::Pending, "Alice, no longer an approver, must not complete the quorum");
+    assert_eq!(approvals(&r), ["UBOB000001"], "Alice's approval left the count; replies {:?}", ephemeral_texts(&t));
+    assert!(message_text(&t, &p).contains("1 of 2 approvals"), "{}", message_text(&t, &p));
+    let votes = t.audit_of("vote.approve").await;
+    let d = &votes.last().expect("Bob's vote").details;
+    assert_eq!(d.get("discounted_approvals").map(String::as_str), Some("UALICE0001"), "{d:?}");
+    assert_eq!(d.get("approvals").map(String::as_str), Some("1/2"), "{d:?}");
+
+    // Alice cannot vote again; Carol, a current approver, completes it.
+    assert_eq!(click(&t, "UALICE0001", APPROVE, &p).await.status, 200);
+    assert_eq!(approvals(&t.request(&p.id).await), ["UBOB000001"]);
+    assert_eq!(click(&t, "UCAROL0001", APPROVE, &p).await.status, 200);
+    let r = t.request(&p.id).await;
+    assert_eq!(r.status, Status::Approved);
+    assert_eq!(approvals(&r), ["UBOB000001", "UCAROL0001"]);
+    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+}
+
 on_both_stores!(
     t30_owner_of_a_narrow_policy_cannot_approve_through_a_broader_one,
     t30_owner_listed_only_under_other_actions_is_still_refused,
     t31_tightened_policy_needs_the_raised_quorum,
     t31_loosened_policy_keeps_the_stored_quorum,
     t31_request_governed_by_another_policy_uses_its_quorum_and_approvers,
+    t31_approvals_of_removed_approvers_stop_counting_under_a_changed_policy,
 );
