@@ -6,6 +6,8 @@
 //! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
 //! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
+//! - `secret_rotation`: the Slack secrets through the real Secrets Manager adapter on the emulator: the previous
+//!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
@@ -29,6 +31,7 @@ mod local_mode;
 mod operator_cli;
 mod races;
 mod request_api;
+mod secret_rotation;
 mod slack_interactions;
 mod smoke;
 mod support;
