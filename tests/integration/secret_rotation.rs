@@ -281,8 +281,13 @@ async fn start_up(bin: &str, vars: &[(&str, &str)]) -> String {
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
-            // Nothing listens there: the runtime gives up at once.
+            // What Lambda sets; nothing listens at the runtime API, so the function stops at its first poll.
             ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:1"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "countersign-test"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "countersign-test"),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "countersign-test"),
         ])
         .envs(vars.iter().copied())
         .kill_on_drop(true);
