@@ -195,10 +195,13 @@ impl SecretsManagerSlackSecrets {
             return Err(malformed());
         }
         let created = out.created_date().and_then(|d| d.to_millis().ok()).map(Timestamp::from_unix_millis);
+        // Keep only what this secret is read for: a bot-token reader given the legacy combined secret does
+        // not hold on to the signing secret it happens to contain.
+        let signing_secret = if secret.holds == Holds::BotToken { None } else { j.signing_secret };
         Ok(Some(Version {
             created,
             bot_token: j.bot_token.map(SecretString::new),
-            signing_secret: j.signing_secret.map(SecretString::new),
+            signing_secret: signing_secret.map(SecretString::new),
         }))
     }
 
