@@ -45,6 +45,18 @@ pub struct Parts {
     pub slack_identity: SlackIdentity,
 }
 
+/// The Slack secrets a function reads, from its configuration: request-api and sweeper get no signing
+/// secret id, so they can never fetch it (row 28).
+pub fn slack_secrets(client: aws_sdk_secretsmanager::Client, cfg: &LambdaConfig) -> SecretsManagerSlackSecrets {
+    SecretsManagerSlackSecrets::split(
+        client,
+        cfg.slack_secrets.signing_secret.clone(),
+        cfg.slack_secrets.bot_token.clone(),
+        cfg.secret_cache_ttl,
+    )
+    .with_previous_grace(cfg.slack_secret_grace)
+}
+
 impl App {
     pub fn build(p: Parts) -> Result<Self, SlackError> {
         Self::build_with_http(p, SlackClient::http_client()?)
@@ -83,11 +95,10 @@ impl App {
             audit: cfg.tables.audit.clone(),
         };
         let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), tables));
-        let secrets = Arc::new(SecretsManagerSlackSecrets::new(
-            aws_sdk_secretsmanager::Client::new(&aws),
-            cfg.slack_secret_id.clone(),
-            cfg.secret_cache_ttl,
-        ));
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
+        let secrets = Arc::new(slack_secrets(aws_sdk_secretsmanager::Client::new(&aws), cfg));
         // A join error means the thread panicked (never with panic = "abort"): build it here instead.
         let slack_http = match slack_http.await {
             Ok(built) => built?,

@@ -36,10 +36,30 @@ pub struct TableConfig {
     pub audit: String,
 }
 
+/// Where a function finds its Slack secrets (row 28).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackSecretIds {
+    /// `{"signing_secret"}`. Only slack-interactions has it: request-api and sweeper never learn where the
+    /// key that forges approvals is, so they cannot fetch it even by mistake.
+    pub signing_secret: Option<String>,
+    /// `{"bot_token"}`, read by all three functions.
+    pub bot_token: String,
+}
+
+/// The combined `{"bot_token", "signing_secret"}` secret of earlier versions: still accepted, with a warning,
+/// when the variable a function needs is unset.
+pub const LEGACY_SLACK_SECRET_VAR: &str = "COUNTERSIGN_SLACK_SECRET_ID";
+pub const SIGNING_SECRET_VAR: &str = "COUNTERSIGN_SLACK_SIGNING_SECRET_ID";
+pub const BOT_TOKEN_SECRET_VAR: &str = "COUNTERSIGN_SLACK_BOT_TOKEN_SECRET_ID";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LambdaConfig {
     pub tables: TableConfig,
-    pub slack_secret_id: String,
+    pub slack_secrets: SlackSecretIds,
+    /// How long `AWSPREVIOUS` still verifies after the `AWSCURRENT` version was created (row 27); zero: never.
+    pub slack_secret_grace: Duration,
+    /// Start-up warnings (a deprecated variable in use), one line each, logged once by the wiring.
+    pub warnings: Vec<String>,
     pub slack_api_base_url: String,
     /// `T…` workspace ids and at most one `E…` Enterprise Grid organization id, comma-separated (see
     /// [`SlackWorkspaces`]); callbacks and voters from anything else are refused.
@@ -78,7 +98,7 @@ impl LambdaConfig {
             requests: table("COUNTERSIGN_REQUESTS_TABLE")?,
             audit: table("COUNTERSIGN_AUDIT_TABLE")?,
         };
-        let slack_secret_id = req("COUNTERSIGN_SLACK_SECRET_ID")?;
+        let (slack_secrets, warnings) = slack_secret_ids(component, &opt)?;
         let slack_api_base_url = match opt("COUNTERSIGN_SLACK_API_BASE_URL") {
             None => DEFAULT_SLACK_API_BASE_URL.to_string(),
             Some(u) => check_slack_api_base_url(&u).map_err(|p| err("COUNTERSIGN_SLACK_API_BASE_URL", p))?,
@@ -140,6 +160,9 @@ impl LambdaConfig {
             }
         };
         let secret_cache_ttl = Duration::from_secs(secs("COUNTERSIGN_SECRET_CACHE_TTL_SECONDS", 300, 3600)?);
+        // Callbacks Slack signed just before a rotation are at most 5 minutes old when they count: an hour is
+        // already far more than the previous secret is ever legitimately needed for.
+        let slack_secret_grace = Duration::from_secs(secs("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", 600, 3600)?);
         let slack_timeout_ms = match opt("COUNTERSIGN_SLACK_TIMEOUT_MS") {
             None => 2000,
             Some(v) => match v.parse::<u64>() {
@@ -149,7 +172,9 @@ impl LambdaConfig {
         };
         Ok(Self {
             tables,
-            slack_secret_id,
+            slack_secrets,
+            slack_secret_grace,
+            warnings,
             slack_api_base_url,
             slack_team_id,
             slack_app_id,
@@ -160,6 +185,40 @@ impl LambdaConfig {
             slack_timeout: Duration::from_millis(slack_timeout_ms),
         })
     }
+}
+
+/// Which Slack secrets `component` reads: the bot token always, the signing secret only for
+/// slack-interactions. A variable left unset falls back to the legacy combined secret, with one warning line.
+fn slack_secret_ids(
+    component: Component,
+    opt: &impl Fn(&'static str) -> Option<String>,
+) -> Result<(SlackSecretIds, Vec<String>), ConfigError> {
+    let legacy = opt(LEGACY_SLACK_SECRET_VAR);
+    let mut replaced: Vec<&'static str> = Vec::new();
+    let mut id = |var: &'static str| -> Result<String, ConfigError> {
+        match (opt(var), &legacy) {
+            (Some(v), _) => Ok(v),
+            (None, Some(l)) => {
+                replaced.push(var);
+                Ok(l.clone())
+            }
+            (None, None) => Err(err(var, "is required but not set")),
+        }
+    };
+    let signing_secret = match component {
+        Component::SlackInteractions => Some(id(SIGNING_SECRET_VAR)?),
+        Component::RequestApi | Component::Sweeper => None,
+    };
+    let bot_token = id(BOT_TOKEN_SECRET_VAR)?;
+    let warnings = if replaced.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{LEGACY_SLACK_SECRET_VAR} (the combined Slack secret) is deprecated: set {} instead (docs/deploy.md)",
+            replaced.join(" and ")
+        )]
+    };
+    Ok((SlackSecretIds { signing_secret, bot_token }, warnings))
 }
 
 /// A Slack API base URL: `https://`, or plain `http://` only to 127.0.0.1/localhost (tests, local mode).
@@ -207,6 +266,7 @@ mod tests {
         assert_eq!(c.slack_api_base_url, DEFAULT_SLACK_API_BASE_URL);
         assert!(c.allowed_accounts.is_empty());
         assert_eq!(c.secret_cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.slack_secret_grace, Duration::from_secs(600));
     }
 
     #[test]
@@ -235,11 +295,101 @@ mod tests {
             ("COUNTERSIGN_SLACK_TEAM_ID", "x"),
             ("COUNTERSIGN_REQUESTS_TABLE", "a b"),
             ("COUNTERSIGN_SECRET_CACHE_TTL_SECONDS", "-1"),
+            ("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", "10m"),
+            ("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", "3601"),
         ] {
             let mut m = base();
             m.insert(k, v);
             assert_eq!(load(Component::SlackInteractions, &m).unwrap_err().var, k, "{k}={v}");
         }
+    }
+
+    /// The template's environment: one secret per purpose, the signing secret only for slack-interactions.
+    fn split() -> HashMap<&'static str, &'static str> {
+        let mut m = base();
+        m.remove(LEGACY_SLACK_SECRET_VAR);
+        m.insert(BOT_TOKEN_SECRET_VAR, "countersign/slack-bot-token");
+        m.insert(SIGNING_SECRET_VAR, "countersign/slack-signing-secret");
+        m
+    }
+
+    #[test]
+    fn t28_only_slack_interactions_is_configured_with_the_signing_secret() {
+        // Even when the variable is (wrongly) set for them, request-api and sweeper never carry its value.
+        for c in [Component::RequestApi, Component::Sweeper] {
+            let cfg = load(c, &split()).unwrap();
+            assert_eq!(cfg.slack_secrets.signing_secret, None, "{c:?}");
+            assert_eq!(cfg.slack_secrets.bot_token, "countersign/slack-bot-token", "{c:?}");
+            assert!(cfg.warnings.is_empty(), "{c:?}: {:?}", cfg.warnings);
+        }
+        let cfg = load(Component::SlackInteractions, &split()).unwrap();
+        assert_eq!(cfg.slack_secrets.signing_secret.as_deref(), Some("countersign/slack-signing-secret"));
+        assert_eq!(cfg.slack_secrets.bot_token, "countersign/slack-bot-token");
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn t28_each_function_needs_only_its_own_secret_variables() {
+        // request-api and sweeper start without the signing secret's variable at all.
+        let mut m = split();
+        m.remove(SIGNING_SECRET_VAR);
+        assert!(load(Component::RequestApi, &m).is_ok());
+        assert!(load(Component::Sweeper, &m).is_ok());
+        assert_eq!(load(Component::SlackInteractions, &m).unwrap_err().var, SIGNING_SECRET_VAR);
+        let mut m = split();
+        m.remove(BOT_TOKEN_SECRET_VAR);
+        for c in [Component::RequestApi, Component::Sweeper, Component::SlackInteractions] {
+            assert_eq!(load(c, &m).unwrap_err().var, BOT_TOKEN_SECRET_VAR, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn t28_legacy_combined_secret_is_accepted_with_one_warning_naming_the_replacement() {
+        // base() has only COUNTERSIGN_SLACK_SECRET_ID.
+        for c in [Component::RequestApi, Component::Sweeper] {
+            let cfg = load(c, &base()).unwrap();
+            assert_eq!(
+                cfg.slack_secrets,
+                SlackSecretIds { signing_secret: None, bot_token: "countersign/slack".into() }
+            );
+            assert_eq!(cfg.warnings.len(), 1, "{c:?}: {:?}", cfg.warnings);
+            assert!(cfg.warnings[0].contains(BOT_TOKEN_SECRET_VAR), "{}", cfg.warnings[0]);
+            // Never tell an operator to give these functions the signing secret.
+            assert!(!cfg.warnings[0].contains(SIGNING_SECRET_VAR), "{}", cfg.warnings[0]);
+        }
+        let cfg = load(Component::SlackInteractions, &base()).unwrap();
+        assert_eq!(cfg.slack_secrets.signing_secret.as_deref(), Some("countersign/slack"));
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(cfg.warnings[0].contains(SIGNING_SECRET_VAR) && cfg.warnings[0].contains(BOT_TOKEN_SECRET_VAR));
+        assert!(!cfg.warnings[0].contains('\n'));
+        // Only the missing one falls back (and is named).
+        let mut m = base();
+        m.insert(SIGNING_SECRET_VAR, "countersign/slack-signing-secret");
+        let cfg = load(Component::SlackInteractions, &m).unwrap();
+        assert_eq!(cfg.slack_secrets.signing_secret.as_deref(), Some("countersign/slack-signing-secret"));
+        assert_eq!(cfg.slack_secrets.bot_token, "countersign/slack");
+        assert_eq!(cfg.warnings.len(), 1);
+        assert!(!cfg.warnings[0].contains(SIGNING_SECRET_VAR), "{}", cfg.warnings[0]);
+        // Nothing at all: the error names the new variable.
+        let mut m = base();
+        m.remove(LEGACY_SLACK_SECRET_VAR);
+        assert_eq!(load(Component::RequestApi, &m).unwrap_err().var, BOT_TOKEN_SECRET_VAR);
+    }
+
+    #[test]
+    fn t27_grace_period_is_configurable_down_to_never() {
+        let mut m = base();
+        m.insert("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", "0");
+        assert_eq!(load(Component::SlackInteractions, &m).unwrap().slack_secret_grace, Duration::ZERO);
+        m.insert("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", "120");
+        assert_eq!(load(Component::SlackInteractions, &m).unwrap().slack_secret_grace, Duration::from_secs(120));
+        m.insert("COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS", "ten");
+        let e = load(Component::SlackInteractions, &m).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS: \"ten\" is not a whole number of seconds \
+             from 0 to 3600"
+        );
     }
 
     #[test]

@@ -296,17 +296,21 @@ pub enum SecretError {
     /// The secret store could not be read: callbacks answer 503, never accept.
     #[error("secret store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The secret exists but is not `{"bot_token": "...", "signing_secret": "..."}`.
+    /// The secret exists but does not hold what it should (`{"signing_secret"}`, `{"bot_token"}`).
     #[error("secret is malformed: {0}")]
     Malformed(String),
+    /// This function was not given the signing secret's id (request-api and sweeper never are).
+    #[error("this function is not configured with the signing secret")]
+    NotConfigured,
 }
 
 /// The Slack credentials (bot token, signing secrets by rotation stage).
 #[async_trait]
 pub trait SlackSecrets: Send + Sync {
-    /// Signing secrets to try, in order (`AWSCURRENT` first, then `AWSPREVIOUS` when it exists), labelled
-    /// by stage. With `refresh`, bypasses the cache (implementations rate-limit this).
-    async fn signing_secrets(&self, refresh: bool) -> Result<Vec<(String, SecretString)>, SecretError>;
+    /// Signing secrets to try, in order (`AWSCURRENT` first, then `AWSPREVIOUS` when it exists and is still
+    /// inside its grace period at `now`), labelled by stage. With `refresh`, bypasses the cache
+    /// (implementations rate-limit this).
+    async fn signing_secrets(&self, refresh: bool, now: Timestamp) -> Result<Vec<(String, SecretString)>, SecretError>;
     /// The current bot token.
     async fn bot_token(&self) -> Result<SecretString, SecretError>;
 }
@@ -320,7 +324,11 @@ pub struct StaticSlackSecrets {
 
 #[async_trait]
 impl SlackSecrets for StaticSlackSecrets {
-    async fn signing_secrets(&self, _refresh: bool) -> Result<Vec<(String, SecretString)>, SecretError> {
+    async fn signing_secrets(
+        &self,
+        _refresh: bool,
+        _now: Timestamp,
+    ) -> Result<Vec<(String, SecretString)>, SecretError> {
         Ok(self.signing_secrets.clone())
     }
     async fn bot_token(&self) -> Result<SecretString, SecretError> {

@@ -98,9 +98,10 @@ async fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<
         (Ok(t), Ok(s)) => (t, s),
         _ => return Err(unauthorized()),
     };
-    let now = state.clock.now().unix_seconds();
+    let now = state.clock.now();
     for refresh in [false, true] {
-        let secrets = match state.secrets.signing_secrets(refresh).await {
+        // `now` also decides whether AWSPREVIOUS is still inside its grace period (row 27).
+        let secrets = match state.secrets.signing_secrets(refresh, now).await {
             Ok(s) => s,
             Err(e) => {
                 log_secret_error(&e);
@@ -108,7 +109,7 @@ async fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<
             }
         };
         let refs: Vec<(&str, &[u8])> = secrets.iter().map(|(l, s)| (l.as_str(), s.expose().as_bytes())).collect();
-        match signature::verify_any(&refs, ts, sig, body, now) {
+        match signature::verify_any(&refs, ts, sig, body, now.unix_seconds()) {
             Ok(stage) => {
                 tracing::info!(stage, "slack signature verified");
                 return Ok(());

@@ -7,6 +7,8 @@
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
 //! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
 //! - `requester_text`: threat row 33 (invisible, bidirectional and look-alike text) through the request API.
+//! - `secret_rotation`: the Slack secrets through the real Secrets Manager adapter on the emulator: the previous
+//!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
 //! - `policy_drift`: policies that overlap or change under a pending request (threat rows 30 and 31).
@@ -35,6 +37,7 @@ mod policy_drift;
 mod races;
 mod request_api;
 mod requester_text;
+mod secret_rotation;
 mod slack_interactions;
 mod smoke;
 mod support;

@@ -1,7 +1,9 @@
 //! The deployment's security posture, read from `template.yaml`, `infra/caller-policy.json` and
 //! `infra/slack-app-manifest.yaml` themselves: IAM auth and the resource policy of the request API, the
 //! protection of every table, least-privilege function roles, the append-only audit table, the Lambda
-//! runtime. A change that weakens any of these fails here before it reaches an account.
+//! runtime, the Slack signing secret readable by slack-interactions alone (row 28), reserved concurrency and
+//! the WAF rate rule on the Slack endpoint (row 38). A change that weakens any of these fails here before it
+//! reaches an account.
 //!
 //! CloudFormation's short forms (`!Ref`, `!Sub`, `!GetAtt`, `!If`, …) are YAML tags; they are rewritten
 //! to the long forms (`Ref`, `Fn::Sub`, …) first, so every check reads one shape.
@@ -577,9 +579,9 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
             ("dynamodb:GetItem", "AuditTable"),
             ("dynamodb:Query", "AuditTable"),
             ("dynamodb:Query", "AuditTable/index/by-request"),
-            // One secret: the one created here, or the one given as a parameter.
-            ("secretsmanager:GetSecretValue", "SlackSecret"),
-            ("secretsmanager:GetSecretValue", "SlackSecretArn"),
+            // The bot token: the secret created here, or the one given as a parameter.
+            ("secretsmanager:GetSecretValue", "SlackBotTokenSecret"),
+            ("secretsmanager:GetSecretValue", "SlackBotTokenSecretArn"),
         ]
         .iter()
         .map(|(a, r)| (a.to_string(), r.to_string()))
@@ -603,7 +605,13 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
             "slack-interactions",
             with(
                 shared("SlackInteractionsFunctionLogGroup"),
-                &[("dynamodb:GetItem", "PoliciesTable"), ("dynamodb:Scan", "PoliciesTable")],
+                &[
+                    ("dynamodb:GetItem", "PoliciesTable"),
+                    ("dynamodb:Scan", "PoliciesTable"),
+                    // Only this function may read the signing secret (row 28).
+                    ("secretsmanager:GetSecretValue", "SlackSigningSecret"),
+                    ("secretsmanager:GetSecretValue", "SlackSigningSecretArn"),
+                ],
             ),
         ),
         (
@@ -626,10 +634,10 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
     }
     assert_eq!(seen.len(), expected.len());
 
-    // The secret the functions read is the one they may read.
+    // The secrets the functions read are the ones they may read.
     for (fid, f) in functions() {
-        let env = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_SLACK_SECRET_ID"]);
-        assert_eq!(env.map(describe).as_deref(), Some("SlackSecret|SlackSecretArn"), "{fid}");
+        let env = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_SLACK_BOT_TOKEN_SECRET_ID"]);
+        assert_eq!(env.map(describe).as_deref(), Some("SlackBotTokenSecret|SlackBotTokenSecretArn"), "{fid}");
     }
     // Only Lambda may assume the function roles.
     for (fid, f) in functions() {
@@ -697,7 +705,7 @@ fn template_functions_get_every_required_setting() {
         "COUNTERSIGN_POLICIES_TABLE",
         "COUNTERSIGN_REQUESTS_TABLE",
         "COUNTERSIGN_AUDIT_TABLE",
-        "COUNTERSIGN_SLACK_SECRET_ID",
+        "COUNTERSIGN_SLACK_BOT_TOKEN_SECRET_ID",
         "COUNTERSIGN_SLACK_TEAM_ID",
         "COUNTERSIGN_SLACK_APP_ID",
         "COUNTERSIGN_ALLOWED_ACCOUNTS",
@@ -832,4 +840,190 @@ fn slack_manifest_asks_only_for_the_needed_scopes() {
     assert_eq!(get(&manifest, &["settings", "socket_mode_enabled"]), Some(&false.into()));
     let url = text(&manifest, &["settings", "interactivity", "request_url"]).expect("request_url");
     assert!(url.starts_with("https://") && url.ends_with("/api/slack/interactions"), "{url}");
+}
+
+// --- row 28: only slack-interactions holds the key that forges approvals ---------------------------------
+
+const SIGNING_SECRET: [&str; 2] = ["SlackSigningSecret", "SlackSigningSecretArn"];
+const BOT_TOKEN_SECRET: [&str; 2] = ["SlackBotTokenSecret", "SlackBotTokenSecretArn"];
+
+/// Every resource (described) on which a function's role allows any Secrets Manager action.
+fn secrets_readable_by(function: &Value) -> BTreeSet<String> {
+    allowed_pairs(&role_of(function))
+        .into_iter()
+        .filter(|(action, _)| action.starts_with("secretsmanager:"))
+        .map(|(_, res)| res)
+        .collect()
+}
+
+#[test]
+fn t28_request_api_and_sweeper_roles_cannot_read_the_signing_secret() {
+    for (fid, f) in functions() {
+        let readable = secrets_readable_by(f);
+        let vars = get(f, &["Properties", "Environment", "Variables"]).expect("environment");
+        assert!(vars.get("COUNTERSIGN_SLACK_SECRET_ID").is_none(), "{fid}: the combined secret is gone");
+        assert_eq!(
+            vars.get("COUNTERSIGN_SLACK_BOT_TOKEN_SECRET_ID").map(describe).as_deref(),
+            Some("SlackBotTokenSecret|SlackBotTokenSecretArn"),
+            "{fid}"
+        );
+        let signing_env = vars.get("COUNTERSIGN_SLACK_SIGNING_SECRET_ID").map(describe);
+        if binary_of(f) == "slack-interactions" {
+            assert_eq!(
+                readable,
+                set(&[SIGNING_SECRET[0], SIGNING_SECRET[1], BOT_TOKEN_SECRET[0], BOT_TOKEN_SECRET[1]])
+            );
+            assert_eq!(signing_env.as_deref(), Some("SlackSigningSecret|SlackSigningSecretArn"), "{fid}");
+        } else {
+            // Only the bot token: neither the secret created here nor one given as a parameter.
+            assert_eq!(readable, set(&BOT_TOKEN_SECRET), "{fid} ({}) may read more than the bot token", binary_of(f));
+            assert_eq!(signing_env, None, "{fid} ({}) is told where the signing secret is", binary_of(f));
+        }
+    }
+    // No other statement of the template grants the signing secret (a secret resource policy, say).
+    for (id, stmt) in all_statements().into_iter().filter(|(_, s)| is_allow(s)) {
+        let resources = strings(get(stmt, &["Resource"]));
+        if resources.iter().any(|r| SIGNING_SECRET.contains(&r.as_str())) {
+            assert!(id == role_of(function_by_binary("slack-interactions").1), "{id} grants the signing secret");
+        }
+    }
+    assert!(of_type("AWS::SecretsManager::ResourcePolicy").is_empty());
+}
+
+#[test]
+fn t28_template_creates_both_secrets_and_no_combined_one() {
+    let secrets: BTreeSet<&str> = of_type("AWS::SecretsManager::Secret").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(secrets, BTreeSet::from(["SlackBotTokenSecret", "SlackSigningSecret"]));
+    let params = template()["Parameters"].as_mapping().expect("Parameters");
+    assert!(!params.contains_key("SlackSecretArn"), "the combined secret's parameter is gone");
+    for (id, param, condition) in [
+        ("SlackSigningSecret", "SlackSigningSecretArn", "CreateSlackSigningSecret"),
+        ("SlackBotTokenSecret", "SlackBotTokenSecretArn", "CreateSlackBotTokenSecret"),
+    ] {
+        let r = resource(id);
+        assert_eq!(text(r, &["Condition"]), Some(condition), "{id}: created only when no ARN is given");
+        let eq = get(&template()["Conditions"][condition], &["Fn::Equals"]).and_then(Value::as_sequence).unwrap();
+        assert_eq!((text(&eq[0], &["Ref"]), eq[1].as_str()), (Some(param), Some("")), "{condition}");
+        assert_eq!(text(r, &["DeletionPolicy"]), Some("Retain"), "{id}");
+        assert_eq!(text(r, &["UpdateReplacePolicy"]), Some("Retain"), "{id}");
+        assert_eq!(text(&template()["Parameters"][param], &["Default"]), Some(""), "{param}");
+    }
+    // Each holds only its own value: the signing secret no bot token, the bot token no signing secret.
+    let signing = &resource("SlackSigningSecret")["Properties"]["GenerateSecretString"];
+    assert_eq!(text(signing, &["GenerateStringKey"]), Some("signing_secret"));
+    let template_json: serde_json::Value =
+        serde_json::from_str(text(signing, &["SecretStringTemplate"]).expect("SecretStringTemplate")).unwrap();
+    assert_eq!(template_json, serde_json::json!({}));
+    let bot: serde_json::Value =
+        serde_json::from_str(text(resource("SlackBotTokenSecret"), &["Properties", "SecretString"]).unwrap()).unwrap();
+    assert_eq!(bot.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["bot_token"]);
+    let outputs = template()["Outputs"].as_mapping().expect("Outputs");
+    for key in ["SlackSigningSecretArnOut", "SlackBotTokenSecretArnOut"] {
+        assert!(outputs.contains_key(key), "output {key} (the rotation runbook reads it)");
+    }
+    // Rotation is manual today (Slack issues both values; docs/deploy.md). A rotation schedule added later
+    // must cover both secrets, not one.
+    let rotated: BTreeSet<String> = of_type("AWS::SecretsManager::RotationSchedule")
+        .into_iter()
+        .map(|(_, r)| describe(&r["Properties"]["SecretId"]))
+        .collect();
+    assert!(rotated.is_empty() || rotated.len() == 2, "rotation covers one secret only: {rotated:?}");
+    // The grace period after a rotation (row 27) is set from a parameter on the interactions function.
+    let (_, f) = function_by_binary("slack-interactions");
+    let grace = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_SLACK_SECRET_GRACE_SECONDS"]);
+    let param = grace.and_then(|g| text(g, &["Ref"])).expect("grace from a parameter");
+    let p = &template()["Parameters"][param];
+    assert_eq!(
+        (p["Default"].as_u64(), p["MinValue"].as_u64(), p["MaxValue"].as_u64()),
+        (Some(600), Some(0), Some(3600))
+    );
+}
+
+// --- row 38: exhaustion ----------------------------------------------------------------------------------
+
+/// A `Type: Number` parameter's (Default, MinValue).
+fn number_parameter(name: &str) -> (u64, u64) {
+    let p = template()["Parameters"].get(name).unwrap_or_else(|| panic!("no parameter {name}"));
+    assert_eq!(text(p, &["Type"]), Some("Number"), "{name}");
+    let default = p["Default"].as_u64().unwrap_or_else(|| panic!("{name}: a numeric Default"));
+    let min = p["MinValue"].as_u64().unwrap_or_else(|| panic!("{name}: a MinValue"));
+    (default, min)
+}
+
+#[test]
+fn t38_every_function_has_its_own_reserved_concurrency_from_a_parameter() {
+    let expected_defaults = BTreeMap::from([("request-api", 50), ("slack-interactions", 20), ("sweeper", 2)]);
+    let mut params = BTreeSet::new();
+    for (fid, f) in functions() {
+        let bin = binary_of(f);
+        let reserved = get(f, &["Properties", "ReservedConcurrentExecutions"])
+            .unwrap_or_else(|| panic!("{fid}: no ReservedConcurrentExecutions"));
+        let param = text(reserved, &["Ref"]).unwrap_or_else(|| panic!("{fid}: reserved concurrency from a parameter"));
+        let (default, min) = number_parameter(param);
+        assert_eq!(Some(&default), expected_defaults.get(bin), "{fid}: default of {param}");
+        // 0 would switch the function off; reserved concurrency is also its ceiling.
+        assert!(min >= 1, "{param}: MinValue {min}");
+        assert!(params.insert(param.to_string()), "{fid}: {param} is shared with another function");
+    }
+    assert_eq!(params.len(), expected_defaults.len());
+    assert!(get(template(), &["Globals", "Function", "ReservedConcurrentExecutions"]).is_none());
+    // The request API's long polls are bounded: the longest `wait` ends before the function's timeout, and
+    // at most its reserved concurrency run at once, in a pool slack-interactions does not share.
+    let timeout = function_by_binary("request-api").1["Properties"]["Timeout"].as_u64().expect("Timeout");
+    assert!(countersign::service::requests::MAX_WAIT_SECONDS < timeout);
+    let (api, _) = number_parameter("RequestApiReservedConcurrency");
+    let (slack, _) = number_parameter("SlackInteractionsReservedConcurrency");
+    assert!(slack >= 10 && api >= slack, "defaults {api} / {slack}");
+}
+
+#[test]
+fn t38_slack_api_has_a_waf_rate_rule_per_source_ip() {
+    let acls = of_type("AWS::WAFv2::WebACL");
+    assert_eq!(acls.len(), 1, "one web ACL");
+    let (id, acl) = acls[0];
+    let p = &acl["Properties"];
+    assert_eq!(text(p, &["Scope"]), Some("REGIONAL"), "{id}: API Gateway stages take REGIONAL ACLs");
+    assert!(get(p, &["DefaultAction", "Allow"]).is_some(), "{id}: default action Allow");
+    assert!(get(p, &["DefaultAction", "Block"]).is_none(), "{id}");
+    let visible = |v: &Value, what: &str| {
+        assert_eq!(get(v, &["SampledRequestsEnabled"]), Some(&true.into()), "{what}");
+        assert_eq!(get(v, &["CloudWatchMetricsEnabled"]), Some(&true.into()), "{what}");
+        assert!(get(v, &["MetricName"]).is_some(), "{what}: MetricName");
+    };
+    visible(&p["VisibilityConfig"], id);
+    let rules = p["Rules"].as_sequence().expect("Rules");
+    let rate: Vec<&Value> = rules.iter().filter(|r| get(r, &["Statement", "RateBasedStatement"]).is_some()).collect();
+    assert_eq!(rate.len(), 1, "{id}: one rate-based rule");
+    let rule = rate[0];
+    assert!(get(rule, &["Action", "Block"]).is_some(), "the rate rule blocks");
+    let stmt = &rule["Statement"]["RateBasedStatement"];
+    assert_eq!(text(stmt, &["AggregateKeyType"]), Some("IP"), "per source IP");
+    assert!(get(stmt, &["ScopeDownStatement"]).is_none(), "the rule counts every request");
+    assert_eq!(stmt["EvaluationWindowSec"].as_u64(), Some(300), "per 5 minutes");
+    let limit = text(stmt, &["Limit", "Ref"]).expect("Limit from a parameter");
+    assert_eq!(number_parameter(limit), (600, 10), "{limit}: default 600 per 5 minutes");
+    visible(&rule["VisibilityConfig"], "rate rule");
+}
+
+#[test]
+fn t38_web_acl_is_associated_with_the_slack_api_stage() {
+    let assocs = of_type("AWS::WAFv2::WebACLAssociation");
+    assert_eq!(assocs.len(), 1);
+    let (id, a) = assocs[0];
+    let (acl_id, _) = of_type("AWS::WAFv2::WebACL")[0];
+    let acl = get(a, &["Properties", "WebACLArn", "Fn::GetAtt"]).and_then(Value::as_sequence).expect("GetAtt");
+    assert_eq!((acl[0].as_str(), acl[1].as_str()), (Some(acl_id), Some("Arn")), "{id}");
+    let stage = text(resource("SlackApi"), &["Properties", "StageName"]).expect("StageName");
+    assert_eq!(
+        text(a, &["Properties", "ResourceArn", "Fn::Sub"]),
+        Some(
+            format!("arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}::/restapis/${{SlackApi}}/stages/{stage}")
+                .as_str()
+        ),
+        "{id}: the Slack API's stage"
+    );
+    // SAM names the stage it generates <Api><StageName>Stage (checked with samtranslator): the association
+    // must wait for it, or the first deployment fails.
+    let depends = strings(get(a, &["DependsOn"]));
+    assert!(depends.contains(&format!("SlackApi{stage}Stage")), "{id}: DependsOn {depends:?}");
 }
