@@ -11,6 +11,8 @@
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
 //! - `load`: the real `countersign dev` process under 32 concurrent clients, and killed with SIGKILL mid-load:
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
+//! - `policy_lint`: policy files broader than they read (threat row 29) and policies that shadow each other
+//!   (row 32), through the real binary's `policy validate` / `apply` and local mode's policy load.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
 
@@ -27,6 +29,7 @@ mod layering;
 mod load;
 mod local_mode;
 mod operator_cli;
+mod policy_lint;
 mod races;
 mod request_api;
 mod slack_interactions;
