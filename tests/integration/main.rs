@@ -9,6 +9,8 @@
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
+//! - `local_hardening`: the real `countersign dev` refuses DNS-rebinding `Host`s with 421 on every route and
+//!   look-alike loopback Slack API URLs at start-up (threat row 39).
 //! - `load`: the real `countersign dev` process under 32 concurrent clients, and killed with SIGKILL mid-load:
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
 //! - `policy_lint`: policy files broader than they read (threat row 29) and policies that shadow each other
@@ -27,6 +29,7 @@ mod harness;
 mod hostile;
 mod layering;
 mod load;
+mod local_hardening;
 mod local_mode;
 mod operator_cli;
 mod policy_lint;
