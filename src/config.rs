@@ -163,6 +163,14 @@ impl LambdaConfig {
     }
 }
 
+/// Whether a parsed URL's `host_str()` is one plain `http://` may go to: exactly `localhost`, `127.0.0.1`
+/// or `[::1]`. For http(s) the URL parser has already normalized the host (domains lower-cased, IPv4 in
+/// dotted decimal so `127.1` is `127.0.0.1`, IPv6 compressed in brackets), so equality is exact and
+/// `localhost.attacker.example` is not loopback. Also used by the CLI's `--endpoint` check.
+pub fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
 /// A Slack API base URL, parsed (never prefix-matched: `http://localhost.attacker.example` and
 /// `http://127.0.0.1@evil.example` start like loopback URLs): `https://` to any host, or plain `http://`
 /// only to exactly `localhost`, `127.0.0.1` or `[::1]` (tests, local mode). No user info, query or fragment.
@@ -181,9 +189,7 @@ pub fn check_slack_api_base_url(u: &str) -> Result<String, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return refuse("a base URL has no query or fragment");
     }
-    // For http(s) the parser has already normalized the host: domains lower-cased, IPv4 in dotted
-    // decimal (`127.1` is `127.0.0.1`), IPv6 compressed in brackets; so equality here is exact.
-    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    let loopback = url.host_str().is_some_and(is_loopback_host);
     match url.scheme() {
         "https" | "http" if url.host_str().is_none_or(str::is_empty) => return refuse("it has no host"),
         "https" => {}
