@@ -53,6 +53,10 @@ pub fn shadowing(policies: &[Policy]) -> Vec<Shadowing<'_>> {
     let mut out = Vec::new();
     for (i, a) in policies.iter().enumerate() {
         for b in &policies[i + 1..] {
+            // The allocation-free overlap test first: most pairs of a large file do not overlap.
+            if !can_match_one_request(a, b) {
+                continue;
+            }
             let differs = differences(a, b);
             if differs.is_empty() {
                 continue;
@@ -65,16 +69,27 @@ pub fn shadowing(policies: &[Policy]) -> Vec<Shadowing<'_>> {
     out
 }
 
+fn can_match_one_request(a: &Policy, b: &Policy) -> bool {
+    fn any_pair<T>(xs: &[T], ys: &[T], overlap: impl Fn(&T, &T) -> bool) -> bool {
+        xs.iter().any(|x| ys.iter().any(|y| overlap(x, y)))
+    }
+    // Principals first: in real files they tell policies apart most often.
+    any_pair(&a.principals.patterns, &b.principals.patterns, PrincipalPattern::overlaps)
+        && any_pair(&a.environments, &b.environments, Pattern::overlaps)
+        && any_pair(&a.actions, &b.actions, Pattern::overlaps)
+        && any_pair(&a.resources, &b.resources, Pattern::overlaps)
+}
+
 /// Listing order does not matter: the same people in another order are the same approvers.
 fn differences(a: &Policy, b: &Policy) -> Vec<&'static str> {
-    fn set<T: Ord>(v: &[T]) -> BTreeSet<&T> {
-        v.iter().collect()
+    fn same<T: Ord>(x: &[T], y: &[T]) -> bool {
+        x == y || x.iter().collect::<BTreeSet<_>>() == y.iter().collect::<BTreeSet<_>>()
     }
     let mut out = Vec::new();
-    if set(&a.approvers.users) != set(&b.approvers.users) || set(&a.approvers.groups) != set(&b.approvers.groups) {
+    if !same(&a.approvers.users, &b.approvers.users) || !same(&a.approvers.groups, &b.approvers.groups) {
         out.push("approvers");
     }
-    if set(&a.owners) != set(&b.owners) {
+    if !same(&a.owners, &b.owners) {
         out.push("owners");
     }
     if a.channel != b.channel {
