@@ -11,7 +11,7 @@ use super::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, Slac
 use super::principal::{stems_overlap, Principal, PrincipalPattern};
 
 mod overlap;
-pub use overlap::{shadowing, Shadowing};
+pub use overlap::{shadowing, CommonRequest, Shadowing};
 
 /// Bounds on `max_ttl`.
 pub const MIN_TTL_SECONDS: u64 = 60;
