@@ -221,14 +221,45 @@ fn slack_secret_ids(
     Ok((SlackSecretIds { signing_secret, bot_token }, warnings))
 }
 
-/// A Slack API base URL: `https://`, or plain `http://` only to 127.0.0.1/localhost (tests, local mode).
-/// Returned without a trailing slash. Shared by the Lambda configuration and local mode's.
+/// Whether a parsed URL's `host_str()` is one plain `http://` may go to: exactly `localhost`, `127.0.0.1`
+/// or `[::1]`. For http(s) the URL parser has already normalized the host (domains lower-cased, IPv4 in
+/// dotted decimal so `127.1` is `127.0.0.1`, IPv6 compressed in brackets), so equality is exact and
+/// `localhost.attacker.example` is not loopback. Also used by the CLI's `--endpoint` check.
+pub fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// A Slack API base URL, parsed (never prefix-matched: `http://localhost.attacker.example` and
+/// `http://127.0.0.1@evil.example` start like loopback URLs): `https://` to any host, or plain `http://`
+/// only to exactly `localhost`, `127.0.0.1` or `[::1]` (tests, local mode). No user info, query or fragment.
+/// Returned as the parser normalized it, without a trailing slash, so the URL the Slack client later joins
+/// and connects to is the one checked here. Shared by the Lambda configuration and local mode's.
 pub fn check_slack_api_base_url(u: &str) -> Result<String, String> {
-    if u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost") {
-        Ok(u.trim_end_matches('/').to_string())
-    } else {
-        Err(format!("{u:?} must be an https:// URL (plain http only for 127.0.0.1/localhost)"))
+    use reqwest::Url;
+    let refuse = |why: &str| Err(format!("{u:?} is refused: {why}"));
+    let url = match Url::parse(u) {
+        Ok(url) => url,
+        Err(e) => return refuse(&format!("not a URL ({e})")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse("a URL with user info (user@host) is not allowed");
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        return refuse("a base URL has no query or fragment");
+    }
+    let loopback = url.host_str().is_some_and(is_loopback_host);
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_none_or(str::is_empty) => return refuse("it has no host"),
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return refuse(
+                "plain http:// is allowed only to the exact hosts localhost, 127.0.0.1 and [::1]; use https://",
+            )
+        }
+        other => return refuse(&format!("scheme {other:?}: use https://")),
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 fn is_slack_id(s: &str, prefixes: &[char]) -> bool {
@@ -405,6 +436,55 @@ mod tests {
             let e = load(Component::SlackInteractions, &m).unwrap_err();
             assert_eq!(e.var, "COUNTERSIGN_SLACK_TEAM_ID", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn t39_slack_api_base_url_is_parsed_not_prefix_matched() {
+        let accepted = [
+            ("https://slack.com/api", "https://slack.com/api"),
+            ("https://slack.com/api/", "https://slack.com/api"),
+            ("https://slack.example:8443/api", "https://slack.example:8443/api"),
+            ("http://localhost:8787/slack/api", "http://localhost:8787/slack/api"),
+            ("http://LOCALHOST:8787/slack/api", "http://localhost:8787/slack/api"),
+            ("http://127.0.0.1:8787/slack/api", "http://127.0.0.1:8787/slack/api"),
+            ("http://127.0.0.1/", "http://127.0.0.1"),
+            ("http://[::1]:8787/slack/api", "http://[::1]:8787/slack/api"),
+            ("http://[0:0::1]:8787", "http://[::1]:8787"),
+        ];
+        for (u, want) in accepted {
+            assert_eq!(check_slack_api_base_url(u).as_deref(), Ok(want), "{u}");
+        }
+        let refused = [
+            ("http://localhost.attacker.example", "plain http:// is allowed only to the exact hosts"),
+            ("http://127.0.0.1.attacker.example/api", "plain http:// is allowed only"),
+            ("http://localhostattacker.example", "plain http:// is allowed only"),
+            ("http://127.0.0.1@evil.example", "user info"),
+            ("http://localhost:8787@evil.example/api", "user info"),
+            ("https://user:pass@slack.com/api", "user info"),
+            ("http://evil.example", "plain http:// is allowed only"),
+            ("http://10.0.0.1/api", "plain http:// is allowed only"),
+            ("http://[::ffff:127.0.0.1]/api", "plain http:// is allowed only"),
+            ("http://localhost./api", "plain http:// is allowed only"),
+            ("ftp://localhost/api", "scheme \"ftp\""),
+            ("file:///etc/passwd", "scheme \"file\""),
+            ("https://slack.com/api?token=x", "no query or fragment"),
+            ("https://slack.com/api#x", "no query or fragment"),
+            ("slack.com/api", "not a URL"),
+            ("https://", "not a URL"),
+        ];
+        for (u, why) in refused {
+            let e = check_slack_api_base_url(u).unwrap_err();
+            assert!(e.starts_with(&format!("{u:?} is refused: ")) && e.contains(why), "{u}: {e}");
+        }
+    }
+
+    #[test]
+    fn t39_the_lambda_configuration_refuses_a_look_alike_loopback_url() {
+        let mut m = base();
+        m.insert("COUNTERSIGN_SLACK_API_BASE_URL", "http://localhost.attacker.example");
+        let e = load(Component::RequestApi, &m).unwrap_err();
+        assert_eq!(e.var, "COUNTERSIGN_SLACK_API_BASE_URL");
+        assert!(e.to_string().contains("plain http:// is allowed only to the exact hosts"), "{e}");
     }
 
     #[test]

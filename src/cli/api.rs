@@ -52,7 +52,7 @@ fn check_endpoint(endpoint: &str) -> Result<Url, CliError> {
     let host = url.host_str().unwrap_or("");
     match url.scheme() {
         "https" => {}
-        "http" if matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") => {}
+        "http" if crate::config::is_loopback_host(host) => {}
         "http" => {
             return Err(usage(format!(
                 "--endpoint {endpoint:?}: plain http is only allowed to localhost (the signed request would travel \

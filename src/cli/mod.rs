@@ -43,7 +43,8 @@ pub mod exit {
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (approved, or created without --wait; valid; intact)
-  1  check failed (invalid policy file, broken audit chain) or operation failed
+  1  check failed (invalid policy file, shadowing policies with --strict, broken audit chain)
+     or operation failed
   2  usage error
   3  denied          4  expired          5  cancelled
   6  still pending (when --timeout ran out, or `status` without --wait)
@@ -138,9 +139,15 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Check a policy file; every problem is reported with policy, field and line. Exit 0 when valid.
+    ///
+    /// Pairs of policies that can match the same request but differ in approvers, owners or channel are
+    /// warned about (the warning names both and the one that wins); the file is still valid.
     Validate {
         /// The YAML policy file.
         file: PathBuf,
+        /// Treat overlapping (shadowing) policies as errors: exit 1.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show what `apply` would change in the store, policy by policy and field by field.
     Diff {
@@ -149,7 +156,8 @@ pub enum PolicyCommand {
         store: StoreArgs,
     },
     /// Validate the file and make the store match it (policies missing from the file are removed).
-    /// Each change is recorded as a `policy.changed` / `policy.deleted` audit event.
+    /// Each change is recorded as a `policy.changed` / `policy.deleted` audit event. Shadowing policies
+    /// are warned about as by `validate`.
     Apply {
         file: PathBuf,
         #[command(flatten)]
@@ -157,6 +165,9 @@ pub enum PolicyCommand {
         /// Apply without asking (required when stdin is not a terminal).
         #[arg(long)]
         yes: bool,
+        /// Refuse to apply (exit 1, nothing changed) when policies shadow each other.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -385,9 +396,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             Some(f) => audit::verify_file(&f, &output).await,
             None => audit::verify_store(&range, &store, &output).await,
         },
-        Command::Policy(PolicyCommand::Validate { file }) => policy::validate(&file),
+        Command::Policy(PolicyCommand::Validate { file, strict }) => policy::validate(&file, strict),
         Command::Policy(PolicyCommand::Diff { file, store }) => policy::diff(&file, &store).await,
-        Command::Policy(PolicyCommand::Apply { file, store, yes }) => policy::apply(&file, &store, yes).await,
+        Command::Policy(PolicyCommand::Apply { file, store, yes, strict }) => {
+            policy::apply(&file, &store, yes, strict).await
+        }
         Command::Store(StoreCommand::Init { store }) => store::init(&store).await,
         Command::Dev(args) => dev::run(&args).await,
     }

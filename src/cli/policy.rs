@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use crate::domain::policy::{parse_policies, MAX_POLICY_FILE_BYTES};
+use crate::domain::policy::{parse_policies, shadowing, Shadowing, MAX_POLICY_FILE_BYTES};
 use crate::domain::Policy;
 use crate::service::policies::{self, render_plan};
 
@@ -29,8 +29,48 @@ fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
     })
 }
 
-pub fn validate(file: &Path) -> Result<u8, CliError> {
+/// One line per pair of policies that shadow each other (threat row 32).
+fn shadowing_line(s: &Shadowing<'_>) -> String {
+    let e = &s.example;
+    format!(
+        "policies {:?} and {:?} can match the same request (for example principal {}, action {}, environment {}, \
+         resource {}) but differ in {}: {:?} wins (strictest: most approvals, then shortest max_ttl, then name), \
+         so {:?} never governs such a request",
+        s.first.name.as_str(),
+        s.second.name.as_str(),
+        e.principal,
+        e.action,
+        e.environment,
+        e.resource,
+        s.differs.join(", "),
+        s.winner.name.as_str(),
+        s.shadowed().name.as_str(),
+    )
+}
+
+/// Prints a warning per shadowing pair on stderr; with `strict` they are errors and nothing else runs.
+fn lint(file: &Path, ps: &[Policy], strict: bool) -> Result<(), CliError> {
+    let found = shadowing(ps);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found.iter().map(|s| format!("{}: {}", file.display(), shadowing_line(s))).collect();
+    if strict {
+        let mut m = format!("{}: {} pair(s) of policies shadow each other (--strict):", file.display(), found.len());
+        for l in &lines {
+            m.push_str(&format!("\n  {l}"));
+        }
+        return Err(CliError::new(exit::FAILED, m));
+    }
+    for l in &lines {
+        eprintln!("warning: {l}");
+    }
+    Ok(())
+}
+
+pub fn validate(file: &Path, strict: bool) -> Result<u8, CliError> {
     let ps = load(file)?;
+    lint(file, &ps, strict)?;
     println!("{}: valid, {} polic{}", file.display(), ps.len(), if ps.len() == 1 { "y" } else { "ies" });
     for p in &ps {
         println!(
@@ -44,28 +84,30 @@ pub fn validate(file: &Path) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-async fn plan_for(file: &Path, store: &OpenStore) -> Result<(Vec<Policy>, Vec<policies::PolicyChange>), CliError> {
-    let desired = load(file)?;
+async fn plan_for(desired: &[Policy], store: &OpenStore) -> Result<Vec<policies::PolicyChange>, CliError> {
     let current = store
         .stores
         .policies
         .list_policies()
         .await
         .map_err(|e| CliError::failed("cannot read the policy store", &e))?;
-    let changes = policies::plan(&current, &desired);
-    Ok((desired, changes))
+    Ok(policies::plan(&current, desired))
 }
 
 pub async fn diff(file: &Path, args: &StoreArgs) -> Result<u8, CliError> {
+    let desired = load(file)?;
     let store = open(args).await?;
-    let (_, changes) = plan_for(file, &store).await?;
+    let changes = plan_for(&desired, &store).await?;
     print!("{}", render_plan(&changes));
     Ok(exit::OK)
 }
 
-pub async fn apply(file: &Path, args: &StoreArgs, yes: bool) -> Result<u8, CliError> {
+pub async fn apply(file: &Path, args: &StoreArgs, yes: bool, strict: bool) -> Result<u8, CliError> {
+    // The file is checked before the store is opened: a refused file never touches it.
+    let desired = load(file)?;
+    lint(file, &desired, strict)?;
     let store = open(args).await?;
-    let (_, changes) = plan_for(file, &store).await?;
+    let changes = plan_for(&desired, &store).await?;
     print!("{}", render_plan(&changes));
     if changes.is_empty() {
         return Ok(exit::OK);

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
-use super::principal::{Principal, PrincipalPattern};
+use super::principal::{stems_overlap, Principal, PrincipalPattern};
+
+mod overlap;
+pub use overlap::{shadowing, CommonRequest, Shadowing};
 
 /// Bounds on `max_ttl`.
 pub const MIN_TTL_SECONDS: u64 = 60;
@@ -50,6 +53,19 @@ impl Pattern {
         match self.0.strip_suffix('*') {
             Some(stem) => v.starts_with(stem),
             None => self.0 == v,
+        }
+    }
+
+    /// Whether some value could match both patterns (`*` overlaps everything).
+    pub fn overlaps(&self, other: &Self) -> bool {
+        stems_overlap(self.stem(), other.stem())
+    }
+
+    /// `(stem, is_prefix)`: `db:*` is `("db:", true)`, `deploy` is `("deploy", false)`.
+    fn stem(&self) -> (&str, bool) {
+        match self.0.strip_suffix('*') {
+            Some(stem) => (stem, true),
+            None => (&self.0, false),
         }
     }
 
@@ -198,10 +214,13 @@ pub fn select<'a>(
     env: &Environment,
     resource: Option<&Resource>,
 ) -> Option<&'a Policy> {
-    policies
-        .into_iter()
-        .filter(|p| p.matches(who, action, env, resource))
-        .min_by(|a, b| a.strictness_key().cmp(&b.strictness_key()))
+    strictest(policies.into_iter().filter(|p| p.matches(who, action, env, resource)))
+}
+
+/// The one "strictest wins" ordering: [`select`] applies it to the matching policies, the shadowing lint
+/// to a pair that can match the same request.
+fn strictest<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Option<&'a Policy> {
+    policies.into_iter().min_by(|a, b| a.strictness_key().cmp(&b.strictness_key()))
 }
 
 /// The owners of a requesting identity (row 30): everyone listed in `owners` of **any** policy whose

@@ -228,7 +228,33 @@ impl PrincipalPattern {
             return Err("use the role ARN (arn:…:iam::ACCOUNT:role/NAME), not an assumed-role ARN".into());
         }
         let stars = s.matches('*').count();
+        // Matching compares names only (assumed-role ARNs, what callers present, carry no path), so a
+        // wildcard in the path could never mean what it says: refuse it rather than silently drop it.
+        if p.path.as_deref().is_some_and(|path| path.contains("WILDCARDx")) {
+            return Err(format!(
+                "a wildcard in the IAM path ({}) cannot be matched: assumed-role ARNs carry no path, so \
+                 paths are ignored; put the wildcard at the end of a name prefix (role/ci-*)",
+                p.path.as_deref().unwrap_or_default().replace("WILDCARDx", "*")
+            ));
+        }
         let (name, prefix) = match p.name.strip_suffix("WILDCARDx") {
+            // An empty stem matches every name of this kind in the account, whatever path is written
+            // before it (`role/ci/*` reads as "roles under /ci/" but would match them all).
+            Some("") if stars == 1 => {
+                let what = match &p.path {
+                    Some(path) => format!(
+                        "the path {path} is ignored (assumed-role ARNs carry no path, so paths cannot be \
+                         matched) and "
+                    ),
+                    None => String::new(),
+                };
+                return Err(format!(
+                    "{what}an empty name before * would match every {kind} in account {account}; write a name \
+                     prefix ({kind}/ci-*) or list the {kind}s",
+                    kind = p.kind.as_str(),
+                    account = p.account,
+                ));
+            }
             Some(stem) if stars == 1 && !stem.contains("WILDCARDx") => (stem.to_string(), true),
             _ if stars == 0 => (p.name.clone(), false),
             _ => return Err("a wildcard is only allowed once, at the end of the name (role/ci-*)".into()),
@@ -241,6 +267,26 @@ impl PrincipalPattern {
             && self.account == p.account
             && self.kind == p.kind
             && if self.prefix { p.name.starts_with(&self.name) } else { p.name == self.name }
+    }
+
+    /// Whether some principal could match both patterns (for the shadowing lint): same partition, account
+    /// and kind, and names that overlap as [`stems_overlap`] says.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.partition == other.partition
+            && self.account == other.account
+            && self.kind == other.kind
+            && stems_overlap((&self.name, self.prefix), (&other.name, other.prefix))
+    }
+}
+
+/// Whether two patterns, each `(stem, is_prefix)` — exact when not a prefix, "starts with stem" when it
+/// is — can both match one value. Conservative: it does not ask whether that value is otherwise valid.
+pub fn stems_overlap((a, a_prefix): (&str, bool), (b, b_prefix): (&str, bool)) -> bool {
+    match (a_prefix, b_prefix) {
+        (false, false) => a == b,
+        (true, false) => b.starts_with(a),
+        (false, true) => a.starts_with(b),
+        (true, true) => a.starts_with(b) || b.starts_with(a),
     }
 }
 
@@ -324,5 +370,80 @@ mod tests {
         assert!(PrincipalPattern::parse("arn:aws:iam::111122223333:role/a*b*").is_err());
         assert!(PrincipalPattern::parse("arn:aws:sts::111122223333:assumed-role/x/y").is_err());
         assert!(PrincipalPattern::parse("arn:aws:iam::111122223333:role/path/x*").is_ok());
+    }
+
+    #[test]
+    fn t29_principal_pattern_with_empty_stem_is_refused() {
+        for (pat, kind) in [
+            ("arn:aws:iam::111122223333:role/*", "role"),
+            ("arn:aws:iam::111122223333:user/*", "user"),
+            ("arn:aws-cn:iam::111122223333:role/*", "role"),
+        ] {
+            let e = PrincipalPattern::parse(pat).unwrap_err();
+            assert!(e.contains(&format!("would match every {kind} in account 111122223333")), "{pat}: {e}");
+        }
+    }
+
+    #[test]
+    fn t29_principal_pattern_with_a_path_and_empty_stem_is_refused_saying_the_path_is_ignored() {
+        // Before: the path was dropped and the empty stem matched every role in the account.
+        let e = PrincipalPattern::parse("arn:aws:iam::111122223333:role/ci/*").unwrap_err();
+        assert!(e.contains("the path /ci/ is ignored"), "{e}");
+        assert!(e.contains("assumed-role ARNs carry no path"), "{e}");
+        assert!(e.contains("would match every role in account 111122223333"), "{e}");
+        let e = PrincipalPattern::parse("arn:aws:iam::111122223333:user/bots/*").unwrap_err();
+        assert!(e.contains("the path /bots/ is ignored"), "{e}");
+    }
+
+    #[test]
+    fn t29_principal_pattern_with_a_wildcard_in_the_path_is_refused() {
+        for pat in [
+            "arn:aws:iam::111122223333:role/*/deploy",
+            "arn:aws:iam::111122223333:role/ci*/deploy",
+            "arn:aws:iam::111122223333:role/a/*/deploy",
+            "arn:aws:iam::111122223333:user/ci-*/bot",
+        ] {
+            let e = PrincipalPattern::parse(pat).unwrap_err();
+            assert!(e.contains("a wildcard in the IAM path"), "{pat}: {e}");
+            assert!(e.contains("assumed-role ARNs carry no path"), "{pat}: {e}");
+        }
+    }
+
+    #[test]
+    fn t29_named_prefixes_and_paths_without_wildcards_stay_valid() {
+        let any_ci = Principal::parse("arn:aws:sts::111122223333:assumed-role/ci-deploy/s1").unwrap();
+        let other = Principal::parse("arn:aws:sts::111122223333:assumed-role/payments/s1").unwrap();
+        let ci = PrincipalPattern::parse("arn:aws:iam::111122223333:role/ci-*").unwrap();
+        assert!(ci.matches(&any_ci) && !ci.matches(&other));
+        // The path is ignored for matching: `role/service-role/deployer` is the role named deployer.
+        let pathed = PrincipalPattern::parse("arn:aws:iam::111122223333:role/service-role/deployer").unwrap();
+        assert!((pathed.name.as_str(), pathed.prefix) == ("deployer", false));
+        assert!(pathed.matches(&Principal::parse("arn:aws:sts::111122223333:assumed-role/deployer/s1").unwrap()));
+        assert!(!pathed.matches(&other));
+        let pathed_prefix = PrincipalPattern::parse("arn:aws:iam::111122223333:role/ci/deploy-*").unwrap();
+        assert!((pathed_prefix.name.as_str(), pathed_prefix.prefix) == ("deploy-", true));
+    }
+
+    #[test]
+    fn t32_principal_patterns_overlap_when_one_name_could_match_both() {
+        let p = |s: &str| PrincipalPattern::parse(&format!("arn:aws:iam::111122223333:{s}")).unwrap();
+        let yes = [
+            ("role/ci-*", "role/ci-deploy"),
+            ("role/ci-*", "role/ci-d*"),
+            ("role/ci-d*", "role/ci-*"),
+            ("role/deploy", "role/a/deploy"),
+            ("role/deploy", "role/deploy"),
+        ];
+        for (a, b) in yes {
+            assert!(p(a).overlaps(&p(b)) && p(b).overlaps(&p(a)), "{a} / {b}");
+        }
+        let no = [("role/ci-*", "role/cd-*"), ("role/ci-*", "user/ci-deploy"), ("role/deploy", "role/deployer")];
+        for (a, b) in no {
+            assert!(!p(a).overlaps(&p(b)) && !p(b).overlaps(&p(a)), "{a} / {b}");
+        }
+        let other_account = PrincipalPattern::parse("arn:aws:iam::444455556666:role/ci-deploy").unwrap();
+        assert!(!p("role/ci-*").overlaps(&other_account));
+        let other_partition = PrincipalPattern::parse("arn:aws-cn:iam::111122223333:role/ci-deploy").unwrap();
+        assert!(!p("role/ci-*").overlaps(&other_partition));
     }
 }

@@ -7,6 +7,9 @@
 //!   configured.
 //! - `GET /healthz`: liveness, no signature needed.
 //!
+//! Every route answers `421 misdirected_request` unless the `Host` header names this server ([`host`]):
+//! a web page that rebinds its DNS name to 127.0.0.1 cannot drive it.
+//!
 //! The embedded store lives under the data directory, so stopping and starting loses nothing; the sweeper
 //! runs in-process on a timer; the configured policy file is applied at start (audited as policy changes).
 //! Everything is wired through [`crate::app::App`], the same graph the Lambda functions run.
@@ -16,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod host;
 pub mod sigv4;
 pub mod simulator;
 
@@ -215,8 +219,12 @@ impl LocalServer {
             router = router.route("/slack/", get(move || async move { simulator_off(api) }));
             None
         };
+        let router = router.fallback_service(api).layer(axum::middleware::from_fn_with_state(
+            host::AllowedHosts::for_listener(addr),
+            host::require_local_host,
+        ));
         Ok(Self {
-            router: router.fallback_service(api),
+            router,
             app,
             sweep_interval: config.sweep_interval,
             summary: StartSummary {

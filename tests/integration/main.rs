@@ -13,8 +13,12 @@
 //!   22, 24 and 26.
 //! - `policy_drift`: policies that overlap or change under a pending request (threat rows 30 and 31).
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
+//! - `local_hardening`: the real `countersign dev` refuses DNS-rebinding `Host`s with 421 on every route and
+//!   look-alike loopback Slack API URLs at start-up (threat row 39).
 //! - `load`: the real `countersign dev` process under 32 concurrent clients, and killed with SIGKILL mid-load:
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
+//! - `policy_lint`: policy files broader than they read (threat row 29) and policies that shadow each other
+//!   (row 32), through the real binary's `policy validate` / `apply` and local mode's policy load.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
 //! - `voter_eligibility`: threat row 34: only active, full members of our workspaces vote (`users.info` at
@@ -31,9 +35,11 @@ mod harness;
 mod hostile;
 mod layering;
 mod load;
+mod local_hardening;
 mod local_mode;
 mod operator_cli;
 mod policy_drift;
+mod policy_lint;
 mod races;
 mod request_api;
 mod requester_text;
