@@ -16,6 +16,7 @@ use crate::domain::Environment;
 use crate::http::slack::{SlackIdentity, SlackState};
 use crate::ports::{Clock, Notifier, SlackSecrets, Stores, SystemClock};
 use crate::service::notify::Dispatcher;
+use crate::service::refusals::RefusalBudget;
 use crate::service::requests::{RequestService, RequestSettings};
 use crate::service::sweeper::Sweeper;
 use crate::service::votes::VoteService;
@@ -32,6 +33,8 @@ pub struct App {
     pub slack_identity: Arc<SlackIdentity>,
     /// Time the Slack handler may spend on message updates and replies inside Slack's 3 s.
     pub slack_budget: Duration,
+    /// The one audit budget of this process for refused, unauthenticated callbacks.
+    pub refusals: Arc<RefusalBudget>,
 }
 
 /// The parts an [`App`] is built from.
@@ -80,6 +83,7 @@ impl App {
             settings: Arc::new(p.settings),
             slack_identity: Arc::new(p.slack_identity),
             slack_budget: p.slack_timeout.min(Duration::from_millis(1500)),
+            refusals: Arc::new(RefusalBudget::default()),
         })
     }
 
@@ -150,6 +154,7 @@ impl App {
             update_budget: self.slack_budget,
             deadline: None,
             workspaces: Arc::new(self.slack_identity.workspaces()),
+            refusals: self.refusals.clone(),
         }
     }
 

@@ -304,6 +304,17 @@ pub enum SecretError {
     NotConfigured,
 }
 
+/// The signing secrets read for one verification, by stage.
+#[derive(Debug, Clone, Default)]
+pub struct SigningSecrets {
+    /// To try, in order: a match authenticates the callback.
+    pub accepted: Vec<(String, SecretString)>,
+    /// Still on record but no longer valid (`AWSPREVIOUS` after its grace period, row 27). A match never
+    /// authenticates anything: it only names the refusal (`previous_secret_expired`), because a callback
+    /// signed with a retired secret is the mark of a leaked one.
+    pub retired: Vec<(String, SecretString)>,
+}
+
 /// The Slack credentials (bot token, signing secrets by rotation stage).
 #[async_trait]
 pub trait SlackSecrets: Send + Sync {
@@ -311,6 +322,11 @@ pub trait SlackSecrets: Send + Sync {
     /// inside its grace period at `now`), labelled by stage. With `refresh`, bypasses the cache
     /// (implementations rate-limit this).
     async fn signing_secrets(&self, refresh: bool, now: Timestamp) -> Result<Vec<(String, SecretString)>, SecretError>;
+    /// [`Self::signing_secrets`] and, from the same read, the retired ones (see [`SigningSecrets`]).
+    /// Implementations that know no retired secrets need not override it.
+    async fn verification_secrets(&self, refresh: bool, now: Timestamp) -> Result<SigningSecrets, SecretError> {
+        Ok(SigningSecrets { accepted: self.signing_secrets(refresh, now).await?, retired: Vec::new() })
+    }
     /// The current bot token.
     async fn bot_token(&self) -> Result<SecretString, SecretError>;
 }

@@ -9,6 +9,8 @@
 //! `AWSPREVIOUS` verifies only while the `AWSCURRENT` version is younger than the grace period (row 27),
 //! measured from that version's `CreatedDate` against the caller's clock at every call — so a cached previous
 //! secret stops verifying on time even when nothing is refetched. A leaked secret dies with the rotation.
+//! After the grace period `AWSPREVIOUS` is handed out only as *retired* ([`SigningSecrets::retired`]): it
+//! never verifies, it only lets the handler name a callback signed with it (`previous_secret_expired`).
 //!
 //! Values are cached in-process for a configurable TTL; a forced refresh (after a signature mismatch) happens
 //! at most once per [`MIN_REFRESH_INTERVAL`]. Values are never logged; errors carry only the SDK's error kind.
@@ -23,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::domain::Timestamp;
-use crate::ports::{SecretError, SecretString, SlackSecrets};
+use crate::ports::{SecretError, SecretString, SigningSecrets, SlackSecrets};
 
 /// At most one forced refetch per this interval.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -276,20 +278,27 @@ fn error_kind<E, R>(e: &SdkError<E, R>) -> &'static str {
 #[async_trait]
 impl SlackSecrets for SecretsManagerSlackSecrets {
     async fn signing_secrets(&self, refresh: bool, now: Timestamp) -> Result<Vec<(String, SecretString)>, SecretError> {
+        Ok(self.verification_secrets(refresh, now).await?.accepted)
+    }
+
+    async fn verification_secrets(&self, refresh: bool, now: Timestamp) -> Result<SigningSecrets, SecretError> {
         let Some(secret) = &self.signing else {
             // request-api and sweeper: no id, no read, no permission (template.yaml).
             return Err(SecretError::NotConfigured);
         };
         let v = self.versions(secret, refresh).await?;
-        let mut out = Vec::with_capacity(2);
+        let mut out = SigningSecrets::default();
         if let Some(s) = &v.current.signing_secret {
-            out.push((CURRENT.to_string(), s.clone()));
+            out.accepted.push((CURRENT.to_string(), s.clone()));
         }
         if let Some(prev) = v.previous.as_ref().and_then(|p| p.signing_secret.as_ref()) {
             if self.previous_still_valid(&v.current, now) {
-                out.push((PREVIOUS.to_string(), prev.clone()));
+                out.accepted.push((PREVIOUS.to_string(), prev.clone()));
             } else {
+                // Kept only so that a callback signed with it is named as such in the audit trail (a leaked
+                // old secret); it never verifies.
                 tracing::debug!("AWSPREVIOUS is past its grace period: not accepted");
+                out.retired.push((PREVIOUS.to_string(), prev.clone()));
             }
         }
         Ok(out)

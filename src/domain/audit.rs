@@ -100,6 +100,10 @@ impl Actor {
     pub fn slack(user: &str) -> Self {
         Self(format!("slack:{user}"))
     }
+    /// A Slack callback whose sender is not known (refused before, or without, naming a user).
+    pub fn slack_unknown() -> Self {
+        Self("slack:unknown".into())
+    }
     pub fn system(component: &str) -> Self {
         Self(format!("system:{component}"))
     }

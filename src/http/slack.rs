@@ -1,24 +1,30 @@
 //! `POST /slack/interactions`: Slack's interactivity callbacks. The signature is the only proof of origin,
-//! so it is checked first, over the exact raw bytes, and nothing else runs when it fails (401). Then the
-//! app and workspace, then the payload; every decision is re-checked and committed by the vote service.
+//! so it is checked first, over the exact raw bytes, and nothing else runs when it fails (401) but its
+//! audit record: `callback.rejected` by `slack:unknown` with the failed check as `reason`, never anything
+//! from the body, rationed per process (`service::refusals`). Then the app and workspace, then the payload;
+//! every decision is re-checked and committed by the vote service.
 //!
 //! Time: Slack wants the answer within 3 s. Everything the handler does on Slack (group lookups, the message
 //! update, ephemeral replies, the deny dialog) stops [`ACK_BUDGET`] after the callback arrived, whatever each
 //! call's own timeout; a message update that does not fit is left to the sweeper's relay.
 //!
-//! Status codes by cause: 401 bad signature (generic body), 503 signing secret unreadable (never accept),
+//! Status codes by cause: 401 bad signature or oversized body (generic body, audited, even when the audit
+//! store is down), 503 signing secret unreadable (never accept; no refusal, we could not check),
 //! 403 foreign app or workspace (audited), 400 a signed payload we do not understand (audited), 200
 //! otherwise — Slack shows the outcome through an ephemeral reply or the modal.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use http_body_util::LengthLimitError;
+use lambda_http::request::RequestContext;
 use serde_json::json;
 
 use crate::adapters::slack::blocks;
@@ -27,6 +33,7 @@ use crate::adapters::slack::interaction::{self, ButtonAction, Interaction};
 use crate::adapters::slack::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::domain::SlackWorkspaces;
 use crate::ports::{Clock, SecretError, SlackSecrets};
+use crate::service::refusals::{RefusalCode, RefusedCallback};
 use crate::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteService};
 
 /// Time from the callback's arrival after which no more Slack calls are made for it, leaving Slack's 3 s
@@ -92,36 +99,97 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, signature
     signature::single_header(h.get_all(name).iter().map(|v| v.as_bytes()))
 }
 
+/// Why [`verify`] did not authenticate a callback.
+enum Unverified {
+    /// A refusal (401), with the failed check in stable words for its audit record.
+    Refused(&'static str),
+    /// The signing secret could not be read: we could not check, so this is no refusal (503).
+    Unavailable,
+}
+
+/// The audit `reason` of a callback that verifies only with a retired signing secret (`AWSPREVIOUS` after
+/// its grace period, row 27): the mark of a leaked old secret, so it is told apart from other mismatches.
+pub const PREVIOUS_SECRET_EXPIRED: &str = "previous_secret_expired";
+
 /// Verifies the signature with the current secrets, refreshing them once on a mismatch (rotation).
-async fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+async fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<(), Unverified> {
     let (ts, sig) = match (header(headers, TIMESTAMP_HEADER), header(headers, SIGNATURE_HEADER)) {
         (Ok(t), Ok(s)) => (t, s),
-        _ => return Err(unauthorized()),
+        (Err(e), _) | (_, Err(e)) => return Err(Unverified::Refused(e.reason())),
     };
     let now = state.clock.now();
     for refresh in [false, true] {
         // `now` also decides whether AWSPREVIOUS is still inside its grace period (row 27).
-        let secrets = match state.secrets.signing_secrets(refresh, now).await {
+        let secrets = match state.secrets.verification_secrets(refresh, now).await {
             Ok(s) => s,
             Err(e) => {
                 log_secret_error(&e);
-                return Err(unavailable());
+                return Err(Unverified::Unavailable);
             }
         };
-        let refs: Vec<(&str, &[u8])> = secrets.iter().map(|(l, s)| (l.as_str(), s.expose().as_bytes())).collect();
+        let refs: Vec<(&str, &[u8])> =
+            secrets.accepted.iter().map(|(l, s)| (l.as_str(), s.expose().as_bytes())).collect();
         match signature::verify_any(&refs, ts, sig, body, now.unix_seconds()) {
             Ok(stage) => {
                 tracing::info!(stage, "slack signature verified");
                 return Ok(());
             }
             Err(signature::SignatureError::Mismatch) if !refresh => continue,
+            Err(signature::SignatureError::Mismatch) => {
+                // Only to name the refusal: a retired secret never authenticates. The MAC is computed whether
+                // or not it matches and the answer is the same 401, so this is no oracle (row 7).
+                let retired: Vec<(&str, &[u8])> =
+                    secrets.retired.iter().map(|(l, s)| (l.as_str(), s.expose().as_bytes())).collect();
+                if !retired.is_empty() && signature::verify_any(&retired, ts, sig, body, now.unix_seconds()).is_ok() {
+                    tracing::warn!(
+                        reason = PREVIOUS_SECRET_EXPIRED,
+                        "slack callback refused: signed with the previous signing secret after its grace period \
+                         (has the old secret leaked?)"
+                    );
+                    return Err(Unverified::Refused(PREVIOUS_SECRET_EXPIRED));
+                }
+                tracing::warn!(reason = %signature::SignatureError::Mismatch, "slack callback refused");
+                return Err(Unverified::Refused(signature::SignatureError::Mismatch.reason()));
+            }
             Err(e) => {
                 tracing::warn!(reason = %e, "slack callback refused");
-                return Err(unauthorized());
+                return Err(Unverified::Refused(e.reason()));
             }
         }
     }
-    Err(unauthorized())
+    Err(Unverified::Refused(signature::SignatureError::Mismatch.reason()))
+}
+
+/// Where the connection came from: API Gateway's request context (the REST API as deployed, or the HTTP
+/// API shape `cargo lambda watch` sends), or the TCP peer in local mode. Never a header (`X-Forwarded-For`
+/// is the sender's to write). A request context without a parseable address names none: it is not
+/// replaced by the TCP peer, which behind API Gateway is not the sender.
+fn source_ip(parts: &axum::http::request::Parts) -> Option<IpAddr> {
+    let from_context = match parts.extensions.get::<RequestContext>() {
+        Some(RequestContext::ApiGatewayV1(ctx)) => Some(ctx.identity.source_ip.as_deref()),
+        Some(RequestContext::ApiGatewayV2(ctx)) => Some(ctx.http.source_ip.as_deref()),
+        Some(_) => Some(None),
+        None => None,
+    };
+    match from_context {
+        Some(ip) => ip.and_then(|ip| ip.parse().ok()),
+        None => parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
+    }
+}
+
+/// Answers a refused, unauthenticated callback: always the generic 401, whatever the audit does, after a
+/// `callback.rejected` record within the process's budget ([`VoteService::audit_refused_callback`], bounded
+/// by the callback's deadline, so a slow or failing audit store delays the 401 by at most that).
+async fn refuse(state: &SlackState, refused: RefusedCallback) -> Response {
+    match state.votes.audit_refused_callback(&refused).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!(reason = refused.reason, "refusal counted, not recorded (audit budget spent)"),
+        // A bad signature is never a 5xx: the store's trouble is logged, the answer stays 401.
+        Err(e) => {
+            log_store_error(&e, "cannot record a refused Slack callback");
+        }
+    }
+    unauthorized()
 }
 
 fn log_secret_error(e: &SecretError) {
@@ -137,22 +205,38 @@ fn log_secret_error(e: &SecretError) {
 
 async fn interactions(State(state): State<SlackState>, req: Request) -> Response {
     let deadline = tokio::time::Instant::now() + ACK_BUDGET;
+    let state = SlackState { votes: state.votes.clone().until(deadline), ..state };
     let (parts, body) = req.into_parts();
+    // Parsed here, at the edge, and printed again: the service records it as it is.
+    let ip = source_ip(&parts).map(|ip| ip.to_string());
+    let refused = |code, reason, body_bytes| RefusedCallback { code, reason, body_bytes, source_ip: ip.clone() };
     let body: Bytes = match to_bytes(body, interaction::MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => return unauthorized(),
+        Err(e) => {
+            let too_large = e.into_inner().downcast_ref::<LengthLimitError>().is_some();
+            let (code, reason) = if too_large {
+                (RefusalCode::BodyTooLarge, "body_too_large")
+            } else {
+                (RefusalCode::BadSignature, "body_unreadable")
+            };
+            tracing::warn!(reason, "slack callback refused");
+            return refuse(&state, refused(code, reason, None)).await;
+        }
     };
     // Slack signs UTF-8 form data; anything else is refused like a bad signature (API Gateway has already
     // decoded an `isBase64Encoded` body, so these are the bytes Slack signed).
-    if signature::decode_body(&body, false).is_err() {
+    if let Err(e) = signature::decode_body(&body, false) {
         tracing::warn!("slack callback refused: body is not UTF-8");
-        return unauthorized();
+        return refuse(&state, refused(RefusalCode::BadSignature, e.reason(), Some(body.len()))).await;
     }
     // 1. Signature over the raw bytes, before anything is parsed.
-    if let Err(resp) = verify(&state, &parts.headers, &body).await {
-        return resp;
+    match verify(&state, &parts.headers, &body).await {
+        Ok(()) => {}
+        Err(Unverified::Unavailable) => return unavailable(),
+        Err(Unverified::Refused(reason)) => {
+            return refuse(&state, refused(RefusalCode::BadSignature, reason, Some(body.len()))).await;
+        }
     }
-    let state = SlackState { votes: state.votes.clone().until(deadline), ..state };
     // 2. Only now: the payload.
     let parsed = match interaction::parse(&body) {
         Ok(p) => p,
@@ -256,6 +340,11 @@ fn modal_error(message: &str) -> Response {
 }
 
 fn store_failure(e: &crate::ports::StoreError) -> Response {
+    log_store_error(e, "store failure while handling a Slack callback");
+    unavailable()
+}
+
+fn log_store_error(e: &crate::ports::StoreError, what: &str) {
     let mut chain = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -263,8 +352,7 @@ fn store_failure(e: &crate::ports::StoreError) -> Response {
         chain.push_str(&s.to_string());
         src = s.source();
     }
-    tracing::error!(error = %chain, "store failure while handling a Slack callback");
-    unavailable()
+    tracing::error!(error = %chain, "{what}");
 }
 
 /// `max`, or what is left until `deadline` if that is less.

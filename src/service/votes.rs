@@ -15,6 +15,7 @@ use crate::domain::{
 use crate::ports::{Clock, Commit, Conflict, Guard, StoreError, Stores};
 
 use super::notify::Dispatcher;
+use super::refusals::{RefusalBudget, RefusedCallback};
 
 /// Upper bound on optimistic retries of one vote under contention.
 const VOTE_ATTEMPTS: usize = 200;
@@ -96,6 +97,8 @@ pub struct VoteService {
     pub deadline: Option<tokio::time::Instant>,
     /// The workspaces whose active full members may vote (row 34).
     pub workspaces: Arc<SlackWorkspaces>,
+    /// How many refused, unauthenticated callbacks this process may still record (one per process).
+    pub refusals: Arc<RefusalBudget>,
 }
 
 impl VoteService {
@@ -137,11 +140,51 @@ impl VoteService {
         code: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let actor = user.map_or_else(|| Actor("slack:unknown".into()), Actor::slack);
+        let actor = user.map_or_else(Actor::slack_unknown, Actor::slack);
         let d = AuditDraft::new(self.clock.now(), AuditKind::CallbackRejected, actor, None)
             .with("code", code)
             .with("message", detail);
         self.stores.audit.append(vec![d]).await.map(|_| ())
+    }
+
+    /// Records a callback refused before it was authenticated (bad signature, body over the limit) as
+    /// `callback.rejected` by `slack:unknown`, within this process's [`RefusalBudget`]: `Ok(true)` when a
+    /// record was written, `Ok(false)` when the refusal was only counted (the next record carries the count
+    /// as `suppressed`). Bounded by the caller's deadline; a record that could not be written is counted too.
+    pub async fn audit_refused_callback(&self, r: &RefusedCallback) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let Some(suppressed) = self.refusals.take(now) else {
+            return Ok(false);
+        };
+        let mut d = AuditDraft::new(now, AuditKind::CallbackRejected, Actor::slack_unknown(), None)
+            .with("code", r.code.as_str())
+            .with("reason", r.reason)
+            .with("suppressed", suppressed.to_string());
+        if let Some(n) = r.body_bytes {
+            d = d.with("body_bytes", n.to_string());
+        }
+        if let Some(ip) = &r.source_ip {
+            d = d.with("source_ip", ip.as_str());
+        }
+        let append = self.stores.audit.append(vec![d]);
+        let written = match self.deadline {
+            // Cancelling an append is safe for both stores (the chain head is re-read); it may still have
+            // landed, in which case `suppressed` later over-counts by one: never under.
+            Some(deadline) => tokio::time::timeout_at(deadline, append).await.unwrap_or_else(|_| {
+                Err(StoreError::unavailable(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the audit append did not finish before the callback's deadline",
+                )))
+            }),
+            None => append.await,
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.refusals.unrecorded(suppressed.saturating_add(1));
+                Err(e)
+            }
+        }
     }
 
     /// Checks that `user` may vote on the request now; audits and returns the rejection otherwise.

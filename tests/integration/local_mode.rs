@@ -596,7 +596,24 @@ async fn forged_callbacks_to_slack_interactions_are_401_in_local_mode_too() {
     let r = post_click(&dev.http, &dev.url(""), b"not-the-signing-secret", ALICE, &id, &ts).await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(dev.status_of(&id).await["approvals"].as_array().unwrap().is_empty());
+    // A click through the simulator is signed with the configured secret and still counts.
+    let r = dev.click(ALICE, &id, "countersign_approve").await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(dev.status_of(&id).await["approvals"].as_array().unwrap().len(), 1);
     dev.stop().await;
+    // The forged one is audited like in a deployment, with the TCP peer as its source (no API Gateway here).
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let refused: Vec<_> = store
+        .read_from(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == AuditKind::CallbackRejected)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor.0, "slack:unknown");
+    assert_eq!(refused[0].details["reason"], "signature_mismatch");
+    assert_eq!(refused[0].details["source_ip"], "127.0.0.1");
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
 //! - `request_api`: the request API's contract and threat rows 16–21 and 23, end to end on both stores.
 //! - `requester_text`: threat row 33 (invisible, bidirectional and look-alike text) through the request API.
+//! - `refused_callbacks`: callbacks refused before authentication are audited (`callback.rejected` by
+//!   `slack:unknown`, rationed per process) with nothing of the body, and the 401 goes out even when the audit
+//!   store is down (threat rows 1, 4, 7 and 27).
 //! - `secret_rotation`: the Slack secrets through the real Secrets Manager adapter on the emulator: the previous
 //!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
@@ -41,6 +44,7 @@ mod operator_cli;
 mod policy_drift;
 mod policy_lint;
 mod races;
+mod refused_callbacks;
 mod request_api;
 mod requester_text;
 mod secret_rotation;

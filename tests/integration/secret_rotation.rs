@@ -3,8 +3,9 @@
 //!
 //! - Row 27: after a rotation the previous signing secret verifies only for the grace period, counted from
 //!   the new `AWSCURRENT` version's `CreatedDate` on the app's (pinned) clock; after it, a callback signed
-//!   with the old secret is refused like any bad signature (generic 401, a warning in the log, nothing
-//!   recorded), cached or not.
+//!   with the old secret is refused like any bad signature (generic 401, a warning in the log) and audited
+//!   as one `callback.rejected` record whose `reason` is `previous_secret_expired`, cached or not (the
+//!   refusal's own tests are in `refused_callbacks`).
 //! - Row 28: request-api and sweeper are configured with the bot-token secret only and never fetch the
 //!   signing secret; the legacy combined secret still starts every function, with one warning line.
 
@@ -22,14 +23,15 @@ use countersign::config::{Component, LambdaConfig};
 use countersign::domain::{Status, Timestamp};
 use serde_json::{json, Value};
 
+use crate::refused_callbacks::{assert_refusal_records, records_since};
 use crate::support::{
     capture_logs, on_both_stores, secretsmanager_client, spawn_app_with_secrets, urlencode, Answer, NowTs, Posted,
     StoreKind, TestApp,
 };
 
 const APPROVE: &str = "countersign_approve";
-const OLD: &str = "old-signing-secret-1111111111111111";
-const NEW: &str = "new-signing-secret-2222222222222222";
+pub(crate) const OLD: &str = "old-signing-secret-1111111111111111";
+pub(crate) const NEW: &str = "new-signing-secret-2222222222222222";
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
@@ -68,7 +70,10 @@ async fn recording_client() -> Option<(aws_sdk_secretsmanager::Client, Reads)> {
 }
 
 /// Two fresh secrets as the template creates them: `(signing secret id, bot token id)`.
-async fn create_split_secrets(sm: &aws_sdk_secretsmanager::Client, signing_secret: &str) -> (String, String) {
+pub(crate) async fn create_split_secrets(
+    sm: &aws_sdk_secretsmanager::Client,
+    signing_secret: &str,
+) -> (String, String) {
     let run = ulid::Ulid::new();
     let (signing, bot) =
         (format!("countersign/slack-signing-secret-{run}"), format!("countersign/slack-bot-token-{run}"));
@@ -99,7 +104,7 @@ fn config(component: Component, vars: &[(&str, &str)]) -> LambdaConfig {
 }
 
 /// The interactions function's secrets, from its configuration, as the Lambda wiring builds them.
-fn interactions_secrets(
+pub(crate) fn interactions_secrets(
     sm: &aws_sdk_secretsmanager::Client,
     signing: &str,
     bot: &str,
@@ -113,7 +118,7 @@ fn interactions_secrets(
 
 /// Puts a new signing secret (it becomes `AWSCURRENT`, the old one `AWSPREVIOUS`) and returns the new
 /// version's `CreatedDate`, which is where the grace period starts.
-async fn rotate(sm: &aws_sdk_secretsmanager::Client, id: &str, signing_secret: &str) -> Timestamp {
+pub(crate) async fn rotate(sm: &aws_sdk_secretsmanager::Client, id: &str, signing_secret: &str) -> Timestamp {
     sm.put_secret_value()
         .secret_id(id)
         .secret_string(json!({"signing_secret": signing_secret}).to_string())
@@ -127,7 +132,7 @@ async fn rotate(sm: &aws_sdk_secretsmanager::Client, id: &str, signing_secret: &
 }
 
 /// A click on `p`'s Approve button by `user`, signed with `secret` at the app's current time.
-fn click_signed_with(t: &TestApp, secret: &str, user: &str, p: &Posted) -> Request<Body> {
+pub(crate) fn click_signed_with(t: &TestApp, secret: &str, user: &str, p: &Posted) -> Request<Body> {
     let form = format!("payload={}", urlencode(&t.click(user, APPROVE, &p.id, &p.channel, &p.ts).to_string()));
     let ts = t.clock.now_ts().unix_seconds().to_string();
     Request::builder()
@@ -140,18 +145,20 @@ fn click_signed_with(t: &TestApp, secret: &str, user: &str, p: &Posted) -> Reque
         .unwrap()
 }
 
-fn assert_generic_401(a: &Answer, what: &str) {
+pub(crate) fn assert_generic_401(a: &Answer, what: &str) {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{what}: {}", a.json);
     assert_eq!(a.json, json!({"error": {"code": "unauthorized", "message": "invalid request signature"}}), "{what}");
 }
 
-/// Refused exactly like any bad signature: generic 401, nothing recorded, no Slack call, the request untouched.
+/// Refused exactly like any bad signature: generic 401, no Slack call, the request untouched, and one
+/// `callback.rejected` record that names the old secret (`previous_secret_expired`).
 async fn assert_refused_like_a_bad_signature(t: &TestApp, req: Request<Body>, p: &Posted, what: &str) {
     let (request, audit, calls) = (t.request(&p.id).await, t.audit().await.len(), t.slack.calls().len());
     let a = t.call_slack(req).await;
     assert_generic_401(&a, what);
     assert_eq!(t.request(&p.id).await, request, "{what}: the request changed");
-    assert_eq!(t.audit().await.len(), audit, "{what}: a bad signature writes no audit record");
+    let written = records_since(t, audit).await;
+    assert_refusal_records(&written, &[("bad_signature", "previous_secret_expired")], what);
     assert_eq!(t.slack.calls().len(), calls, "{what}: Slack was called");
 }
 

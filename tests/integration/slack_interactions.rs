@@ -10,11 +10,13 @@ use axum::http::{HeaderValue, Request, StatusCode};
 use countersign::adapters::secrets::SecretsManagerSlackSecrets;
 use countersign::adapters::slack::client::DEFAULT_TIMEOUT;
 use countersign::adapters::slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
-use countersign::adapters::slack::signature::sign;
+use countersign::adapters::slack::signature::{sign, MAX_SKEW_SECONDS};
 use countersign::domain::{ApprovalRequest, Status};
 use countersign::http::slack::SlackIdentity;
+use countersign::service::refusals::REFUSAL_RECORDS_PER_MINUTE;
 use serde_json::{json, Value};
 
+use crate::refused_callbacks::{assert_refusal_records, records_since};
 use crate::support::{
     both_stores, capture_logs, secretsmanager_client, slack_event, spawn_app, spawn_app_with_options,
     spawn_app_with_secrets, urlencode, Answer, AppOptions, NowTs, Posted, StoreKind, TestApp, APP_ID, SIGNING_SECRET,
@@ -85,6 +87,22 @@ async fn assert_unchanged(t: &TestApp, before: &Snapshot, what: &str) {
     assert_eq!(t.slack.calls().len(), before.slack_calls, "{what}: Slack was called");
 }
 
+/// Refused before authentication: the request and Slack untouched, and nothing written but one
+/// `callback.rejected` record per refusal (`code` `bad_signature` unless the reason is `body_too_large`),
+/// in order, as long as the process's budget lasts (a fresh app starts with a full one; the clock stands
+/// still, so a group longer than the budget is checked up to it).
+async fn assert_refused(t: &TestApp, before: &Snapshot, reasons: &[&str], what: &str) {
+    assert_eq!(t.request(&before.request.id.to_string()).await, before.request, "{what}: the request changed");
+    assert_eq!(t.slack.calls().len(), before.slack_calls, "{what}: Slack was called");
+    let budget = usize::try_from(REFUSAL_RECORDS_PER_MINUTE).unwrap();
+    let expected: Vec<(&str, &str)> = reasons
+        .iter()
+        .take(budget)
+        .map(|r| (if *r == "body_too_large" { "body_too_large" } else { "bad_signature" }, *r))
+        .collect();
+    assert_refusal_records(&records_since(t, before.audit).await, &expected, what);
+}
+
 /// Texts of the ephemeral replies sent through response URLs.
 fn ephemeral_texts(t: &TestApp) -> Vec<String> {
     t.slack.calls_to("response_url").iter().map(|c| c.body["text"].as_str().unwrap_or_default().to_string()).collect()
@@ -106,27 +124,43 @@ async fn t01_forged_callback_is_401_and_changes_nothing(kind: StoreKind) {
     let body = form(&t.click("UALICE0001", APPROVE, &p.id, &p.channel, &p.ts)).into_bytes();
     let ts = now_secs(&t).to_string();
     let sig = sign(SIGNING_SECRET.as_bytes(), &ts, &body);
-    let before = snapshot(&t, &p.id).await;
+    let mismatch = "signature_mismatch";
+    // Each group is refused and audited; between groups the clock moves on 61 s (still inside the window of
+    // `ts`), which refills the process's audit budget, so each group's records can be checked in turn.
+    let next_group = || t.clock.advance_seconds(61);
 
-    // Every single byte of the body changed, and the body one byte longer or shorter.
+    // Every single byte of the body changed (ASCII stays ASCII: a mismatch, never an encoding error).
+    let before = snapshot(&t, &p.id).await;
     for i in 0..body.len() {
         let mut b = body.clone();
         b[i] ^= 0x01;
         let a = t.call_slack(raw(&b, &[(TS_HEADER, ts.as_bytes()), (SIG_HEADER, sig.as_bytes())])).await;
         assert_generic_401(&a, &format!("body byte {i}"));
     }
+    assert_refused(&t, &before, &vec![mismatch; body.len()], "body bytes").await;
+    next_group();
+    // The body one byte longer or shorter, or empty.
+    let before = snapshot(&t, &p.id).await;
+    let mut reasons = vec![];
     for b in [[body.as_slice(), b"&"].concat(), body[..body.len() - 1].to_vec(), vec![]] {
         let a = t.call_slack(raw(&b, &[(TS_HEADER, ts.as_bytes()), (SIG_HEADER, sig.as_bytes())])).await;
         assert_generic_401(&a, "body length");
+        reasons.push(mismatch);
     }
-    // Every digit of the timestamp changed (the last one stays inside the window: only the MAC catches it).
+    // Every digit of the timestamp changed (the last ones stay inside the window: only the MAC catches them).
     for i in 0..ts.len() {
         let mut d = ts.clone().into_bytes();
         d[i] = if d[i] == b'9' { b'0' } else { d[i] + 1 };
         let a = t.call_slack(raw(&body, &[(TS_HEADER, &d), (SIG_HEADER, sig.as_bytes())])).await;
         assert_generic_401(&a, &format!("timestamp digit {i}"));
+        let secs: i64 = std::str::from_utf8(&d).unwrap().parse().unwrap();
+        reasons.push(if secs.abs_diff(now_secs(&t)) > MAX_SKEW_SECONDS { "stale_timestamp" } else { mismatch });
     }
+    assert_refused(&t, &before, &reasons, "body lengths and timestamp digits").await;
+    next_group();
     // Every character of the signature changed.
+    let before = snapshot(&t, &p.id).await;
+    let mut reasons = vec![];
     for i in 0..sig.len() {
         let mut s = sig.clone().into_bytes();
         s[i] = match s[i] {
@@ -137,11 +171,15 @@ async fn t01_forged_callback_is_401_and_changes_nothing(kind: StoreKind) {
         };
         let a = t.call_slack(raw(&body, &[(TS_HEADER, ts.as_bytes()), (SIG_HEADER, &s)])).await;
         assert_generic_401(&a, &format!("signature char {i}"));
+        reasons.push(if i < 3 { "malformed_signature" } else { mismatch });
     }
+    assert_refused(&t, &before, &reasons, "signature characters").await;
+    next_group();
     // Signed with another secret.
+    let before = snapshot(&t, &p.id).await;
     let a = t.call_slack(signed_with("another-signing-secret-0000000000", &ts, &body)).await;
     assert_generic_401(&a, "wrong secret");
-    assert_unchanged(&t, &before, "forged callbacks").await;
+    assert_refused(&t, &before, &[mismatch], "wrong secret").await;
 
     // Control: the untouched callback is accepted and counted.
     let a = t.call_slack(raw(&body, &[(TS_HEADER, ts.as_bytes()), (SIG_HEADER, sig.as_bytes())])).await;
@@ -185,7 +223,7 @@ async fn t02_replayed_callback_counts_once(kind: StoreKind) {
     for offset in [-301, 301, -100_000, 100_000] {
         assert_generic_401(&t.call_slack(signed_at(&t, &bob, offset)).await, &format!("offset {offset}"));
     }
-    assert_unchanged(&t, &before, "stale callbacks").await;
+    assert_refused(&t, &before, &["stale_timestamp"; 4], "stale callbacks").await;
     // 300 s is still inside the window, in both directions.
     let carol = t.click("UCAROL0001", APPROVE, &p.id, &p.channel, &p.ts);
     let a = t.call_slack(signed_at(&t, &bob, 300)).await;
@@ -287,7 +325,20 @@ async fn t03_malformed_headers_are_401_never_5xx(kind: StoreKind) {
     let sig = sign(SIGNING_SECRET.as_bytes(), &ts, &huge);
     let a = t.call_slack(raw(&huge, &[(TS_HEADER, ts.as_bytes()), (SIG_HEADER, sig.as_bytes())])).await;
     assert_generic_401(&a, "oversized body");
-    assert_unchanged(&t, &before, "malformed headers").await;
+    let reasons: Vec<&str> = [vec!["malformed_timestamp"; odd_ts.len()], vec!["non_ascii_header"]]
+        .into_iter()
+        .chain([vec!["malformed_signature"; odd_sigs.len()], vec!["non_ascii_header"]])
+        .chain([vec![
+            "missing_timestamp",
+            "missing_signature",
+            "missing_timestamp",
+            "duplicate_header",
+            "duplicate_header",
+        ]])
+        .chain([vec!["signature_mismatch", "body_too_large"]])
+        .flatten()
+        .collect();
+    assert_refused(&t, &before, &reasons, "malformed headers").await;
 }
 
 both_stores!(
@@ -333,7 +384,13 @@ async fn t04_base64_body_verifies_like_plain(kind: StoreKind) {
         let ev = slack_event(&bad, &[("X-Slack-Request-Timestamp", &ts), ("X-Slack-Signature", &sig)], true);
         assert_generic_401(&t.call_slack_event(ev).await, "invalid UTF-8");
     }
-    assert_unchanged(&t, &before, "altered or non-UTF-8 bodies").await;
+    assert_refused(
+        &t,
+        &before,
+        &["signature_mismatch", "signature_mismatch", "body_not_utf8", "body_not_utf8"],
+        "altered or non-UTF-8 bodies",
+    )
+    .await;
 
     // The plain event verifies the same way.
     let a = t.call_slack_event(event("UBOB000001", false)).await;
@@ -370,7 +427,9 @@ async fn t05_ssl_check_shortcut_is_401(kind: StoreKind) {
     let get = Request::builder().method("GET").uri("/slack/interactions?ssl_check=1").body(Body::empty()).unwrap();
     let a = t.call_slack(get).await;
     assert!(a.status.is_client_error(), "GET is not a way in: {}", a.status);
-    assert_unchanged(&t, &before, "ssl_check").await;
+    // No way in, and each refusal audited; the GET is no callback (405) and records nothing.
+    let per_body = ["missing_timestamp", "missing_signature", "missing_timestamp"];
+    assert_refused(&t, &before, &per_body.repeat(bodies.len()), "ssl_check").await;
 }
 
 both_stores!(
@@ -513,7 +572,7 @@ async fn t06_rotation_previous_secret_accepted_until_gone(kind: StoreKind) {
     let before = snapshot(&t, &second.id).await;
     let a = t.call_slack(signed_with(s1, &ts, &body("UBOB000001", &second))).await;
     assert_generic_401(&a, "a secret older than AWSPREVIOUS");
-    assert_unchanged(&t, &before, "retired secret").await;
+    assert_refused(&t, &before, &["signature_mismatch"], "retired secret").await;
     let a = t.call_slack(signed_with(s2, &ts, &body("UBOB000001", &second))).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(t.request(&second.id).await.status, Status::Approved);

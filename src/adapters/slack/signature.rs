@@ -50,6 +50,26 @@ pub enum SignatureError {
     NotUtf8,
 }
 
+impl SignatureError {
+    /// The failed check in stable snake_case words, for the `reason` of the refusal's audit record
+    /// (`callback.rejected`). Compliance queries depend on these strings: never rename one.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingTimestamp => "missing_timestamp",
+            Self::MissingSignature => "missing_signature",
+            Self::DuplicateHeader => "duplicate_header",
+            Self::NonAsciiHeader => "non_ascii_header",
+            Self::MalformedTimestamp => "malformed_timestamp",
+            Self::MalformedSignature => "malformed_signature",
+            Self::Stale => "stale_timestamp",
+            Self::Mismatch => "signature_mismatch",
+            Self::NoSecret => "no_signing_secret",
+            Self::BadBase64 => "body_not_base64",
+            Self::NotUtf8 => "body_not_utf8",
+        }
+    }
+}
+
 /// The one value of a header that must appear at most once. `values` are the raw values of every
 /// occurrence (e.g. `headers.get_all(name).iter().map(|v| v.as_bytes())`).
 pub fn single_header<'a, I>(values: I) -> Result<Option<&'a str>, SignatureError>
