@@ -12,16 +12,16 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
-use countersign::adapters::slack::blocks::{request_message, MessageView};
-use countersign::adapters::slack::interaction;
-use countersign::adapters::slack::signature::{sign, verify_any};
-use countersign::domain::audit::GENESIS_HASH;
-use countersign::domain::policy::{parse_policies, select};
-use countersign::domain::request::{Approval, Notification, NotificationState, PolicyRef, Requester};
-use countersign::domain::{
-    Action, Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, History, PolicyName, Principal, RequestId,
-    Resource, SlackChannelId, SlackUserId, Status, Timestamp,
+use countersign_core::domain::audit::GENESIS_HASH;
+use countersign_core::domain::policy::{parse_policies, select};
+use countersign_core::domain::request::{Approval, NotificationState};
+use countersign_core::domain::{
+    Action, Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, History, Principal, RequestId, Resource,
+    SlackUserId, Status, Timestamp,
 };
+use countersign_slack::blocks::{request_message, MessageView};
+use countersign_slack::interaction;
+use countersign_slack::signature::{sign, verify_any};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
@@ -130,43 +130,24 @@ fn policy_eval(c: &mut Criterion) {
 /// A request with everything the message can show: 20 details of 500 characters, a 1000-character reason with
 /// mrkdwn to escape, approvals already recorded.
 fn maximal_request() -> ApprovalRequest {
-    let p = Principal::parse(ARN).unwrap();
     let mut details = BTreeMap::new();
     for i in 0..20 {
         details.insert(format!("detail-key-{i:02}-{}", "k".repeat(48)), format!("<v&{i}> {}", "value ".repeat(82)));
     }
-    ApprovalRequest {
-        id: RequestId::from_parts(T0.unix_millis() as u64, 7),
-        status: Status::Pending,
-        action: Action::parse("deploy").unwrap(),
-        environment: Environment::parse("production").unwrap(),
-        resource: Some(Resource::parse("service/payments").unwrap()),
-        reason: Some(format!("release <42> & {}", "*bold* _it_ ".repeat(90)).chars().take(1000).collect()),
-        details,
-        requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-        policy: PolicyRef { name: PolicyName::parse("deploy-production").unwrap(), version: "abcdef0123456789".into() },
-        required_approvals: 3,
-        approvals: vec![
-            Approval { user_id: SlackUserId::parse("UALICE0001").unwrap(), at: T0.plus_seconds(10) },
-            Approval { user_id: SlackUserId::parse("UBOB000001").unwrap(), at: T0.plus_seconds(20) },
-        ],
-        denial: None,
-        created_at: T0,
-        expires_at: T0.plus_seconds(3600),
-        decided_at: None,
-        notification: Notification {
-            state: NotificationState::Posted,
-            channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
-            ts: Some("1795621462.000100".into()),
-            attempts: 1,
-            next_attempt_at: None,
-            update_pending: false,
-            reminders_sent: 0,
-        },
-        idempotency_key: None,
-        body_hash: None,
-        version: 3,
-    }
+    let mut r = countersign_core::testing::sample_request_for(ARN, "deploy-production", 3, T0, 7);
+    r.reason = Some(format!("release <42> & {}", "*bold* _it_ ".repeat(90)).chars().take(1000).collect());
+    r.details = details;
+    r.policy.version = "abcdef0123456789".into();
+    r.approvals = vec![
+        Approval { user_id: SlackUserId::parse("UALICE0001").unwrap(), at: T0.plus_seconds(10) },
+        Approval { user_id: SlackUserId::parse("UBOB000001").unwrap(), at: T0.plus_seconds(20) },
+    ];
+    r.expires_at = T0.plus_seconds(3600);
+    r.notification.state = NotificationState::Posted;
+    r.notification.ts = Some("1795621462.000100".into());
+    r.notification.attempts = 1;
+    r.version = 3;
+    r
 }
 
 fn block_kit(c: &mut Criterion) {

@@ -1,6 +1,6 @@
 //! End-to-end load, in process: N clients create approval requests through the request API router and M
 //! approvers vote on them through signed Slack callbacks on the Slack interactions router — the same routers,
-//! services, Slack client and stores the Lambdas run (`countersign::app::App`), driven with
+//! services, Slack client and stores the Lambdas run (`countersign_lambda::app::App`), driven with
 //! `tower::ServiceExt::oneshot` and API Gateway REST proxy events, as `lambda_http` hands them over. Slack is the
 //! fake Web API on 127.0.0.1 (every create posts a message, every vote updates it, over real HTTP).
 //!
@@ -23,20 +23,21 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use countersign::adapters::dynamodb::{create_tables, DynamoStore, TableNames};
-use countersign::adapters::embedded::EmbeddedStore;
-use countersign::adapters::slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
-use countersign::adapters::slack::notifier;
-use countersign::adapters::slack::signature::sign;
-use countersign::app::{App, Parts};
-use countersign::domain::policy::parse_policies;
-use countersign::domain::{Actor, ApprovalRequest, RequestId, SlackAccount, SlackGroupId, SlackUserId, Timestamp};
-use countersign::http::slack::SlackIdentity;
-use countersign::ports::{
-    Clock, MessageContext, Notifier, NotifyError, PostedMessage, SecretString, StaticSlackSecrets, Stores, SystemClock,
+use countersign_aws::dynamodb::{create_tables, DynamoStore, TableNames};
+use countersign_core::domain::policy::parse_policies;
+use countersign_core::domain::{Actor, ApprovalRequest, RequestId, SlackAccount, SlackGroupId, SlackUserId, Timestamp};
+use countersign_core::ports::{
+    Clock, MessageContext, Notifier, NotifyError, PostedMessage, SecretString, Stores, SystemClock,
 };
-use countersign::service::policies;
-use countersign::service::requests::RequestSettings;
+use countersign_core::service::policies;
+use countersign_core::service::requests::RequestSettings;
+use countersign_lambda::app::{App, Parts};
+use countersign_lambda::http::slack::SlackIdentity;
+use countersign_local::StaticSlackSecrets;
+use countersign_slack::fake::{FakeSlack, FAKE_BOT_TOKEN};
+use countersign_slack::notifier;
+use countersign_slack::signature::sign;
+use countersign_sqlite::EmbeddedStore;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 use tower::ServiceExt;

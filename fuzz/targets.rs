@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use aws_sigv4::http_request::{sign as aws_sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use countersign::adapters::slack::signature::{decode_body, sign, single_header, verify, verify_any};
-use countersign::local::sigv4::{DevIdentity, SigV4Error, SignedRequest, Verifier};
-use countersign::ports::SecretString;
+use countersign_core::ports::SecretString;
+use countersign_local::sigv4::{DevIdentity, SigV4Error, SignedRequest, Verifier};
+use countersign_slack::signature::{decode_body, sign, single_header, verify, verify_any};
 
 const NOW: i64 = 1_700_000_000;
 
@@ -48,7 +48,7 @@ pub fn slack_signature(data: &[u8]) {
 
 /// Interactivity payload parsing (form-encoded `payload=<JSON>`).
 pub fn slack_interaction(data: &[u8]) {
-    let _ = countersign::adapters::slack::interaction::parse(data);
+    let _ = countersign_slack::interaction::parse(data);
 }
 
 /// Policy YAML parsing and validation; whatever parses has a version.
@@ -56,7 +56,7 @@ pub fn policy_yaml(data: &[u8]) {
     let Ok(src) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(policies) = countersign::domain::policy::parse_policies(src) {
+    if let Ok(policies) = countersign_core::domain::policy::parse_policies(src) {
         for p in &policies {
             let _ = p.version();
         }
@@ -65,7 +65,7 @@ pub fn policy_yaml(data: &[u8]) {
 
 /// Request API bodies (`POST /v1/requests`).
 pub fn api_body(data: &[u8]) {
-    let _ = countersign::http::api::parse_body(data);
+    let _ = countersign_lambda::http::api::parse_body(data);
 }
 
 /// The sigv4 target's clock: 2026-12-03T10:54:53Z, when its seeds (fuzz/seeds/sigv4/) were signed by aws-sigv4

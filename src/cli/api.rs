@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
+use countersign_core::error::error_chain;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::{exit, ApiArgs, AwsArgs, CliError};
-use crate::domain::text::escape_hidden;
+use countersign_core::domain::text::escape_hidden;
 
 /// The SigV4 service name of API Gateway.
 pub const SIGNING_SERVICE: &str = "execute-api";
@@ -52,7 +53,7 @@ fn check_endpoint(endpoint: &str) -> Result<Url, CliError> {
     let host = url.host_str().unwrap_or("");
     match url.scheme() {
         "https" => {}
-        "http" if crate::config::is_loopback_host(host) => {}
+        "http" if countersign_lambda::config::is_loopback_host(host) => {}
         "http" => {
             return Err(usage(format!(
                 "--endpoint {endpoint:?}: plain http is only allowed to localhost (the signed request would travel \
@@ -173,7 +174,7 @@ impl ApiClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Ok(Attempt::Retry { error: chain(&e), retry_after: None }),
+            Err(e) => return Ok(Attempt::Retry { error: error_chain(&e), retry_after: None }),
         };
         let status = resp.status();
         let retry_after = resp
@@ -189,7 +190,7 @@ impl ApiClient {
             .map(|v| v.split(':').next().unwrap_or(v).to_string());
         let bytes = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) => return Ok(Attempt::Retry { error: chain(&e), retry_after: None }),
+            Err(e) => return Ok(Attempt::Retry { error: error_chain(&e), retry_after: None }),
         };
         let json: Option<Value> =
             if bytes.len() <= MAX_ANSWER_BYTES { serde_json::from_slice(&bytes).ok() } else { None };
@@ -290,16 +291,6 @@ fn backoff(attempt: u32) -> Duration {
     let base = FIRST_BACKOFF.saturating_mul(1 << attempt.min(6)).min(MAX_BACKOFF);
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut m = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        m.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    m
 }
 
 /// The status code a status string maps to: final statuses have their own exit code.

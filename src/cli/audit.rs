@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::audit::{ChainSummary, ChainVerifier};
-use crate::domain::{AuditEvent, ChainBreak, Principal, RequestId, Timestamp};
-use crate::ports::{AuditLog, Clock, SystemClock};
+use countersign_core::domain::audit::{Broken, ChainCheck, ChainSummary};
+use countersign_core::domain::{AuditEvent, ChainBreak, Principal, RequestId, Timestamp};
+use countersign_core::ports::{AuditLog, Clock, SystemClock};
 
 use super::store::open;
 use super::{exit, CliError, ExportFormat, Output, OutputArgs, RangeArgs, StoreArgs};
@@ -347,70 +347,6 @@ pub async fn export(
 
 // ---- verify ----
 
-/// The first broken link and the record where it shows.
-type Broken = Box<(ChainBreak, AuditEvent)>;
-
-/// A streaming verifier that, like `verify_chain`, tells a moved record (it turns up later) from a deleted
-/// one, in constant memory: after a gap it only keeps looking for the missing `seq`.
-struct Verification {
-    verifier: Option<ChainVerifier>,
-    from_genesis: bool,
-    broken: Option<(ChainBreak, AuditEvent)>,
-    looking_for: Option<(u64, u64)>,
-    turned_up: bool,
-    read: u64,
-}
-
-impl Verification {
-    fn new(from_genesis: bool) -> Self {
-        Self { verifier: None, from_genesis, broken: None, looking_for: None, turned_up: false, read: 0 }
-    }
-
-    /// Returns false once nothing later can change the verdict.
-    fn push(&mut self, e: &AuditEvent) -> bool {
-        self.read += 1;
-        if let Some((expected, _)) = self.looking_for {
-            if e.seq == expected {
-                self.turned_up = true;
-                return false;
-            }
-            return true;
-        }
-        if self.broken.is_some() {
-            return false;
-        }
-        let genesis = self.from_genesis;
-        let v = self.verifier.get_or_insert_with(|| {
-            if genesis {
-                ChainVerifier::from_genesis()
-            } else {
-                ChainVerifier::from_any()
-            }
-        });
-        match v.push(e) {
-            Ok(()) => true,
-            Err(b) => {
-                if let ChainBreak::Missing { expected, found } = b {
-                    self.looking_for = Some((expected, found));
-                }
-                let more = self.looking_for.is_some();
-                self.broken = Some((b, e.clone()));
-                more
-            }
-        }
-    }
-
-    fn finish(self) -> Result<ChainSummary, Broken> {
-        match (self.broken, self.looking_for) {
-            (Some((_, e)), Some((expected, found))) if self.turned_up => {
-                Err(Box::new((ChainBreak::OutOfOrder { seq: expected, after: found }, e)))
-            }
-            (Some(b), _) => Err(Box::new(b)),
-            (None, _) => Ok(self.verifier.map(ChainVerifier::finish).unwrap_or_default()),
-        }
-    }
-}
-
 fn break_kind(b: &ChainBreak) -> (&'static str, u64) {
     match b {
         ChainBreak::Edited { seq } => ("edited", *seq),
@@ -487,7 +423,7 @@ fn report(
 pub async fn verify_store(range: &RangeArgs, store_args: &StoreArgs, output: &OutputArgs) -> Result<u8, CliError> {
     let store = open(store_args).await?;
     let from_genesis = range.since.is_none();
-    let mut v = Verification::new(from_genesis);
+    let mut v = if from_genesis { ChainCheck::from_genesis() } else { ChainCheck::from_any() };
     let mut seg = Segment::new(store.stores.audit.as_ref(), range);
     'pages: while let Some(page) = seg.next_page().await? {
         for e in &page {
@@ -510,7 +446,7 @@ pub async fn verify_file(path: &Path, output: &OutputArgs) -> Result<u8, CliErro
     let f = File::open(path).map_err(|e| CliError::failed(&format!("cannot read {}", path.display()), &e))?;
     let what = path.display().to_string();
     let mut summary: Option<ExportSummary> = None;
-    let mut v: Option<Verification> = None;
+    let mut v: Option<ChainCheck> = None;
     let mut first: Option<AuditEvent> = None;
     let mut last: Option<AuditEvent> = None;
     let mut records = 0_u64;
@@ -536,7 +472,7 @@ pub async fn verify_file(path: &Path, output: &OutputArgs) -> Result<u8, CliErro
         };
         records += 1;
         // An export that starts at seq 1 is checked from genesis; any other is a segment.
-        let ver = v.get_or_insert_with(|| Verification::new(e.seq == 1));
+        let ver = v.get_or_insert_with(|| if e.seq == 1 { ChainCheck::from_genesis() } else { ChainCheck::from_any() });
         if first.is_none() {
             first = Some(e.clone());
         }
@@ -554,8 +490,8 @@ pub async fn verify_file(path: &Path, output: &OutputArgs) -> Result<u8, CliErro
             ),
         ));
     }
-    let from_genesis = v.as_ref().is_none_or(|v| v.from_genesis);
-    let mut verdict = v.map_or_else(|| Ok(ChainSummary::default()), Verification::finish);
+    let from_genesis = v.as_ref().is_none_or(ChainCheck::is_from_genesis);
+    let mut verdict = v.map_or_else(|| Ok(ChainSummary::default()), ChainCheck::finish);
     let mut notes = Vec::new();
     match &summary {
         None => notes.push(
@@ -604,8 +540,8 @@ fn malformed(what: &str, line: usize, problem: &str, output: Output) -> u8 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::domain::audit::{seal_after, verify_chain};
-    use crate::domain::{Actor, AuditDraft, AuditKind};
+    use countersign_core::domain::audit::seal_after;
+    use countersign_core::domain::{Actor, AuditDraft, AuditKind};
 
     fn chain(n: usize) -> Vec<AuditEvent> {
         let drafts = (0..n)
@@ -621,37 +557,6 @@ mod tests {
             })
             .collect();
         seal_after(None, drafts)
-    }
-
-    fn streaming(events: &[AuditEvent]) -> Result<ChainSummary, ChainBreak> {
-        let mut v = Verification::new(true);
-        for e in events {
-            if !v.push(e) {
-                break;
-            }
-        }
-        v.finish().map_err(|b| b.0)
-    }
-
-    #[test]
-    fn streaming_verification_agrees_with_verify_chain() {
-        let base = chain(6);
-        let mut cases = vec![base.clone()];
-        let mut edited = base.clone();
-        edited[2].details.insert("x".into(), "y".into());
-        cases.push(edited);
-        let mut deleted = base.clone();
-        deleted.remove(3);
-        cases.push(deleted);
-        let mut moved = base.clone();
-        moved.swap(1, 3);
-        cases.push(moved);
-        let mut first_gone = base.clone();
-        first_gone.remove(0);
-        cases.push(first_gone);
-        for c in cases {
-            assert_eq!(streaming(&c).map(|s| s.records), verify_chain(&c).map(|s| s.records));
-        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `countersign dev`: local mode. Loads (or, on the first run, writes) the dev config, starts the server
-//! (see [`crate::local`]) and prints what to do next.
+//! (see [`countersign_local`]) and prints what to do next.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::local::config::{self, DevConfig};
-use crate::local::{default_config_path, shutdown_signal, LocalServer, StartSummary};
+use countersign_local::config::{self, DevConfig};
+use countersign_local::{default_config_path, shutdown_signal, LocalServer, StartSummary};
 
 use super::{exit, CliError};
 
@@ -148,7 +148,7 @@ fn banner(cfg: &DevConfig, config_path: &Path, created: bool, s: &StartSummary) 
 }
 
 pub async fn run(args: &DevArgs) -> Result<u8, CliError> {
-    crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    countersign_lambda::telemetry::init(countersign_lambda::telemetry::LogFormat::Text);
     let (cfg, path, created) = load_config(args)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| {
         CliError::failed(

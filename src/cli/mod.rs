@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::policy::parse_duration;
-use crate::domain::{RequestId, Timestamp};
+use countersign_core::domain::policy::parse_duration;
+use countersign_core::domain::{RequestId, Timestamp};
+use countersign_core::error::error_chain;
 
 /// Exit codes. Stable: scripts depend on them (documented in `--help` and the README).
 pub mod exit {
@@ -185,13 +186,13 @@ pub enum StoreCommand {
 #[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
     /// What you want to do (`deploy`, `db:migrate`): [a-z0-9][a-z0-9._:-]{0,63}.
-    #[arg(long, value_parser = parse_token::<crate::domain::Action>)]
+    #[arg(long, value_parser = parse_token::<countersign_core::domain::Action>)]
     pub action: String,
     /// Where (`production`, `eu-west-1:prod`): same rule as --action.
-    #[arg(long = "env", value_name = "ENV", value_parser = parse_token::<crate::domain::Environment>)]
+    #[arg(long = "env", value_name = "ENV", value_parser = parse_token::<countersign_core::domain::Environment>)]
     pub environment: String,
     /// What it acts on (`service/payments`), at most 256 printable characters.
-    #[arg(long, value_parser = parse_token::<crate::domain::Resource>)]
+    #[arg(long, value_parser = parse_token::<countersign_core::domain::Resource>)]
     pub resource: Option<String>,
     /// Why, shown to approvers (some policies require it).
     #[arg(long, value_name = "TEXT")]
@@ -201,7 +202,7 @@ pub struct RequestArgs {
     pub details: Vec<(String, String)>,
     /// Collapses retries into one request (scoped to your principal). Without it, each invocation uses a
     /// fresh key, so the CLI's own retries never create a second request.
-    #[arg(long, value_name = "K", value_parser = parse_token::<crate::domain::IdempotencyKey>)]
+    #[arg(long, value_name = "K", value_parser = parse_token::<countersign_core::domain::IdempotencyKey>)]
     pub idempotency_key: Option<String>,
     /// How long approvers have (60s … the policy's max_ttl; default: max_ttl). E.g. 90s, 30m, 1h.
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
@@ -352,13 +353,7 @@ impl CliError {
 
     /// An operation failed: message with the whole cause chain.
     pub fn failed(context: &str, e: &(dyn std::error::Error + 'static)) -> Self {
-        let mut m = format!("{context}: {e}");
-        let mut src = e.source();
-        while let Some(s) = src {
-            m.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        Self::new(exit::FAILED, m)
+        Self::new(exit::FAILED, format!("{context}: {}", error_chain(e)))
     }
 }
 
@@ -408,7 +403,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
 
 // ---- value parsers: bad values are usage errors (exit 2), caught before any call ----
 
-fn parse_token<T: FromStr<Err = crate::domain::InvalidId>>(s: &str) -> Result<String, String> {
+fn parse_token<T: FromStr<Err = countersign_core::domain::InvalidId>>(s: &str) -> Result<String, String> {
     T::from_str(s).map(|_| s.to_string()).map_err(|e| e.problem)
 }
 
@@ -433,7 +428,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// RFC 3339, a date (midnight UTC), or a duration ago (`24h`, `7d`).
 fn parse_time(s: &str) -> Result<Timestamp, String> {
-    parse_time_at(s, crate::ports::Clock::now(&crate::ports::SystemClock))
+    parse_time_at(s, countersign_core::ports::Clock::now(&countersign_core::ports::SystemClock))
 }
 
 fn parse_time_at(s: &str, now: Timestamp) -> Result<Timestamp, String> {

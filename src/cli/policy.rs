@@ -3,9 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use crate::domain::policy::{parse_policies, shadowing, Shadowing, MAX_POLICY_FILE_BYTES};
-use crate::domain::Policy;
-use crate::service::policies::{self, render_plan};
+use countersign_core::domain::policy::{parse_policies, shadowing, Shadowing, MAX_POLICY_FILE_BYTES};
+use countersign_core::domain::Policy;
+use countersign_core::service::policies::{self, render_plan};
 
 use super::store::{open, OpenStore};
 use super::{exit, CliError, StoreArgs};
@@ -78,7 +78,7 @@ pub fn validate(file: &Path, strict: bool) -> Result<u8, CliError> {
             p.name,
             p.version(),
             p.required_approvals,
-            crate::domain::policy::format_duration(p.max_ttl)
+            countersign_core::domain::policy::format_duration(p.max_ttl)
         );
     }
     Ok(exit::OK)

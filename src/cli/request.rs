@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::domain::{Principal, Timestamp};
-use crate::http::api::RequestView;
-use crate::ports::{Clock, SystemClock};
+use countersign_core::domain::{Principal, Timestamp};
+use countersign_core::ports::{Clock, SystemClock};
+use countersign_lambda::http::api::RequestView;
 
 use super::api::{self, exit_for_status, is_final, ApiClient, MAX_WAIT_SECONDS};
 use super::{exit, ApiArgs, AwsArgs, CliError, Output, OutputArgs, RequestArgs, WaitArgs};
@@ -400,7 +400,7 @@ mod tests {
         r.idempotency_key = Some("run-42".into());
         assert_eq!(body(&r)["idempotency_key"], "run-42");
         // The API refuses unknown fields: the CLI must send only the documented ones.
-        let allowed = crate::http::api::parse_body(body(&r).to_string().as_bytes());
+        let allowed = countersign_lambda::http::api::parse_body(body(&r).to_string().as_bytes());
         assert!(allowed.is_ok(), "{:?}", allowed.err());
     }
 

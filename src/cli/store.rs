@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::adapters::dynamodb::{create_tables, DynamoStore, TableNames};
-use crate::adapters::embedded::EmbeddedStore;
-use crate::domain::{Actor, Timestamp};
-use crate::ports::{Clock, Stores, SystemClock};
+use countersign_aws::dynamodb::{create_tables, DynamoStore, TableNames};
+use countersign_core::domain::{Actor, Timestamp};
+use countersign_core::ports::{Clock, Stores, SystemClock};
+use countersign_sqlite::EmbeddedStore;
 
 use super::{exit, CliError, StoreArgs, StoreKind};
 

@@ -25,14 +25,16 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use countersign::adapters::dynamodb::{DynamoStore, TableNames};
-use countersign::domain::{Actor, AuditDraft, AuditEvent, AuditKind, Timestamp};
-use countersign::ports::{AuditLog, Stores};
+use countersign_aws::dynamodb::{DynamoStore, TableNames};
+use countersign_core::domain::{Actor, AuditDraft, AuditEvent, AuditKind, Timestamp};
+use countersign_core::ports::{AuditLog, Stores};
 use lambda_http::request::RequestContext;
 use serde_json::{json, Value};
 
-use crate::harness::{DynamoTamper, SqliteTamper, Tamper};
-use crate::support::{spawn_app_on, TestApp, APP_ID, DEPLOY_ARN, POLICIES, TEAM_ID};
+use countersign_testkit::app::{spawn_app_on, TestApp, APP_ID, DEPLOY_ARN, POLICIES, TEAM_ID};
+use countersign_testkit::cli::{self, finish, Ran};
+use countersign_testkit::emulator::Service;
+use countersign_testkit::stores::{DynamoTamper, SqliteTamper, Tamper};
 
 const AKID: &str = "AKIDCLITEST000000001";
 const SECRET: &str = "cli-test-secret-key-not-a-real-one";
@@ -165,48 +167,14 @@ fn verify_sigv4(parts: &Parts, body: &[u8]) -> Result<(), String> {
 
 // ---- running the binary ----
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
 /// The binary with test credentials and nothing from the developer's AWS setup.
 fn countersign() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"));
-    for k in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "COUNTERSIGN_ENDPOINT", "COUNTERSIGN_TABLE_PREFIX"] {
-        c.env_remove(k);
-    }
+    let mut c = cli::command();
     c.env("AWS_ACCESS_KEY_ID", AKID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_SESSION_TOKEN", TOKEN)
-        .env("AWS_REGION", REGION)
-        .env("AWS_CONFIG_FILE", "/nonexistent/countersign-test/config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/countersign-test/credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("AWS_REGION", REGION);
     c
-}
-
-async fn finish(child: tokio::process::Child) -> Ran {
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("countersign finished within 60 s")
-        .unwrap();
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 async fn run_cli(args: &[&str]) -> Ran {
@@ -227,9 +195,9 @@ fn with_endpoint<'a>(api: &'a StandIn, args: &[&'a str]) -> Vec<&'a str> {
 // ---- the app side ----
 
 async fn local_app() -> (TestApp, PathBuf) {
-    let (dir, store) = crate::harness::embedded();
+    let (dir, store) = countersign_testkit::stores::embedded();
     let path = dir.path().to_path_buf();
-    let t = spawn_app_on(Stores::from_one(store), Box::new(dir), crate::support::AppOptions::default()).await;
+    let t = spawn_app_on(Stores::from_one(store), Box::new(dir), countersign_testkit::app::AppOptions::default()).await;
     (t, path)
 }
 
@@ -248,7 +216,7 @@ async fn posted_request(t: &TestApp) -> (String, String, String) {
     panic!("the CLI's request never showed up");
 }
 
-fn message_for(t: &TestApp, id: &str) -> Option<countersign::adapters::slack::fake::FakeMessage> {
+fn message_for(t: &TestApp, id: &str) -> Option<countersign_slack::fake::FakeMessage> {
     t.slack.messages().into_iter().find(|m| m.blocks.to_string().contains(id))
 }
 
@@ -669,26 +637,13 @@ async fn policy_apply_without_yes_refuses_off_a_terminal_and_asks_on_one() {
 
 // ---- the DynamoDB emulator ----
 
-/// The emulator's endpoint, or `None` (with a notice) outside CI when it is not configured.
+/// The emulator's endpoint, or `None` (with a notice, once) outside CI when it is not configured.
 fn emulator() -> Option<String> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
-    if endpoint.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but AWS_ENDPOINT_URL is unset");
-        eprintln!("AWS_ENDPOINT_URL is unset: skipping a CLI test on the DynamoDB emulator");
-    }
-    let e = endpoint?;
-    assert!(e.starts_with("http://127.0.0.1") || e.starts_with("http://localhost"), "not a local emulator: {e}");
-    Some(e)
+    countersign_testkit::emulator::endpoint(Service::Dynamodb)
 }
 
 async fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new(REGION))
-        .credentials_provider(Credentials::new("test", "test", None, None, "countersign-cli-tests"))
-        .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
+    aws_sdk_dynamodb::Client::new(&countersign_testkit::emulator::sdk_config(endpoint).await)
 }
 
 fn prefix() -> String {
@@ -743,7 +698,9 @@ async fn emulator_init_apply_whoami_request_and_audit_round_trip() {
     }
 
     // The request flow on the same tables, through the CLI.
-    let t = spawn_app_on(Stores::from_one(store.clone()), Box::new(()), crate::support::AppOptions::default()).await;
+    let t =
+        spawn_app_on(Stores::from_one(store.clone()), Box::new(()), countersign_testkit::app::AppOptions::default())
+            .await;
     let api = stand_in(&t, DEPLOY_ARN).await;
     let child = spawn_cli(&with_endpoint(&api, &args(&["request"], &args(PROD, &["--wait", "--timeout", "30s"]))));
     approve(&t, &["UALICE0001", "UBOB000001"]).await;
@@ -809,7 +766,7 @@ async fn t25_emulator_audit_verify_names_a_moved_record() {
 /// The same on local mode's store: six records in the database file, one edited, deleted or moved with
 /// raw SQL (the append-only triggers dropped first, as anyone with write access to the file can).
 async fn local_tamper_then_verify(tamper: impl AsyncFnOnce(&SqliteTamper), expect: &str) {
-    let (dir, store) = crate::harness::embedded();
+    let (dir, store) = countersign_testkit::stores::embedded();
     store.append(crate::conformance::drafts(6, "t25")).await.unwrap();
     let local = ["--store", "local", "--data-dir", dir.path().to_str().unwrap()];
     let ran = run_cli(&args(&["audit", "verify"], &local)).await;

@@ -1,4 +1,4 @@
-//! The store contract of `countersign::ports`, written once and run against every store.
+//! The store contract of `countersign_core::ports`, written once and run against every store.
 //!
 //! Each test is a generic `async fn` over a store under test ([`Sut`]); the `conformance!` macro at the
 //! bottom instantiates all of them per store, as `conformance::embedded::NAME` and
@@ -9,16 +9,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use countersign::domain::audit::{verify_chain, ChainBreak};
-use countersign::domain::policy::parse_policies;
-use countersign::domain::request::{Governing, Notification, NotificationState, PolicyRef, Requester};
-use countersign::domain::{
+use countersign_core::domain::audit::{verify_chain, ChainBreak};
+use countersign_core::domain::policy::parse_policies;
+use countersign_core::domain::request::{Governing, NotificationState, Requester};
+use countersign_core::domain::{
     Action, Actor, ApprovalRequest, AuditDraft, AuditEvent, AuditKind, Environment, IdempotencyKey, PolicyName,
-    Principal, RequestId, Resource, SlackChannelId, SlackUserId, Status, Timestamp, Transition, TransitionError,
+    RequestId, SlackUserId, Status, Timestamp, Transition, TransitionError,
 };
-use countersign::ports::{Commit, Conflict, CreateOutcome, Guard, StoreError};
+use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, StoreError};
 
-use crate::harness::{Store, Sut};
+use countersign_testkit::stores::{Store, Sut};
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 const TTL_SECONDS: i64 = 1800;
@@ -37,36 +37,13 @@ fn arn(role: &str) -> String {
 
 /// A new pending request (auto-approved when `required` is 0) of `role` under `policy`.
 fn request(role: &str, policy: &str, required: u32, created_at: Timestamp) -> ApprovalRequest {
-    let p = Principal::parse(&arn(role)).unwrap();
-    ApprovalRequest {
-        id: RequestId::generate(),
-        status: if required == 0 { Status::Approved } else { Status::Pending },
-        action: Action::parse("deploy").unwrap(),
-        environment: Environment::parse("production").unwrap(),
-        resource: Some(Resource::parse("service/payments").unwrap()),
-        reason: Some("release".into()),
-        details: BTreeMap::from([("commit".to_string(), "abc123".to_string())]),
-        requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-        policy: PolicyRef { name: PolicyName::parse(policy).unwrap(), version: "0123456789abcdef".into() },
-        required_approvals: required,
-        approvals: vec![],
-        denial: None,
-        created_at,
-        expires_at: created_at.plus_seconds(TTL_SECONDS),
-        decided_at: (required == 0).then_some(created_at),
-        notification: Notification {
-            state: NotificationState::Pending,
-            channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
-            ts: None,
-            attempts: 0,
-            next_attempt_at: None,
-            update_pending: false,
-            reminders_sent: 0,
-        },
-        idempotency_key: None,
-        body_hash: None,
-        version: 1,
-    }
+    let id = RequestId::generate();
+    let mut r = countersign_core::testing::sample_request_for(&arn(role), policy, required, created_at, 0);
+    r.id = id;
+    r.details = BTreeMap::from([("commit".to_string(), "abc123".to_string())]);
+    r.policy.version = "0123456789abcdef".into();
+    r.expires_at = created_at.plus_seconds(TTL_SECONDS);
+    r
 }
 
 fn deploy_request(required: u32, created_at: Timestamp) -> ApprovalRequest {
@@ -545,7 +522,7 @@ pub async fn lists_pending_oldest_first_and_by_principal_newest_first<S: Store>(
 /// The history count a store gives (`earlier_of_same_kind`, which a store may answer from its indexes) is
 /// what the listed requests themselves say, for every request, window and limit.
 pub async fn earlier_of_same_kind_agrees_with_the_listed_requests<S: Store>(sut: Sut<S>) {
-    use countersign::ports::SameKind;
+    use countersign_core::ports::SameKind;
     let s = &*sut.store;
     let mut all = Vec::new();
     for i in 0..12i64 {
@@ -780,15 +757,15 @@ macro_rules! conformance {
     };
 }
 
-conformance!(embedded, crate::harness::embedded_sut, {
+conformance!(embedded, countersign_testkit::stores::embedded_sut, {
     /// Closing and reopening the database keeps requests, votes and an intact chain, and appends continue it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn embedded_store_survives_reopen() {
-        use countersign::adapters::embedded::EmbeddedStore;
-        use countersign::domain::request::Governing;
-        use countersign::ports::{AuditLog, PolicyStore, RequestStore};
+        use countersign_core::domain::request::Governing;
+        use countersign_core::ports::{AuditLog, PolicyStore, RequestStore};
+        use countersign_sqlite::EmbeddedStore;
 
-        let (dir, store) = crate::harness::embedded();
+        let (dir, store) = countersign_testkit::stores::embedded();
         let r = super::deploy_request(2, super::T0);
         super::create(&*store, &r).await;
         let now = super::T0.plus_seconds(1);
@@ -826,7 +803,7 @@ conformance!(embedded, crate::harness::embedded_sut, {
     }
 });
 
-conformance!(dynamodb, crate::harness::dynamo_sut, {
+conformance!(dynamodb, countersign_testkit::stores::dynamo_sut, {
     /// Each `DynamoStore` queues its own appends and remembers where it last left the chain; several
     /// processes (stores) appending at once still make one unbroken chain, and a store whose remembered
     /// end is stale (another process appended since) finds the real end instead of forking or failing.
@@ -834,10 +811,10 @@ conformance!(dynamodb, crate::harness::dynamo_sut, {
     async fn appends_from_several_processes_keep_one_unbroken_chain() {
         use std::sync::Arc;
 
-        use countersign::adapters::dynamodb::DynamoStore;
-        use countersign::ports::AuditLog;
+        use countersign_aws::dynamodb::DynamoStore;
+        use countersign_core::ports::AuditLog;
 
-        let Some((_, client, tables)) = crate::harness::dynamo().await else { return };
+        let Some((_, client, tables)) = countersign_testkit::stores::dynamo().await else { return };
         let stores: Vec<Arc<DynamoStore>> =
             (0..4).map(|_| Arc::new(DynamoStore::new(client.clone(), tables.clone()))).collect();
         // Stale on purpose: 0 appends, 1 appends, 0 appends again from the end it remembers.
@@ -868,10 +845,10 @@ conformance!(dynamodb, crate::harness::dynamo_sut, {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn history_counts_requests_written_before_the_kind_copies() {
         use aws_sdk_dynamodb::types::AttributeValue;
-        use countersign::adapters::dynamodb::keys;
-        use countersign::ports::{RequestStore, SameKind};
+        use countersign_aws::dynamodb::keys;
+        use countersign_core::ports::{RequestStore, SameKind};
 
-        let Some((store, client, tables)) = crate::harness::dynamo().await else { return };
+        let Some((store, client, tables)) = countersign_testkit::stores::dynamo().await else { return };
         let (old, new) = (super::deploy_request(1, super::T0), super::deploy_request(1, super::T0.plus_seconds(60)));
         for r in [&old, &new] {
             super::create(&*store, r).await;

@@ -10,17 +10,18 @@
 //! cancelled transaction restores a snapshot of the whole table over writes that committed meanwhile),
 //! so the concurrency tests below fail there now and then although the store is right on DynamoDB.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
-use countersign::domain::audit::verify_chain;
-use countersign::domain::policy::parse_policies;
-use countersign::domain::request::{Governing, Notification, NotificationState, PolicyRef, Requester, VoteDecision};
-use countersign::domain::*;
-use countersign::ports::{AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError};
+use countersign_aws::dynamodb::{create_tables, keys, DynamoStore, TableNames};
+use countersign_core::domain::audit::verify_chain;
+use countersign_core::domain::policy::parse_policies;
+use countersign_core::domain::request::{Governing, NotificationState, VoteDecision};
+use countersign_core::domain::*;
+use countersign_core::ports::{
+    AuditLog, Commit, Conflict, CreateOutcome, Guard, PolicyStore, RequestStore, StoreError,
+};
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_795_621_462_000);
 const ROLE: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
@@ -32,34 +33,9 @@ struct Harness {
     store: Arc<DynamoStore>,
 }
 
-fn endpoint() -> Option<String> {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        .ok()
-        .filter(|s| !s.is_empty())
-}
-
-/// A fresh set of tables for one test, or `None` (with a notice) when no emulator is configured.
-async fn harness(test: &str) -> Option<Harness> {
-    let Some(url) = endpoint() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but AWS_ENDPOINT_URL is not set: start moto_server and point AWS_ENDPOINT_URL at it"
-        );
-        eprintln!("skipping {test}: AWS_ENDPOINT_URL is not set (no DynamoDB emulator)");
-        return None;
-    };
-    let host = url.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
-    assert!(
-        matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
-        "refusing to run store tests against {url}: only a local emulator is allowed"
-    );
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let client = Client::new(&config);
-    let prefix = format!("cs-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let tables = TableNames::with_prefix(&prefix);
-    create_tables(&client, &tables).await.expect("create tables");
-    let store = Arc::new(DynamoStore::new(client.clone(), tables.clone()));
+/// A fresh set of tables for one test, or `None` (with a notice, once) when no emulator is configured.
+async fn harness(_test: &str) -> Option<Harness> {
+    let (store, client, tables) = countersign_testkit::stores::dynamo().await?;
     Some(Harness { client, tables, store })
 }
 
@@ -76,43 +52,13 @@ fn u(s: &str) -> SlackUserId {
     SlackUserId::parse(s).unwrap()
 }
 
-/// A request as the service would build it (copied from `domain::request::tests::sample`), with a
-/// distinguishing `n` in its id.
+/// A request as the service would build it (`countersign_core::testing`), with a distinguishing `n` in its id.
 fn sample(required: u32, now: Timestamp, n: u128) -> ApprovalRequest {
     sample_for(ROLE, "deploy-production", required, now, n)
 }
 
 fn sample_for(arn: &str, policy: &str, required: u32, now: Timestamp, n: u128) -> ApprovalRequest {
-    let p = Principal::parse(arn).unwrap();
-    ApprovalRequest {
-        id: RequestId::from_parts(now.unix_millis() as u64, n),
-        status: if required == 0 { Status::Approved } else { Status::Pending },
-        action: Action::parse("deploy").unwrap(),
-        environment: Environment::parse("production").unwrap(),
-        resource: Some(Resource::parse("service/payments").unwrap()),
-        reason: Some("release".into()),
-        details: BTreeMap::new(),
-        requester: Requester::from_principal(&p, Some("AKIAEXAMPLE00001234".into())),
-        policy: PolicyRef { name: PolicyName::parse(policy).unwrap(), version: "abc".into() },
-        required_approvals: required,
-        approvals: vec![],
-        denial: None,
-        created_at: now,
-        expires_at: now.plus_seconds(1800),
-        decided_at: if required == 0 { Some(now) } else { None },
-        notification: Notification {
-            state: NotificationState::Pending,
-            channel: SlackChannelId::parse("C0APPROVALS").unwrap(),
-            ts: None,
-            attempts: 0,
-            next_attempt_at: None,
-            update_pending: false,
-            reminders_sent: 0,
-        },
-        idempotency_key: None,
-        body_hash: None,
-        version: 1,
-    }
+    countersign_core::testing::sample_request_for(arn, policy, required, now, n)
 }
 
 async fn create(store: &DynamoStore, r: &ApprovalRequest, max_pending: u32) -> CreateOutcome {

@@ -21,16 +21,16 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use axum::http::StatusCode;
-use countersign::adapters::dynamodb::{create_tables, keys, DynamoStore, TableNames};
-use countersign::adapters::secrets::SecretsManagerSlackSecrets;
-use countersign::adapters::slack::fake::{Behaviour, FAKE_APP_ID, FAKE_BOT_TOKEN};
-use countersign::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
-use countersign::ports::{Commit, CreateOutcome, RequestStore, StoreError, Stores};
+use countersign_aws::dynamodb::{create_tables, keys, DynamoStore, TableNames};
+use countersign_aws::secrets::SecretsManagerSlackSecrets;
+use countersign_core::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
+use countersign_core::ports::{Commit, CreateOutcome, RequestStore, StoreError, Stores};
+use countersign_slack::fake::{Behaviour, FAKE_APP_ID, FAKE_BOT_TOKEN};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
-use crate::support::{
+use countersign_testkit::app::{
     api_event, spawn_app, spawn_app_on, spawn_app_with_secrets, AppOptions, StoreKind, TestApp, DEPLOY_ARN, POLICIES,
     SIGNING_SECRET,
 };
@@ -319,7 +319,8 @@ async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
     // Every 2xx is stored, readable and audited.
     let stored = stored_request_ids(&direct, &tables.requests).await;
     let audit = t.audit().await;
-    countersign::domain::audit::verify_chain(&audit).expect("the audit chain verifies: no gap, nothing half-written");
+    countersign_core::domain::audit::verify_chain(&audit)
+        .expect("the audit chain verifies: no gap, nothing half-written");
     let created_events: BTreeMap<String, usize> =
         audit.iter().filter(|e| e.kind.as_str() == "request.created").fold(BTreeMap::new(), |mut m, e| {
             *m.entry(e.request_id.map(|r| r.to_string()).unwrap_or_default()).or_default() += 1;
@@ -379,7 +380,7 @@ async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
     let stored = stored_request_ids(&direct, &tables.requests).await;
     assert_eq!(stored.len(), run, "after retries every call made exactly one request");
     let audit = t.audit().await;
-    countersign::domain::audit::verify_chain(&audit).expect("the audit chain verifies after the retries");
+    countersign_core::domain::audit::verify_chain(&audit).expect("the audit chain verifies after the retries");
     assert_eq!(audit.iter().filter(|e| e.kind.as_str() == "request.created").count(), run);
 
     // And each request ends with exactly one Slack message: the relay posts what the cut interrupted, and
@@ -485,10 +486,10 @@ impl RequestStore for RecordingPostFails {
 async fn store_cut_after_posts(kind: StoreKind) -> Option<(Stores, Arc<RecordingPostFails>, Box<dyn Send + Sync>)> {
     let (stores, keep): (Stores, Box<dyn Send + Sync>) = match kind {
         StoreKind::Embedded => {
-            let (dir, store) = crate::harness::embedded();
+            let (dir, store) = countersign_testkit::stores::embedded();
             (Stores::from_one(store), Box::new(dir))
         }
-        StoreKind::Dynamodb => (Stores::from_one(crate::harness::dynamo().await?.0), Box::new(())),
+        StoreKind::Dynamodb => (Stores::from_one(countersign_testkit::stores::dynamo().await?.0), Box::new(())),
     };
     let cut = Arc::new(RecordingPostFails { inner: stores.requests.clone(), armed: AtomicBool::new(false) });
     Some((Stores { requests: cut.clone(), ..stores }, cut, keep))

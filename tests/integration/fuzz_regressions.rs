@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::support::Rng;
+use countersign_testkit::app::Rng;
 
 #[path = "../../fuzz/targets.rs"]
 mod targets;
@@ -244,7 +244,7 @@ fn smoke(target: &str, run: fn(&[u8])) {
             }
             execs += 1;
             // A random walk rather than only one step from a seed: keep some mutants as bases, bounded.
-            if execs % 64 == 0 && pool.len() < kept + 1024 {
+            if execs.is_multiple_of(64) && pool.len() < kept + 1024 {
                 pool.push(input);
             }
         }

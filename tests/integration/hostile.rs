@@ -5,12 +5,12 @@
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
-use countersign::adapters::slack::signature::sign;
+use countersign_slack::signature::sign;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::on_both_stores;
-use crate::support::{api_event, spawn_app, NowTs, StoreKind, TestApp, DEPLOY_ARN, SIGNING_SECRET};
+use countersign_testkit::app::{api_event, spawn_app, NowTs, StoreKind, TestApp, DEPLOY_ARN, SIGNING_SECRET};
+use countersign_testkit::on_both_stores;
 
 const KIB: usize = 1024;
 
@@ -193,7 +193,7 @@ async fn request_api_answers_every_hostile_input_with_a_coded_4xx(kind: StoreKin
     // The app still serves, and the audit chain is intact.
     let a = t.call_api(api_event("GET", "/healthz", None, Some(DEPLOY_ARN))).await;
     assert_eq!(a.status, 200);
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
 }
 
 /// A Slack callback: `signed` signs the exact body with the real secret, so the parser behind the signature
@@ -217,7 +217,7 @@ fn slack_request(t: &TestApp, c: &Case, signed: bool) -> Request<Body> {
 
 fn form(json: &[u8]) -> Vec<u8> {
     let mut out = b"payload=".to_vec();
-    out.extend(crate::support::urlencode(&String::from_utf8_lossy(json)).into_bytes());
+    out.extend(countersign_testkit::app::urlencode(&String::from_utf8_lossy(json)).into_bytes());
     out
 }
 
@@ -278,7 +278,7 @@ async fn slack_endpoint_answers_every_hostile_input_with_a_coded_4xx(kind: Store
         let (status, json) = answer(t.app.slack_interactions(), slack_request(&t, &c, true), what).await;
         assert_4xx_with_code(what, status, &json);
     }
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
 }
 
 on_both_stores!(

@@ -22,16 +22,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use countersign::adapters::embedded::EmbeddedStore;
-use countersign::domain::{ApprovalRequest, Status, Timestamp};
-use countersign::ports::RequestStore;
+use countersign_core::domain::{ApprovalRequest, Status, Timestamp};
+use countersign_core::ports::RequestStore;
+use countersign_sqlite::EmbeddedStore;
 use serde_json::{json, Value};
 
 use crate::local_mode::{
     config_text, data_dir, post_click, try_send_signed, ALICE, BOB, CHANNEL, KEY_ID, SECRET, SIGNING_SECRET,
 };
 use crate::operator_cli::{countersign, text};
-use crate::support::POLICIES;
+use countersign_testkit::app::POLICIES;
 
 /// Concurrent clients, each creating a request and casting its two votes before the next.
 const CLIENTS: usize = 32;
@@ -459,9 +459,9 @@ async fn two_thousand_requests_with_votes_at_concurrency_32_lose_nothing_and_the
     eprintln!(
         "audit: {} records, {failed_posts} slack.post_failed; {} KiB store, {} KiB simulator state + {} KiB journal (folded in at the next start)",
         records.len(),
-        size(countersign::adapters::embedded::DB_FILE),
-        size(countersign::local::simulator::STATE_FILE),
-        size(&format!("slack-simulator.{}", countersign::local::simulator::JOURNAL_EXTENSION)),
+        size(countersign_sqlite::DB_FILE),
+        size(countersign_local::simulator::STATE_FILE),
+        size(&format!("slack-simulator.{}", countersign_local::simulator::JOURNAL_EXTENSION)),
     );
     assert_eq!(verified, records.len() as u64, "verify read the whole export's worth of records");
     assert_eq!(verified, 2 + 5 * total as u64 + failed_posts as u64);

@@ -1,4 +1,4 @@
-//! Local mode, black box: `countersign::local::serve_until` on 127.0.0.1:0 with a fresh data directory,
+//! Local mode, black box: `countersign_local::serve_until` on 127.0.0.1:0 with a fresh data directory,
 //! called over real HTTP. Requests are signed by the `aws-sigv4` crate exactly as the CLI signs them (and by
 //! curl's `--aws-sigv4` where curl supports it); Slack clicks go through the simulator's JSON API, which signs
 //! them and posts them to `/slack/interactions`.
@@ -10,15 +10,15 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use countersign::adapters::embedded::EmbeddedStore;
-use countersign::domain::audit::verify_chain;
-use countersign::domain::{AuditKind, RequestId};
-use countersign::local::{serve_until, DevConfig, LocalError};
-use countersign::ports::AuditLog;
+use countersign_core::domain::audit::verify_chain;
+use countersign_core::domain::{AuditKind, RequestId};
+use countersign_core::ports::AuditLog;
+use countersign_local::{serve_until, DevConfig, LocalError};
+use countersign_sqlite::EmbeddedStore;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::support::POLICIES;
+use countersign_testkit::app::POLICIES;
 
 pub(crate) const KEY_ID: &str = "AKIALOCALTEST0000001";
 pub(crate) const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
@@ -255,9 +255,9 @@ pub(crate) async fn post_click(
         "trigger_id": "1.2.3", "response_url": format!("{base}/slack/response/x"),
         "actions": [{"type": "button", "action_id": "countersign_approve", "block_id": "countersign_actions", "value": id}]
     });
-    let form = format!("payload={}", crate::support::urlencode(&payload.to_string()));
+    let form = format!("payload={}", countersign_testkit::app::urlencode(&payload.to_string()));
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs().to_string();
-    let signature = countersign::adapters::slack::signature::sign(secret, &now, form.as_bytes());
+    let signature = countersign_slack::signature::sign(secret, &now, form.as_bytes());
     http.post(format!("{base}/slack/interactions"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-slack-request-timestamp", &now)
@@ -666,8 +666,8 @@ async fn stopping_with_a_long_poll_in_flight_takes_at_most_the_grace_period() {
     let started = std::time::Instant::now();
     dev.stop().await;
     let took = started.elapsed();
-    assert!(took < countersign::local::SHUTDOWN_GRACE + Duration::from_secs(2), "stopping took {took:?}");
-    assert!(took >= countersign::local::SHUTDOWN_GRACE, "the long poll was in flight ({took:?})");
+    assert!(took < countersign_local::SHUTDOWN_GRACE + Duration::from_secs(2), "stopping took {took:?}");
+    assert!(took >= countersign_local::SHUTDOWN_GRACE, "the long poll was in flight ({took:?})");
     poll.abort();
 }
 
@@ -810,7 +810,7 @@ const SIGKILL_CHILD_DIR: &str = "COUNTERSIGN_TEST_SIGKILL_CHILD_DIR";
 /// until killed, printing `acked TAG` after each acknowledged write. Does nothing in a normal run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_child_writes_until_killed() {
-    use countersign::domain::{Actor, AuditDraft, Timestamp};
+    use countersign_core::domain::{Actor, AuditDraft, Timestamp};
     use std::io::Write;
     let Some(dir) = std::env::var_os(SIGKILL_CHILD_DIR) else { return };
     let store = std::sync::Arc::new(EmbeddedStore::open(Path::new(&dir)).unwrap());

@@ -1,7 +1,5 @@
 //! The one integration test binary: black-box tests of the library through its public API.
 //!
-//! - `harness`: builds the stores under test (a fresh embedded database or fresh DynamoDB tables per test)
-//!   and their raw-access tampering.
 //! - `conformance`: the store contract, written once and run against every store.
 //! - `cli`: the `countersign` binary against a stand-in request API and the DynamoDB emulator.
 //! - `dynamodb_store`: DynamoDB-specific behaviour (keys, indexes, pagination, transactions) on the emulator.
@@ -34,7 +32,6 @@ mod conformance;
 mod dynamodb_store;
 mod faults;
 mod fuzz_regressions;
-mod harness;
 mod hostile;
 mod layering;
 mod load;
@@ -50,7 +47,6 @@ mod requester_text;
 mod secret_rotation;
 mod slack_interactions;
 mod smoke;
-mod support;
 mod sweeper;
 mod template;
 mod voter_eligibility;

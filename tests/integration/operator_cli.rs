@@ -2,24 +2,18 @@
 //! validation, store set-up and policy apply on the embedded store and on the DynamoDB emulator.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use countersign::adapters::dynamodb::{DynamoStore, TableNames};
-use countersign::adapters::embedded::EmbeddedStore;
-use countersign::domain::audit::verify_chain;
-use countersign::domain::AuditKind;
-use countersign::ports::{AuditLog, PolicyStore};
+use countersign_aws::dynamodb::{DynamoStore, TableNames};
+use countersign_core::domain::audit::verify_chain;
+use countersign_core::domain::AuditKind;
+use countersign_core::ports::{AuditLog, PolicyStore};
+use countersign_sqlite::EmbeddedStore;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/policies.example.yaml");
 
 pub(crate) fn countersign(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_countersign"))
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("COUNTERSIGN_TABLE_PREFIX")
-        .env_remove("COUNTERSIGN_DATA_DIR")
-        .output()
-        .expect("the binary runs")
+    countersign_testkit::cli::std_command().args(args).output().expect("the binary runs")
 }
 
 pub(crate) fn text(o: &Output) -> String {
@@ -90,7 +84,7 @@ async fn local_store_init_and_policy_apply_are_audited_and_idempotent() {
 
 #[tokio::test]
 async fn dynamodb_store_init_and_policy_apply_record_the_sts_caller() {
-    let Some(endpoint) = crate::harness::emulator_endpoint() else { return };
+    let Some(endpoint) = countersign_testkit::stores::emulator_endpoint() else { return };
     let prefix = format!("cs-cli-{}", ulid::Ulid::new().to_string().to_lowercase());
     let o = countersign(&["store", "init", "--store", "dynamodb", "--table-prefix", &prefix]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

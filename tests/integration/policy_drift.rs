@@ -2,10 +2,10 @@
 //! both stores: threat rows 30 (owners belong to the identity, not to one policy) and 31 (a policy changed
 //! under a pending request needs `max(stored, current)` approvals).
 
-use countersign::domain::{ApprovalRequest, PolicyName, Status};
+use countersign_core::domain::{ApprovalRequest, PolicyName, Status};
 use serde_json::json;
 
-use crate::support::{on_both_stores, Answer, Posted, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
+use countersign_testkit::app::{on_both_stores, Answer, Posted, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
 
 const APPROVE: &str = "countersign_approve";
 const DENY: &str = "countersign_deny";
@@ -92,7 +92,7 @@ policies:
 "#;
 
 async fn t30_owner_of_a_narrow_policy_cannot_approve_through_a_broader_one(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     t.apply_policies(NARROW_AND_PLATFORM).await;
     t.slack.set_usergroup("S0PLATFORM1", &[OWNER, "USRE000001"]);
     let p = pending(&t, "deploy", "production").await;
@@ -136,7 +136,7 @@ policies:
 "#;
 
 async fn t30_owner_listed_only_under_other_actions_is_still_refused(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     t.apply_policies(OWNER_ELSEWHERE).await;
     let p = pending(&t, "restart", "staging").await;
     assert_eq!(t.request(&p.id).await.policy.name.as_str(), "restart-staging");
@@ -163,7 +163,7 @@ fn message_text(t: &TestApp, p: &Posted) -> String {
 }
 
 async fn t31_tightened_policy_needs_the_raised_quorum(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     let one_of_n = POLICIES.replace("required_approvals: 2", "required_approvals: 1");
     t.apply_policies(&one_of_n).await;
     let p = t.pending_request().await;
@@ -208,11 +208,11 @@ async fn t31_tightened_policy_needs_the_raised_quorum(kind: StoreKind) {
     assert_eq!(r.status, Status::Approved);
     assert_eq!(approvals(&r), ["UALICE0001", "UBOB000001"]);
     assert_eq!(t.audit_of("request.approved").await.len(), 1);
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
 }
 
 async fn t31_loosened_policy_keeps_the_stored_quorum(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     let p = t.pending_request().await;
     assert_eq!(t.request(&p.id).await.required_approvals, 2);
     t.apply_policies(&POLICIES.replace("required_approvals: 2", "required_approvals: 1")).await;
@@ -232,7 +232,7 @@ async fn t31_loosened_policy_keeps_the_stored_quorum(kind: StoreKind) {
 /// The request moves to another policy (a stricter one for the same identity is added): the votes count
 /// under it, from its approvers, with its quorum.
 async fn t31_request_governed_by_another_policy_uses_its_quorum_and_approvers(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     let p = t.pending_request().await; // deploy-production, 2 of N
     let stricter = format!(
         "{POLICIES}  - name: production-freeze\n    principals: [arn:aws:iam::111122223333:role/github-deploy]\n    \
@@ -263,7 +263,7 @@ async fn t31_request_governed_by_another_policy_uses_its_quorum_and_approvers(ki
 /// Alice approves a 2-of-N request; the policy is then re-applied without her. Her approval stays recorded
 /// (she cannot vote again) but no longer counts: the quorum is met from the current policy's approvers only.
 async fn t31_approvals_of_removed_approvers_stop_counting_under_a_changed_policy(kind: StoreKind) {
-    let Some(t) = crate::support::spawn_app(kind).await else { return };
+    let Some(t) = countersign_testkit::app::spawn_app(kind).await else { return };
     // Alice's earlier approval is re-checked against the current policy, its group included.
     t.slack.set_usergroup("S0SRE00001", &["USRE000001"]);
     let p = t.pending_request().await;
@@ -291,7 +291,7 @@ async fn t31_approvals_of_removed_approvers_stop_counting_under_a_changed_policy
     let r = t.request(&p.id).await;
     assert_eq!(r.status, Status::Approved);
     assert_eq!(approvals(&r), ["UBOB000001", "UCAROL0001"]);
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
 }
 
 on_both_stores!(

@@ -4,52 +4,18 @@
 //! embedded store and fresh DynamoDB tables on the emulator (`store init`).
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use countersign::local::{DevConfig, LocalServer};
+use countersign_local::{DevConfig, LocalServer};
 
-use crate::support::{on_both_stores, StoreKind};
-
-/// What a run of the binary left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-}
+use countersign_testkit::app::StoreKind;
+use countersign_testkit::cli::{self, Ran};
+use countersign_testkit::on_both_stores;
 
 /// Runs `countersign ARGS` with nothing from the developer's AWS setup but the emulator's variables.
 async fn countersign(args: &[&str]) -> Ran {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"));
-    for k in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "COUNTERSIGN_TABLE_PREFIX", "COUNTERSIGN_DATA_DIR"] {
-        c.env_remove(k);
-    }
-    let child = c
-        .args(args)
-        .env("AWS_CONFIG_FILE", "/nonexistent/countersign-test/config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/countersign-test/credentials")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("countersign finished within 60 s")
-        .unwrap();
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut c = cli::command();
+    c.args(args);
+    cli::run(c).await
 }
 
 /// A policy file in a fresh directory (kept alive with the returned guard).
@@ -71,7 +37,7 @@ async fn store_args(kind: StoreKind, dir: &Path) -> Option<Vec<String>> {
             dir.join("data").to_str().unwrap().to_string(),
         ]),
         StoreKind::Dynamodb => {
-            crate::harness::emulator_endpoint()?;
+            countersign_testkit::stores::emulator_endpoint()?;
             let prefix = format!("cs-lint-{}", ulid::Ulid::new().to_string().to_lowercase());
             let args = vec!["--store".to_string(), "dynamodb".into(), "--table-prefix".into(), prefix];
             let init: Vec<&str> = ["store", "init"].into_iter().chain(args.iter().map(String::as_str)).collect();

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use countersign::domain::{AuditEvent, RequestId, Status};
+use countersign_core::domain::{AuditEvent, RequestId, Status};
 use serde_json::json;
 use tower::ServiceExt;
 
-use crate::support::on_both_stores;
-use crate::support::{api_event, spawn_app, Posted, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
+use countersign_testkit::app::{api_event, spawn_app, Posted, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
+use countersign_testkit::on_both_stores;
 
 const APPROVE: &str = "countersign_approve";
 
@@ -85,7 +85,7 @@ async fn fifty_approvers_make_one_transition_in_every_round(kind: StoreKind) {
         assert_eq!(of_request(&audit, "request.approved", &p.id).len(), 1, "round {round}: one transition");
         assert_eq!(of_request(&audit, "vote.approve", &p.id).len(), 2, "round {round}");
         assert_eq!(of_request(&audit, "vote.rejected", &p.id).len(), 48, "round {round}");
-        countersign::domain::audit::verify_chain(&audit).expect("the audit chain is intact");
+        countersign_core::domain::audit::verify_chain(&audit).expect("the audit chain is intact");
     }
 }
 
@@ -160,7 +160,7 @@ async fn approve_racing_deny_has_one_outcome_everywhere(kind: StoreKind) {
             }
             other => panic!("round {round}: one of the two must have decided it, got {other:?}"),
         }
-        countersign::domain::audit::verify_chain(&audit).expect("the audit chain is intact");
+        countersign_core::domain::audit::verify_chain(&audit).expect("the audit chain is intact");
         let rid = RequestId::parse(&id).unwrap();
         assert!(t.app.stores.requests.get_request(&rid).await.unwrap().is_some());
     }

@@ -1,7 +1,7 @@
 //! Callbacks refused before they are authenticated leave an audit record (issue 14, threat rows 1, 3, 4, 7
 //! and 27): `callback.rejected` by `slack:unknown`, with only fixed words and request facts the sender does
 //! not choose (`code`, `reason`, `suppressed`, `body_bytes`, `source_ip`), rationed per process
-//! (`countersign::service::refusals`), and the answer is the same generic 401 whether or not the record
+//! (`countersign_core::service::refusals`), and the answer is the same generic 401 whether or not the record
 //! could be written.
 //!
 //! The helpers [`records_since`] and [`assert_refusal_records`] are also what the older tests of these rows
@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use countersign::adapters::slack::signature::sign;
-use countersign::domain::{AuditDraft, AuditEvent, RequestId, Status};
-use countersign::http::slack::ACK_BUDGET;
-use countersign::ports::{AuditLog, StoreError, Stores};
-use countersign::service::refusals::REFUSAL_RECORDS_PER_MINUTE;
+use countersign_core::domain::{AuditDraft, AuditEvent, RequestId, Status};
+use countersign_core::ports::{AuditLog, StoreError, Stores};
+use countersign_core::service::refusals::REFUSAL_RECORDS_PER_MINUTE;
+use countersign_lambda::http::slack::ACK_BUDGET;
+use countersign_slack::signature::sign;
 use serde_json::json;
 
 use crate::secret_rotation::{
     assert_generic_401, click_signed_with, create_split_secrets, interactions_secrets, rotate, NEW, OLD,
 };
-use crate::support::{
+use countersign_testkit::app::{
     capture_logs, on_both_stores, secretsmanager_client, slack_event, spawn_app, spawn_app_on, spawn_app_with_secrets,
     urlencode, AppOptions, NowTs, StoreKind, TestApp, SIGNING_SECRET,
 };
@@ -305,11 +305,11 @@ impl AuditLog for FlakyAudit {
 async fn t01_the_401_still_goes_out_when_the_audit_store_is_down(kind: StoreKind) {
     let (stores, keep): (Stores, Box<dyn Send + Sync>) = match kind {
         StoreKind::Embedded => {
-            let (dir, store) = crate::harness::embedded();
+            let (dir, store) = countersign_testkit::stores::embedded();
             (Stores::from_one(store), Box::new(dir))
         }
         StoreKind::Dynamodb => {
-            let Some((store, _client, _tables)) = crate::harness::dynamo().await else { return };
+            let Some((store, _client, _tables)) = countersign_testkit::stores::dynamo().await else { return };
             (Stores::from_one(store), Box::new(()))
         }
     };

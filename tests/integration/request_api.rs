@@ -11,24 +11,25 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request};
-use countersign::adapters::slack::fake::{Behaviour, FakeMessage, FakeSlack, FAKE_BOT_TOKEN};
-use countersign::app::{App, Parts};
-use countersign::domain::policy::parse_policies;
-use countersign::domain::request::NotificationState;
-use countersign::domain::{Actor, AuditEvent, AuditKind, RequestId, Status, Timestamp};
-use countersign::http::slack::SlackIdentity;
-use countersign::ports::{ManualClock, SecretString, StaticSlackSecrets, Stores};
-use countersign::service::policies;
-use countersign::service::requests::RequestSettings;
+use countersign_core::domain::policy::parse_policies;
+use countersign_core::domain::request::NotificationState;
+use countersign_core::domain::{Actor, AuditEvent, AuditKind, RequestId, Status, Timestamp};
+use countersign_core::ports::{ManualClock, SecretString, Stores};
+use countersign_core::service::policies;
+use countersign_core::service::requests::RequestSettings;
+use countersign_lambda::app::{App, Parts};
+use countersign_lambda::http::slack::SlackIdentity;
+use countersign_local::StaticSlackSecrets;
+use countersign_slack::fake::{Behaviour, FakeMessage, FakeSlack, FAKE_BOT_TOKEN};
 use lambda_http::request::RequestContext;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::support::on_both_stores;
-use crate::support::{
+use countersign_testkit::app::{
     api_event, spawn_app, spawn_app_with, Answer, NowTs, Rng, StoreKind, TestApp, APP_ID, DEPLOY_ARN, POLICIES, T0,
     TEAM_ID,
 };
+use countersign_testkit::on_both_stores;
 
 on_both_stores!(
     workers = 2;
@@ -258,11 +259,11 @@ impl Rig {
     async fn on(kind: StoreKind, bot_token: &str) -> Option<Self> {
         let (stores, keep): (Stores, Box<dyn Send + Sync>) = match kind {
             StoreKind::Embedded => {
-                let (dir, store) = crate::harness::embedded();
+                let (dir, store) = countersign_testkit::stores::embedded();
                 (Stores::from_one(store), Box::new(dir))
             }
             StoreKind::Dynamodb => {
-                let (store, _, _) = crate::harness::dynamo().await?;
+                let (store, _, _) = countersign_testkit::stores::dynamo().await?;
                 (Stores::from_one(store), Box::new(()))
             }
         };
@@ -791,7 +792,7 @@ async fn store_unavailable_is_503_with_retry_after(kind: StoreKind) {
     match kind {
         StoreKind::Embedded => {
             // Another process holds the database's write lock past the busy timeout.
-            let (dir, store) = crate::harness::embedded();
+            let (dir, store) = countersign_testkit::stores::embedded();
             let path = store.db_path().to_path_buf();
             let rig = Rig::new(Stores::from_one(store), Box::new(dir), FAKE_BOT_TOKEN).await;
             rig.apply_policies(POLICIES).await;
@@ -818,9 +819,8 @@ async fn store_unavailable_is_503_with_retry_after(kind: StoreKind) {
                 )
                 .load()
                 .await;
-            let tables = countersign::adapters::dynamodb::TableNames::with_prefix("cs-dead");
-            let store =
-                countersign::adapters::dynamodb::DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), tables);
+            let tables = countersign_aws::dynamodb::TableNames::with_prefix("cs-dead");
+            let store = countersign_aws::dynamodb::DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), tables);
             let rig = Rig::new(Stores::from_one(Arc::new(store)), Box::new(()), FAKE_BOT_TOKEN).await;
             assert_unavailable(&rig.create(&deploy("release")).await);
             let id = RequestId::generate().to_string();
@@ -1327,7 +1327,7 @@ fn openapi_paths_match_the_router() {
         }
     }
     let served: BTreeSet<(String, String)> =
-        countersign::http::api::ROUTES.iter().map(|(m, p)| ((*m).to_string(), (*p).to_string())).collect();
+        countersign_lambda::http::api::ROUTES.iter().map(|(m, p)| ((*m).to_string(), (*p).to_string())).collect();
     assert_eq!(documented, served);
     // Every error code the API answers is in the documented enum.
     let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];

@@ -4,11 +4,11 @@
 //! formatting. Each refusal is a `400 invalid_request` naming the field and the code point, is audited, and
 //! leaves nothing stored and nothing posted.
 
-use countersign::domain::AuditKind;
+use countersign_core::domain::AuditKind;
 use serde_json::{json, Value};
 
-use crate::support::on_both_stores;
-use crate::support::{spawn_app, Answer, StoreKind, TestApp, DEPLOY_ARN};
+use countersign_testkit::app::{spawn_app, Answer, StoreKind, TestApp, DEPLOY_ARN};
+use countersign_testkit::on_both_stores;
 
 on_both_stores!(
     t33_bidi_override_in_resource_is_400_naming_resource_and_code_point,
@@ -124,7 +124,8 @@ async fn t33_lone_surrogate_escape_is_400(kind: StoreKind) {
         r#"{"action":"deploy","environment":"production","reason":"a\uD800b"}"#,
         r#"{"action":"deploy","environment":"production","reason":"ok","details":{"\uDC00":"v"}}"#,
     ] {
-        let a = t.call_api(crate::support::api_event("POST", "/v1/requests", Some(body), Some(DEPLOY_ARN))).await;
+        let a =
+            t.call_api(countersign_testkit::app::api_event("POST", "/v1/requests", Some(body), Some(DEPLOY_ARN))).await;
         assert_eq!(a.status, 400, "{}", a.json);
         assert_eq!(a.json["error"]["code"], "invalid_request", "{}", a.json);
         let last = t.app.stores.audit.last().await.unwrap().expect("an audit record");

@@ -1,5 +1,5 @@
 //! The Slack secrets as deployed: the real Secrets Manager adapter on the emulator, built from each
-//! function's configuration exactly as the Lambda wiring builds it (`countersign::app::slack_secrets`).
+//! function's configuration exactly as the Lambda wiring builds it (`countersign_lambda::app::slack_secrets`).
 //!
 //! - Row 27: after a rotation the previous signing secret verifies only for the grace period, counted from
 //!   the new `AWSCURRENT` version's `CreatedDate` on the app's (pinned) clock; after it, a callback signed
@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use countersign::adapters::secrets::SecretsManagerSlackSecrets;
-use countersign::adapters::slack::fake::FAKE_BOT_TOKEN;
-use countersign::adapters::slack::signature::sign;
-use countersign::app::slack_secrets;
-use countersign::config::{Component, LambdaConfig};
-use countersign::domain::{Status, Timestamp};
+use countersign_aws::secrets::SecretsManagerSlackSecrets;
+use countersign_core::domain::{Status, Timestamp};
+use countersign_lambda::app::slack_secrets;
+use countersign_lambda::config::{Component, LambdaConfig};
+use countersign_slack::fake::FAKE_BOT_TOKEN;
+use countersign_slack::signature::sign;
 use serde_json::{json, Value};
 
 use crate::refused_callbacks::{assert_refusal_records, records_since};
-use crate::support::{
+use countersign_testkit::app::{
     capture_logs, on_both_stores, secretsmanager_client, spawn_app_with_secrets, urlencode, Answer, NowTs, Posted,
     StoreKind, TestApp,
 };
@@ -93,8 +93,8 @@ fn config(component: Component, vars: &[(&str, &str)]) -> LambdaConfig {
         ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
         ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
         ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
-        ("COUNTERSIGN_SLACK_TEAM_ID", crate::support::TEAM_ID),
-        ("COUNTERSIGN_SLACK_APP_ID", crate::support::APP_ID),
+        ("COUNTERSIGN_SLACK_TEAM_ID", countersign_testkit::app::TEAM_ID),
+        ("COUNTERSIGN_SLACK_APP_ID", countersign_testkit::app::APP_ID),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -276,14 +276,14 @@ async fn t28_request_api_and_sweeper_never_fetch_the_signing_secret(kind: StoreK
 /// Runs a Lambda binary with `vars` (and no Lambda runtime to talk to, so it stops right after start-up);
 /// returns its stderr, where the functions log.
 async fn start_up(bin: &str, vars: &[(&str, &str)]) -> String {
-    let mut c = tokio::process::Command::new(bin);
+    let mut c = tokio::process::Command::new(countersign_testkit::workspace_binary(bin));
     c.env_clear()
         .envs([
             ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
             ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
             ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
-            ("COUNTERSIGN_SLACK_TEAM_ID", crate::support::TEAM_ID),
-            ("COUNTERSIGN_SLACK_APP_ID", crate::support::APP_ID),
+            ("COUNTERSIGN_SLACK_TEAM_ID", countersign_testkit::app::TEAM_ID),
+            ("COUNTERSIGN_SLACK_APP_ID", countersign_testkit::app::APP_ID),
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -306,9 +306,9 @@ async fn start_up(bin: &str, vars: &[(&str, &str)]) -> String {
 }
 
 const LAMBDAS: [(Component, &str); 3] = [
-    (Component::RequestApi, env!("CARGO_BIN_EXE_request-api")),
-    (Component::SlackInteractions, env!("CARGO_BIN_EXE_slack-interactions")),
-    (Component::Sweeper, env!("CARGO_BIN_EXE_sweeper")),
+    (Component::RequestApi, "request-api"),
+    (Component::SlackInteractions, "slack-interactions"),
+    (Component::Sweeper, "sweeper"),
 ];
 
 /// The legacy combined secret still starts every function: one warning line at start-up naming the

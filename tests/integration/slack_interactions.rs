@@ -7,20 +7,21 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode};
-use countersign::adapters::secrets::SecretsManagerSlackSecrets;
-use countersign::adapters::slack::client::DEFAULT_TIMEOUT;
-use countersign::adapters::slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
-use countersign::adapters::slack::signature::{sign, MAX_SKEW_SECONDS};
-use countersign::domain::{ApprovalRequest, Status};
-use countersign::http::slack::SlackIdentity;
-use countersign::service::refusals::REFUSAL_RECORDS_PER_MINUTE;
+use countersign_aws::secrets::SecretsManagerSlackSecrets;
+use countersign_core::domain::{ApprovalRequest, Status};
+use countersign_core::service::refusals::REFUSAL_RECORDS_PER_MINUTE;
+use countersign_lambda::http::slack::SlackIdentity;
+use countersign_slack::client::DEFAULT_TIMEOUT;
+use countersign_slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
+use countersign_slack::signature::{sign, MAX_SKEW_SECONDS};
 use serde_json::{json, Value};
 
 use crate::refused_callbacks::{assert_refusal_records, records_since};
-use crate::support::{
-    both_stores, capture_logs, secretsmanager_client, slack_event, spawn_app, spawn_app_with_options,
-    spawn_app_with_secrets, urlencode, Answer, AppOptions, NowTs, Posted, StoreKind, TestApp, APP_ID, SIGNING_SECRET,
+use countersign_testkit::app::{
+    capture_logs, secretsmanager_client, slack_event, spawn_app, spawn_app_with_options, spawn_app_with_secrets,
+    urlencode, Answer, AppOptions, NowTs, Posted, StoreKind, TestApp, APP_ID, SIGNING_SECRET,
 };
+use countersign_testkit::both_stores;
 
 const APPROVE: &str = "countersign_approve";
 const DENY: &str = "countersign_deny";
@@ -455,7 +456,10 @@ async fn secret_store_failure_is_503(kind: StoreKind, endpoint: &str) {
     let Some(t) = spawn_app_with_secrets(kind, Arc::new(secrets)).await else { return };
     // The bot token comes from the same place, so the request's message could not be posted.
     let a = t
-        .create(crate::support::DEPLOY_ARN, &json!({"action": "deploy", "environment": "production", "reason": "r"}))
+        .create(
+            countersign_testkit::app::DEPLOY_ARN,
+            &json!({"action": "deploy", "environment": "production", "reason": "r"}),
+        )
         .await;
     assert_eq!(a.status, 201, "{}", a.json);
     let id = a.json["id"].as_str().unwrap().to_string();
@@ -869,7 +873,7 @@ async fn t11_button_tampering_rejected(kind: StoreKind) {
     let Some(t) = spawn_app(kind).await else { return };
     let p = t.pending_request().await;
     let other = t.pending_request().await;
-    let unknown = countersign::domain::RequestId::generate().to_string();
+    let unknown = countersign_core::domain::RequestId::generate().to_string();
 
     // Well-formed clicks that point elsewhere: 200 with an ephemeral refusal, audited, nothing changes.
     let refused = [
@@ -978,7 +982,7 @@ async fn t12_fifty_concurrent_approvals_one_transition(kind: StoreKind) {
     assert_eq!(approved[0].request_id.map(|i| i.to_string()), Some(p.id.clone()));
     assert_eq!(t.audit_of("vote.approve").await.len(), 2);
     assert_eq!(t.audit_of("vote.rejected").await.len(), 48, "every other click is refused and audited");
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
     // The message ends approved, without buttons (under this load, possibly through the sweeper's relay).
     t.app.sweeper().run_once().await.unwrap();
     let m = &t.slack.messages()[0];
@@ -1039,7 +1043,7 @@ async fn t14_approver_removed_after_posting_is_rejected(kind: StoreKind) {
     t.slack.set_usergroup("S0SRE00001", &["USRE000001"]);
     let p = t.pending_request().await;
     t.apply_policies(
-        &crate::support::POLICIES.replace("[UALICE0001, UBOB000001, UCAROL0001]", "[UALICE0001, UCAROL0001]"),
+        &countersign_testkit::app::POLICIES.replace("[UALICE0001, UBOB000001, UCAROL0001]", "[UALICE0001, UCAROL0001]"),
     )
     .await;
     let before = snapshot(&t, &p.id).await;
@@ -1056,7 +1060,7 @@ async fn t14_approver_removed_after_posting_is_rejected(kind: StoreKind) {
     assert_eq!(approvals(&t.request(&p.id).await), ["UALICE0001"]);
 
     // The policy removed altogether: nobody can approve any more.
-    let staging_only = crate::support::POLICIES.split("  - name: staging-auto").nth(1).unwrap();
+    let staging_only = countersign_testkit::app::POLICIES.split("  - name: staging-auto").nth(1).unwrap();
     t.apply_policies(&format!("version: 1\npolicies:\n  - name: staging-auto{staging_only}")).await;
     assert_eq!(t.app.stores.policies.list_policies().await.unwrap().len(), 1);
     let before = snapshot(&t, &p.id).await;
@@ -1102,7 +1106,7 @@ async fn t22_non_approver_modal_submission_gets_modal_error(kind: StoreKind) {
     let body = form(&t.deny_submission("UALICE0001", &p.id, "forged"));
     assert_generic_401(&t.call_slack(raw(body.as_bytes(), &[])).await, "unsigned modal");
     // A submission for a request that does not exist, and one whose metadata is more than an id.
-    let unknown = countersign::domain::RequestId::generate().to_string();
+    let unknown = countersign_core::domain::RequestId::generate().to_string();
     let a = t.call_slack(t.signed_callback(&t.deny_submission("UALICE0001", &unknown, "no"))).await;
     assert_eq!(a.json["response_action"], "errors", "{}", a.json);
     let mut v = t.deny_submission("UALICE0001", &p.id, "no");

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{spawn_app, StoreKind, DEPLOY_ARN};
+use countersign_testkit::app::{spawn_app, StoreKind, DEPLOY_ARN};
 
 async fn request_then_two_approvals_approve_it(kind: StoreKind) {
     let Some(t) = spawn_app(kind).await else { return };
@@ -19,7 +19,9 @@ async fn request_then_two_approvals_approve_it(kind: StoreKind) {
         let r = t.call_slack(t.signed_callback(&t.click(user, "countersign_approve", &id, &channel, &ts))).await;
         assert_eq!(r.status, 200, "{}", r.json);
     }
-    let got = t.call_api(crate::support::api_event("GET", &format!("/v1/requests/{id}"), None, Some(DEPLOY_ARN))).await;
+    let got = t
+        .call_api(countersign_testkit::app::api_event("GET", &format!("/v1/requests/{id}"), None, Some(DEPLOY_ARN)))
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json["status"], "approved");
     assert_eq!(got.json["approvals"].as_array().unwrap().len(), 2);

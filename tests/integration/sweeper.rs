@@ -1,21 +1,22 @@
 //! The sweeper, black-box: expiry (row 15), the relay of owed Slack posts and updates honouring `Retry-After`,
 //! and the reminders at 1/3 and 2/3 of the TTL, on both stores, with the real Slack client against the fake.
 
-use countersign::adapters::slack::fake::Behaviour;
-use countersign::domain::{ApprovalRequest, Status};
+use countersign_core::domain::{ApprovalRequest, Status};
+use countersign_slack::fake::Behaviour;
 use serde_json::{json, Value};
 
-use crate::support::{api_event, spawn_app, NowTs, Posted, StoreKind, TestApp, DEPLOY_ARN};
+use countersign_testkit::app::{api_event, spawn_app, NowTs, Posted, StoreKind, TestApp, DEPLOY_ARN};
+use countersign_testkit::both_stores;
 
 const APPROVE: &str = "countersign_approve";
 const DENY: &str = "countersign_deny";
 
-async fn click(t: &TestApp, user: &str, action: &str, p: &Posted) -> crate::support::Answer {
+async fn click(t: &TestApp, user: &str, action: &str, p: &Posted) -> countersign_testkit::app::Answer {
     t.call_slack(t.signed_callback(&t.click(user, action, &p.id, &p.channel, &p.ts))).await
 }
 
 /// The request's message as the fake Slack holds it now.
-fn message(t: &TestApp, p: &Posted) -> countersign::adapters::slack::fake::FakeMessage {
+fn message(t: &TestApp, p: &Posted) -> countersign_slack::fake::FakeMessage {
     t.slack.messages().into_iter().find(|m| m.ts == p.ts && m.channel == p.channel).expect("the message exists")
 }
 
@@ -41,20 +42,6 @@ async fn status_through_api(t: &TestApp, id: &str) -> Value {
 
 fn last_reply(t: &TestApp) -> String {
     t.slack.calls_to("response_url").last().map(|c| c.body["text"].to_string()).unwrap_or_default()
-}
-
-macro_rules! both_stores {
-    ($generic:ident, $embedded:ident, $dynamodb:ident) => {
-        #[tokio::test]
-        async fn $embedded() {
-            $generic(StoreKind::Embedded).await;
-        }
-
-        #[tokio::test]
-        async fn $dynamodb() {
-            $generic(StoreKind::Dynamodb).await;
-        }
-    };
 }
 
 // ---- row 15: expiry ------------------------------------------------------------------------------------
@@ -140,7 +127,7 @@ async fn concurrent_sweepers_expire_each_overdue_request_once(kind: StoreKind) {
     assert_eq!(t.request(&young.id).await.status, Status::Pending);
     assert!(has_buttons(&message(&t, &young).blocks));
     assert_eq!(t.request(&approved.id).await.status, Status::Approved, "decided requests never expire");
-    countersign::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
+    countersign_core::domain::audit::verify_chain(&t.audit().await).expect("the audit chain is intact");
 }
 
 both_stores!(

@@ -673,29 +673,41 @@ fn template_functions_are_arm64_al2023() {
     );
 }
 
-/// `[[bin]]` names in Cargo.toml (a small reader: enough for this manifest's layout).
-fn cargo_bins() -> BTreeSet<String> {
-    let manifest = read("Cargo.toml");
-    let mut bins = BTreeSet::new();
-    let mut in_bin = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_bin = line == "[[bin]]";
-        } else if in_bin {
-            if let Some(rest) = line.strip_prefix("name") {
-                let name = rest.trim_start().trim_start_matches('=').trim().trim_matches('"');
-                bins.insert(name.to_string());
-            }
-        }
-    }
-    bins
+/// The bin targets of the workspace package whose manifest is `<dir>/Cargo.toml`, from `cargo metadata`.
+fn cargo_bins_of(dir: &str) -> BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata is JSON");
+    let manifest = root.join(dir).join("Cargo.toml").canonicalize().expect("the CodeUri has a Cargo.toml");
+    let package = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["manifest_path"].as_str().map(std::path::PathBuf::from).as_deref() == Some(manifest.as_path()))
+        .unwrap_or_else(|| panic!("no workspace package at {dir}"));
+    package["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .map(|t| t["name"].as_str().expect("name").to_string())
+        .collect()
 }
 
+/// Each function builds a bin of the package its `CodeUri` names, and that package is `crates/lambda`: built
+/// alone, so nothing of the CLI, local mode or the tests is linked (`layering` checks that package's tree).
 #[test]
 fn template_binaries_are_cargo_bins() {
-    let bins = cargo_bins();
     for (fid, f) in functions() {
-        assert!(bins.contains(binary_of(f)), "{fid}: Binary {} is not a [[bin]] of Cargo.toml", binary_of(f));
+        let code_uri = text(f, &["Properties", "CodeUri"]).unwrap_or_else(|| panic!("{fid}: no CodeUri"));
+        assert_eq!(code_uri, "crates/lambda", "{fid}: CodeUri");
+        let bins = cargo_bins_of(code_uri);
+        assert!(bins.contains(binary_of(f)), "{fid}: Binary {} is not a bin of {code_uri}: {bins:?}", binary_of(f));
     }
 }
 
@@ -970,7 +982,7 @@ fn t38_every_function_has_its_own_reserved_concurrency_from_a_parameter() {
     // The request API's long polls are bounded: the longest `wait` ends before the function's timeout, and
     // at most its reserved concurrency run at once, in a pool slack-interactions does not share.
     let timeout = function_by_binary("request-api").1["Properties"]["Timeout"].as_u64().expect("Timeout");
-    assert!(countersign::service::requests::MAX_WAIT_SECONDS < timeout);
+    assert!(countersign_core::service::requests::MAX_WAIT_SECONDS < timeout);
     let (api, _) = number_parameter("RequestApiReservedConcurrency");
     let (slack, _) = number_parameter("SlackInteractionsReservedConcurrency");
     assert!(slack >= 10 && api >= slack, "defaults {api} / {slack}");
@@ -1026,4 +1038,30 @@ fn t38_web_acl_is_associated_with_the_slack_api_stage() {
     // must wait for it, or the first deployment fails.
     let depends = strings(get(a, &["DependsOn"]));
     assert!(depends.contains(&format!("SlackApi{stage}Stage")), "{id}: DependsOn {depends:?}");
+}
+
+/// SAM's build cache hashes only a function's `CodeUri` (`crates/lambda`): with it on, a change in
+/// `crates/core`, `aws` or `slack` would deploy the previous binary. No environment of samconfig.toml may
+/// turn it on.
+#[test]
+fn samconfig_never_caches_builds() {
+    let config = read("samconfig.toml");
+    let mut section = String::new();
+    let mut build_sections = 0;
+    for line in config.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            if section.ends_with(".build.parameters]") {
+                build_sections += 1;
+            }
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            if key.trim() == "cached" {
+                assert!(section.ends_with(".build.parameters]"), "`cached` outside a build section: {section}");
+                assert_eq!(value.trim(), "false", "{section}: sam build must not use its cache");
+            }
+        }
+    }
+    assert!(build_sections >= 1, "samconfig.toml has no build parameters");
 }

@@ -5,11 +5,11 @@
 //! directory that does not answer refuses the vote (fail closed) and asks to try again. Both stores.
 
 use axum::http::StatusCode;
-use countersign::adapters::slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
-use countersign::domain::ApprovalRequest;
+use countersign_core::domain::ApprovalRequest;
+use countersign_slack::fake::{Behaviour, FakeUser, FAKE_BOT_TOKEN};
 use serde_json::Value;
 
-use crate::support::{on_both_stores, spawn_app, Answer, Posted, StoreKind, TestApp};
+use countersign_testkit::app::{on_both_stores, spawn_app, Answer, Posted, StoreKind, TestApp};
 
 const APPROVE: &str = "countersign_approve";
 const DENY: &str = "countersign_deny";
@@ -183,7 +183,7 @@ on_both_stores!(
 /// The fake answers `users.info` as Slack does: bot token required, form or query arguments only.
 #[tokio::test]
 async fn t34_fake_users_info_speaks_slacks_wire_format() {
-    let slack = countersign::adapters::slack::fake::FakeSlack::start().await.unwrap();
+    let slack = countersign_slack::fake::FakeSlack::start().await.unwrap();
     let http = reqwest::Client::new();
     let url = format!("{}/users.info", slack.base_url());
     let post = |auth: Option<&str>, ct: &str, body: &str| {
@@ -199,7 +199,7 @@ async fn t34_fake_users_info_speaks_slacks_wire_format() {
     let ok = post(Some(FAKE_BOT_TOKEN), form, "user=UALICE0001").await;
     assert_eq!(ok["ok"], true, "{ok}");
     assert_eq!(ok["user"]["id"], "UALICE0001");
-    assert_eq!(ok["user"]["team_id"], countersign::adapters::slack::fake::FAKE_TEAM_ID);
+    assert_eq!(ok["user"]["team_id"], countersign_slack::fake::FAKE_TEAM_ID);
     for flag in ["deleted", "is_bot", "is_app_user", "is_restricted", "is_ultra_restricted"] {
         assert_eq!(ok["user"][flag], false, "{flag}");
     }

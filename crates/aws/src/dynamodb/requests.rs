@@ -1,0 +1,386 @@
+//! `RequestStore` on the requests table: request, vote, idempotency and pending-counter items.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+
+use super::error::{build_error, from_sdk, CONDITION_FAILED};
+use super::items::{self, n, s, Item};
+use super::keys::*;
+use super::{conditional_put, DynamoStore, TxOutcome};
+use countersign_core::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
+use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, SameKind, StoreError};
+
+/// Index of a state item in a transaction, to read its cancellation reason.
+#[derive(Default)]
+struct Slots {
+    request: Option<usize>,
+    idempotency: Option<usize>,
+    counter: Option<usize>,
+    vote: Option<usize>,
+}
+
+fn failed(codes: &[String], slot: Option<usize>) -> bool {
+    slot.and_then(|i| codes.get(i)).is_some_and(|c| c == CONDITION_FAILED)
+}
+
+impl DynamoStore {
+    async fn get_item(&self, op: &'static str, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.requests)
+            .key(PK, s(pk))
+            .key(SK, s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk(op, e))?;
+        Ok(out.item)
+    }
+
+    /// `ADD n :delta` on a pending counter, optionally conditional.
+    fn counter_update(
+        &self,
+        r: &ApprovalRequest,
+        delta: i64,
+        below: Option<u32>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut u = Update::builder()
+            .table_name(&self.tables.requests)
+            .key(PK, s(pending_counter_pk(&r.requester.principal, &r.policy.name)))
+            .key(SK, s(COUNTER_SK))
+            .update_expression("ADD #n :delta")
+            .expression_attribute_names("#n", COUNT)
+            .expression_attribute_values(":delta", n(delta));
+        if let Some(max) = below {
+            u = u
+                .condition_expression("attribute_not_exists(#n) OR #n < :max")
+                .expression_attribute_values(":max", n(max));
+        }
+        let u = u.build().map_err(|e| build_error("counter update", e))?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
+    /// Requests from one index, in key order (or reverse), following `LastEvaluatedKey` until `limit`.
+    async fn query_requests(
+        &self,
+        index: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Item,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        while out.len() < limit {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.tables.requests)
+                .index_name(index)
+                .key_condition_expression(condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(forward)
+                .limit(self.page_limit(limit - out.len()))
+                .set_exclusive_start_key(start.take());
+            for (k, v) in names {
+                q = q.expression_attribute_names(*k, *v);
+            }
+            let page = q.send().await.map_err(|e| from_sdk("Query(requests)", e))?;
+            for item in page.items() {
+                out.push(items::request_from_item(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The status the item has now, read consistently, for a commit that does not assert one.
+    async fn current_status(&self, id: &RequestId, expected_version: u64) -> Result<Status, StoreError> {
+        let item = self.get_item("GetItem(request)", request_pk(id), REQUEST_SK).await?;
+        let current = match item {
+            Some(item) => items::request_from_item(&item)?,
+            None => return Err(StoreError::Conflict(Conflict::Stale)),
+        };
+        if current.version != expected_version {
+            return Err(StoreError::Conflict(Conflict::Stale));
+        }
+        Ok(current.status)
+    }
+}
+
+#[async_trait]
+impl RequestStore for DynamoStore {
+    async fn create_request(
+        &self,
+        request: &ApprovalRequest,
+        events: Vec<AuditDraft>,
+        max_pending: u32,
+    ) -> Result<CreateOutcome, StoreError> {
+        if request.version != 1 {
+            return Err(StoreError::Other(format!("a new request must have version 1, not {}", request.version)));
+        }
+        let pending = request.status == Status::Pending;
+        let mut tx = Vec::new();
+        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
+        tx.push(conditional_put(
+            &self.tables.requests,
+            items::request_item(request)?,
+            Some("attribute_not_exists(#pk)"),
+            &[("#pk", PK)],
+            Item::new(),
+        )?);
+        if let Some(idem) = items::idempotency_item(request) {
+            slots.idempotency = Some(tx.len());
+            tx.push(conditional_put(
+                &self.tables.requests,
+                idem,
+                Some("attribute_not_exists(#pk)"),
+                &[("#pk", PK)],
+                Item::new(),
+            )?);
+        }
+        if pending {
+            if max_pending == 0 {
+                return Ok(CreateOutcome::TooManyPending);
+            }
+            slots.counter = Some(tx.len());
+            tx.push(self.counter_update(request, 1, Some(max_pending))?);
+        }
+
+        let codes = match self.transact_with_audit("TransactWriteItems(create request)", tx, &events).await? {
+            TxOutcome::Committed(_) => return Ok(CreateOutcome::Created),
+            TxOutcome::Refused(codes) => codes,
+        };
+        // A retry with the same key answers with the first request, even when the cap is now reached.
+        if failed(&codes, slots.idempotency) {
+            let Some(key) = &request.idempotency_key else {
+                return Err(StoreError::Other("idempotency slot without a key".into()));
+            };
+            let pk = idempotency_pk(&request.requester.principal, key);
+            let Some(idem) = self.get_item("GetItem(idempotency)", pk.clone(), IDEMPOTENCY_SK).await? else {
+                // Taken a moment ago, gone now: only TTL deletes these, long after the request expired.
+                return Err(StoreError::Corrupt(format!("idempotency item {pk} vanished while it was read")));
+            };
+            let id = items::idempotency_request_id(&idem)?;
+            return match self.get_request(&id).await? {
+                Some(existing) => Ok(CreateOutcome::Existing(existing)),
+                None => Err(StoreError::Corrupt(format!(
+                    "idempotency item {pk} points at request {id}, which does not exist"
+                ))),
+            };
+        }
+        if failed(&codes, slots.counter) {
+            return Ok(CreateOutcome::TooManyPending);
+        }
+        if failed(&codes, slots.request) {
+            return Err(StoreError::Other(format!("request {} already exists", request.id)));
+        }
+        Err(StoreError::Other(format!("create request was cancelled ({})", codes.join(", "))))
+    }
+
+    async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.get_item("GetItem(request)", request_pk(id), REQUEST_SK)
+            .await?
+            .map(|item| items::request_from_item(&item))
+            .transpose()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let Commit { expected_version, request, vote, events, guard } = commit;
+        if request.version != expected_version.saturating_add(1) {
+            return Err(StoreError::Other(format!(
+                "commit must write version {} over version {expected_version}, not {}",
+                expected_version.saturating_add(1),
+                request.version
+            )));
+        }
+        if let Some(v) = &vote {
+            if v.request_id != request.id {
+                return Err(StoreError::Other("the vote belongs to another request".into()));
+            }
+        }
+
+        let mut values = Item::new();
+        values.insert(":expected".into(), n(expected_version));
+        let mut condition = String::from("#version = :expected");
+        let was_pending = match guard {
+            Guard::OpenAt(t) | Guard::ExpiredAt(t) => {
+                let cmp = if matches!(guard, Guard::OpenAt(_)) { ">" } else { "<=" };
+                condition.push_str(&format!(" AND #status = :pending AND #expires_at {cmp} :t"));
+                values.insert(":pending".into(), s(Status::Pending.as_str()));
+                values.insert(":t".into(), n(t.unix_millis()));
+                true
+            }
+            Guard::VersionOnly => {
+                // Nothing asserts the old status, but the counter must know whether this commit leaves
+                // `pending`. Read it, and make the write conditional on it being still so.
+                let old = self.current_status(&request.id, expected_version).await?;
+                if old.is_terminal() && request.status != old {
+                    return Err(StoreError::Other(format!(
+                        "request {} is {} and cannot become {}",
+                        request.id,
+                        old.as_str(),
+                        request.status.as_str()
+                    )));
+                }
+                condition.push_str(" AND #status = :old_status");
+                values.insert(":old_status".into(), s(old.as_str()));
+                old == Status::Pending
+            }
+        };
+
+        let mut tx = Vec::new();
+        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
+        tx.push(conditional_put(
+            &self.tables.requests,
+            items::request_item(&request)?,
+            Some(&condition),
+            &[("#version", VERSION), ("#status", STATUS), ("#expires_at", EXPIRES_AT)]
+                .into_iter()
+                .filter(|(k, _)| condition.contains(k))
+                .collect::<Vec<_>>(),
+            values,
+        )?);
+        if let Some(v) = &vote {
+            slots.vote = Some(tx.len());
+            tx.push(conditional_put(
+                &self.tables.requests,
+                items::vote_item(v, request.expires_at)?,
+                Some("attribute_not_exists(#pk)"),
+                &[("#pk", PK)],
+                Item::new(),
+            )?);
+        }
+        if was_pending && request.status.is_terminal() {
+            tx.push(self.counter_update(&request, -1, None)?);
+        }
+
+        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
+            TxOutcome::Committed(_) => return Ok(()),
+            TxOutcome::Refused(codes) => codes,
+        };
+        if failed(&codes, slots.vote) {
+            return Err(StoreError::Conflict(Conflict::DuplicateVote));
+        }
+        if failed(&codes, slots.request) {
+            return Err(StoreError::Conflict(Conflict::Stale));
+        }
+        Err(StoreError::Other(format!("commit was cancelled ({})", codes.join(", "))))
+    }
+
+    async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut values = Item::new();
+        values.insert(":pk".into(), s(PENDING_GSI_PK));
+        self.query_requests(INDEX_PENDING, "#pk = :pk", &[("#pk", GSI2_PK)], values, true, limit).await
+    }
+
+    async fn list_notification_due(&self, now: Timestamp, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut values = Item::new();
+        values.insert(":pk".into(), s(DUE_GSI_PK));
+        // Every key due at or before `now` sorts below the bare time key of `now + 1 ms`.
+        values.insert(":bound".into(), s(time_key(now.plus_millis(1))));
+        self.query_requests(
+            INDEX_NOTIFY_DUE,
+            "#pk = :pk AND #sk < :bound",
+            &[("#pk", GSI3_PK), ("#sk", GSI3_SK)],
+            values,
+            true,
+            limit,
+        )
+        .await
+    }
+
+    async fn list_by_principal(
+        &self,
+        principal: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut values = Item::new();
+        values.insert(":pk".into(), AttributeValue::S(principal.to_string()));
+        values.insert(":since".into(), s(time_key(since)));
+        self.query_requests(
+            INDEX_BY_PRINCIPAL,
+            "#pk = :pk AND #sk >= :since",
+            &[("#pk", GSI1_PK), ("#sk", GSI1_SK)],
+            values,
+            false,
+            limit,
+        )
+        .await
+    }
+
+    /// Counted from the `by-principal` index on its keys and the `action`/`environment` copies (projected
+    /// alone, so no document is sent or parsed), then one consistent `GetItem` for the newest match. Falls
+    /// back to reading the documents when the window holds an item written before the copies existed.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKind, StoreError> {
+        let before = time_id_key(r.created_at, &r.id);
+        let (action, environment) = (r.action.as_str(), r.environment.as_str());
+        let mut values = Item::new();
+        values.insert(":pk".into(), s(r.requester.principal.as_str()));
+        values.insert(":since".into(), s(time_key(since)));
+        let (mut seen, mut count, mut newest) = (0usize, 0u32, None::<String>);
+        let mut start: Option<Item> = None;
+        while seen < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.tables.requests)
+                .index_name(INDEX_BY_PRINCIPAL)
+                .key_condition_expression("#pk = :pk AND #sk >= :since")
+                .projection_expression("#id, #sk, #a, #e")
+                .expression_attribute_names("#pk", GSI1_PK)
+                .expression_attribute_names("#sk", GSI1_SK)
+                .expression_attribute_names("#id", PK)
+                .expression_attribute_names("#a", ACTION)
+                .expression_attribute_names("#e", ENVIRONMENT)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit(self.page_limit(limit - seen))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk("Query(requests history)", e))?;
+            for item in page.items().iter().take(limit - seen) {
+                seen += 1;
+                let (Some(a), Some(e)) = (item.get(ACTION), item.get(ENVIRONMENT)) else {
+                    let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+                    return Ok(SameKind::among(r, &candidates));
+                };
+                let same = a.as_s().is_ok_and(|a| a == action) && e.as_s().is_ok_and(|e| e == environment);
+                if same && items::get_s(item, GSI1_SK)? < before.as_str() {
+                    count = count.saturating_add(1);
+                    if newest.is_none() {
+                        newest = Some(items::get_s(item, PK)?.to_string());
+                    }
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let newest = match newest {
+            None => None,
+            Some(pk) => Some(
+                self.get_item("GetItem(request)", pk.clone(), REQUEST_SK)
+                    .await?
+                    .map(|item| items::request_from_item(&item))
+                    .transpose()?
+                    .ok_or_else(|| StoreError::Other(format!("request {pk} vanished in a read")))?,
+            ),
+        };
+        Ok(SameKind { count, newest })
+    }
+}

@@ -1,0 +1,339 @@
+//! The small capabilities the services need from the outside world. Adapters implement them; services only
+//! ever see `Arc<dyn Port>`.
+
+#[cfg(any(test, feature = "testing"))]
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote};
+
+/// Failures of a store. `Unavailable` is retryable and maps to `503` + `Retry-After`; `Conflict` means a
+/// conditional write lost and the caller must re-read; `Contention` means it lost that race every time it
+/// retried (retryable, like `Unavailable`); `Corrupt` is an item that no longer parses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("conditional write failed: {0:?}")]
+    Conflict(Conflict),
+    #[error("too much contention on {0}")]
+    Contention(&'static str),
+    #[error("stored item is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+}
+
+/// Which condition of a [`Commit`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The request changed since it was read (version, status or expiry no longer as expected): re-read.
+    Stale,
+    /// This Slack user already has a vote on this request.
+    DuplicateVote,
+}
+
+/// What must still hold for a commit to apply, besides the version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Status is `pending` and `expires_at > t` (votes, cancel).
+    OpenAt(Timestamp),
+    /// Status is `pending` and `expires_at <= t` (the sweeper's expiry).
+    ExpiredAt(Timestamp),
+    /// Only the version (notification bookkeeping).
+    VersionOnly,
+}
+
+/// One atomic change to a request: new state, at most one new vote, and the audit records, all or nothing.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub expected_version: u64,
+    /// The new state; its `version` must be `expected_version + 1`.
+    pub request: ApprovalRequest,
+    /// Inserted only if this user has no vote on the request yet.
+    pub vote: Option<Vote>,
+    pub events: Vec<AuditDraft>,
+    pub guard: Guard,
+}
+
+/// Outcome of creating a request.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // rare path; boxing would only add noise at every match
+pub enum CreateOutcome {
+    Created,
+    /// The same principal already used this idempotency key: here is that request (compare `body_hash`).
+    Existing(ApprovalRequest),
+    /// The principal already has `max_pending` pending requests under this policy.
+    TooManyPending,
+}
+
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    async fn list_policies(&self) -> Result<Vec<Policy>, StoreError>;
+    async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError>;
+    /// Creates or replaces one policy and appends its `policy.changed` record, atomically.
+    async fn put_policy(&self, policy: &Policy, event: AuditDraft) -> Result<(), StoreError>;
+    /// Deletes one policy and appends its `policy.deleted` record, atomically.
+    async fn delete_policy(&self, name: &PolicyName, event: AuditDraft) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait RequestStore: Send + Sync {
+    /// Writes a new request (version 1) with its audit records. Atomically: refuses a second request for
+    /// the same (principal, idempotency key) and enforces `max_pending` per (principal, policy) for pending
+    /// requests.
+    async fn create_request(
+        &self,
+        request: &ApprovalRequest,
+        events: Vec<AuditDraft>,
+        max_pending: u32,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError>;
+
+    /// Applies a [`Commit`] with all its conditions, or nothing (`StoreError::Conflict`).
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Pending requests, oldest first (sweeper: expiry and reminders).
+    async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// Requests whose Slack message must still be posted or updated, due at or before `now`.
+    async fn list_notification_due(&self, now: Timestamp, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// Requests of one principal (identity) created at or after `since`, newest first.
+    async fn list_by_principal(
+        &self,
+        principal: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// The history shown in `r`'s message: among the newest `limit` requests of its principal created at or
+    /// after `since`, those with its action and environment created before it (by `(created_at, id)`).
+    /// This default reads them all with [`Self::list_by_principal`]; a store may count them where they are.
+    async fn earlier_of_same_kind(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKind, StoreError> {
+        let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+        Ok(SameKind::among(r, &candidates))
+    }
+}
+
+/// Earlier requests of the same kind as one request: how many, and the newest of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SameKind {
+    pub count: u32,
+    pub newest: Option<ApprovalRequest>,
+}
+
+impl SameKind {
+    /// Those of `candidates` with `r`'s action and environment created before `r`.
+    pub fn among(r: &ApprovalRequest, candidates: &[ApprovalRequest]) -> Self {
+        let same = candidates.iter().filter(|o| {
+            o.action == r.action && o.environment == r.environment && (o.created_at, o.id) < (r.created_at, r.id)
+        });
+        let (count, newest) = same.fold((0u32, None::<&ApprovalRequest>), |(n, newest), o| {
+            let newer = newest.is_none_or(|b| (o.created_at, o.id) > (b.created_at, b.id));
+            (n.saturating_add(1), if newer { Some(o) } else { newest })
+        });
+        Self { count, newest: newest.cloned() }
+    }
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends records on their own (refusals, rejected callbacks), chained after the current last one.
+    async fn append(&self, events: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Records with `seq >= from_seq`, in chain order, at most `limit` (page by passing last seq + 1).
+    async fn read_from(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+    /// All records of one request, in chain order.
+    async fn for_request(&self, id: &RequestId) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The last record of the chain, if any.
+    async fn last(&self) -> Result<Option<AuditEvent>, StoreError>;
+}
+
+/// Everything a service needs from storage, as one handle.
+#[derive(Clone)]
+pub struct Stores {
+    pub policies: Arc<dyn PolicyStore>,
+    pub requests: Arc<dyn RequestStore>,
+    pub audit: Arc<dyn AuditLog>,
+}
+
+impl Stores {
+    /// One adapter that implements all three ports.
+    pub fn from_one<S: PolicyStore + RequestStore + AuditLog + 'static>(s: Arc<S>) -> Self {
+        Self { policies: s.clone(), requests: s.clone(), audit: s }
+    }
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock, truncated to milliseconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp::from_unix_millis(ms)
+    }
+}
+
+/// A clock tests set by hand (feature `testing`: never linked into what ships).
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+#[cfg(any(test, feature = "testing"))]
+impl ManualClock {
+    pub fn new(t: Timestamp) -> Self {
+        Self(AtomicI64::new(t.unix_millis()))
+    }
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.unix_millis(), Ordering::SeqCst);
+    }
+    pub fn advance_seconds(&self, s: i64) {
+        self.0.fetch_add(s * 1000, Ordering::SeqCst);
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Where a request's message was posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedMessage {
+    pub channel: String,
+    pub ts: String,
+}
+
+/// A failed call to the chat system. Never carries tokens or payloads.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct NotifyError {
+    /// Worth trying again later (timeouts, 5xx, rate limits).
+    pub retryable: bool,
+    /// The service asked us to wait this long (Slack's `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
+    pub message: String,
+}
+
+/// Everything needed to render a request's message.
+#[derive(Debug, Clone)]
+pub struct MessageContext<'a> {
+    pub request: &'a ApprovalRequest,
+    /// The policy as it is now (approver mentions); `None` if it was removed.
+    pub policy: Option<&'a Policy>,
+    pub history: &'a crate::domain::History,
+    pub sensitive: bool,
+    pub now: Timestamp,
+}
+
+/// The chat system (Slack) as the services need it.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Posts the request's message to `request.notification.channel`.
+    async fn post_request(&self, ctx: &MessageContext<'_>) -> Result<PostedMessage, NotifyError>;
+    /// Looks in the request's channel, from `since` on, for a message of ours that already carries this
+    /// request (an earlier post whose (channel, ts) was never recorded). `Ok(None)`: searched to `since`,
+    /// there is none. An error that is not retryable means it cannot be known (no history scope, history
+    /// too long to search within bounds).
+    async fn find_request_message(
+        &self,
+        request: &ApprovalRequest,
+        since: Timestamp,
+    ) -> Result<Option<PostedMessage>, NotifyError>;
+    /// Re-renders the message in place (progress, final outcome, no buttons once decided).
+    async fn update_request(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
+    /// Posts a reminder in the message's thread.
+    async fn remind(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError>;
+    /// Members of a user group (implementations cache briefly).
+    async fn group_members(
+        &self,
+        group: &crate::domain::SlackGroupId,
+    ) -> Result<Vec<crate::domain::SlackUserId>, NotifyError>;
+    /// The account as the chat system's directory describes it now (Slack's `users.info`), for the
+    /// eligibility check at vote time (implementations cache briefly, at most 60 s).
+    async fn user_account(&self, user: &crate::domain::SlackUserId)
+        -> Result<crate::domain::SlackAccount, NotifyError>;
+}
+
+/// A secret value: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret store could not be read: callbacks answer 503, never accept.
+    #[error("secret store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The secret exists but does not hold what it should (`{"signing_secret"}`, `{"bot_token"}`).
+    #[error("secret is malformed: {0}")]
+    Malformed(String),
+    /// This function was not given the signing secret's id (request-api and sweeper never are).
+    #[error("this function is not configured with the signing secret")]
+    NotConfigured,
+}
+
+/// The signing secrets read for one verification, by stage.
+#[derive(Debug, Clone, Default)]
+pub struct SigningSecrets {
+    /// To try, in order: a match authenticates the callback.
+    pub accepted: Vec<(String, SecretString)>,
+    /// Still on record but no longer valid (`AWSPREVIOUS` after its grace period, row 27). A match never
+    /// authenticates anything: it only names the refusal (`previous_secret_expired`), because a callback
+    /// signed with a retired secret is the mark of a leaked one.
+    pub retired: Vec<(String, SecretString)>,
+}
+
+/// The Slack credentials (bot token, signing secrets by rotation stage).
+#[async_trait]
+pub trait SlackSecrets: Send + Sync {
+    /// Signing secrets to try, in order (`AWSCURRENT` first, then `AWSPREVIOUS` when it exists and is still
+    /// inside its grace period at `now`), labelled by stage. With `refresh`, bypasses the cache
+    /// (implementations rate-limit this).
+    async fn signing_secrets(&self, refresh: bool, now: Timestamp) -> Result<Vec<(String, SecretString)>, SecretError>;
+    /// [`Self::signing_secrets`] and, from the same read, the retired ones (see [`SigningSecrets`]).
+    /// Implementations that know no retired secrets need not override it.
+    async fn verification_secrets(&self, refresh: bool, now: Timestamp) -> Result<SigningSecrets, SecretError> {
+        Ok(SigningSecrets { accepted: self.signing_secrets(refresh, now).await?, retired: Vec::new() })
+    }
+    /// The current bot token.
+    async fn bot_token(&self) -> Result<SecretString, SecretError>;
+}

@@ -1,0 +1,160 @@
+//! The scheduled sweeper: expires overdue requests, relays owed Slack posts and updates, reminds approvers.
+//! Safe to run concurrently with itself and with the handlers: every write is conditional.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{Actor, ApprovalRequest, AuditDraft, AuditKind, Timestamp, TransitionError};
+use crate::ports::{Clock, Commit, Conflict, Guard, MessageContext, PostedMessage, StoreError, Stores};
+
+use super::notify::Dispatcher;
+
+const BATCH: usize = 500;
+/// How long a relay owns a delivery before another may try.
+const RELAY_LEASE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub relayed: usize,
+    pub reminded: usize,
+    pub errors: usize,
+}
+
+#[derive(Clone)]
+pub struct Sweeper {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub dispatcher: Dispatcher,
+}
+
+/// How many reminders are due by `now`: one at 1/3 and one at 2/3 of the request's lifetime.
+pub fn reminders_due(r: &ApprovalRequest, now: Timestamp) -> u32 {
+    let life = r.expires_at.unix_millis() - r.created_at.unix_millis();
+    let age = now.unix_millis() - r.created_at.unix_millis();
+    if life <= 0 {
+        return 0;
+    }
+    u32::from(age * 3 >= life) + u32::from(age * 3 >= life * 2)
+}
+
+impl Sweeper {
+    pub async fn run_once(&self) -> Result<SweepReport, StoreError> {
+        let mut rep = SweepReport::default();
+        for r in self.stores.requests.list_pending(BATCH).await? {
+            let now = self.clock.now();
+            if now >= r.expires_at {
+                match self.expire(&r).await {
+                    Ok(true) => rep.expired += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(request_id = %r.id, error = %e, "expiry failed; will retry");
+                        rep.errors += 1;
+                    }
+                }
+            } else if reminders_due(&r, now) > r.notification.reminders_sent && r.notification.ts.is_some() {
+                match self.remind(&r, now).await {
+                    Ok(true) => rep.reminded += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(request_id = %r.id, error = %e, "reminder failed; will retry");
+                        rep.errors += 1;
+                    }
+                }
+            }
+        }
+        let now = self.clock.now();
+        for r in self.stores.requests.list_notification_due(now, BATCH).await? {
+            match self.dispatcher.relay_one(&r.id, RELAY_LEASE).await {
+                Ok(()) => rep.relayed += 1,
+                Err(e) => {
+                    tracing::warn!(request_id = %r.id, error = %e, "relay failed; will retry");
+                    rep.errors += 1;
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    async fn expire(&self, r: &ApprovalRequest) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let t = match r.expire(now) {
+            Ok(t) => t,
+            Err(TransitionError::AlreadyDecided(_) | TransitionError::NotYetExpired) => return Ok(false),
+            Err(_) => return Ok(false),
+        };
+        let commit = Commit {
+            expected_version: r.version,
+            request: t.request,
+            vote: None,
+            events: t.events,
+            guard: Guard::ExpiredAt(now),
+        };
+        match self.stores.requests.commit(commit).await {
+            Ok(()) => {
+                if let Err(e) = self.dispatcher.deliver(&r.id).await {
+                    tracing::warn!(request_id = %r.id, error = %e, "message update after expiry deferred");
+                }
+                Ok(true)
+            }
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remind(&self, r: &ApprovalRequest, now: Timestamp) -> Result<bool, StoreError> {
+        let due = reminders_due(r, now);
+        // Claim the reminder first, so it is sent at most once even with two sweepers.
+        let mut next = r.clone();
+        next.version += 1;
+        next.notification.reminders_sent = due;
+        let claim = Commit {
+            expected_version: r.version,
+            request: next.clone(),
+            vote: None,
+            events: vec![AuditDraft::new(now, AuditKind::SlackReminded, Actor::system("sweeper"), Some(r.id))
+                .with("reminder", due.to_string())],
+            guard: Guard::OpenAt(now),
+        };
+        match self.stores.requests.commit(claim).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(Conflict::Stale | Conflict::DuplicateVote)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let policy = self.stores.policies.get_policy(&r.policy.name).await?;
+        let history = self.dispatcher.history(r).await?;
+        let ctx = MessageContext {
+            request: &next,
+            policy: policy.as_ref(),
+            history: &history,
+            sensitive: self.dispatcher.sensitive_environments.contains(&r.environment),
+            now,
+        };
+        let posted = PostedMessage {
+            channel: r.notification.channel.to_string(),
+            ts: r.notification.ts.clone().unwrap_or_default(),
+        };
+        if let Err(e) = self.dispatcher.notifier.remind(&ctx, &posted).await {
+            // A reminder is a courtesy: it is claimed and audited; a failed one is logged, not retried.
+            tracing::warn!(request_id = %r.id, error = %e, "reminder could not be posted");
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::sample_request as sample;
+
+    #[test]
+    fn reminders_fall_due_at_one_and_two_thirds_of_the_ttl() {
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let r = sample(1, t0); // 1800 s
+        assert_eq!(reminders_due(&r, t0.plus_seconds(599)), 0);
+        assert_eq!(reminders_due(&r, t0.plus_seconds(600)), 1);
+        assert_eq!(reminders_due(&r, t0.plus_seconds(1200)), 2);
+        assert_eq!(reminders_due(&r, t0.plus_seconds(1799)), 2);
+    }
+}

@@ -1,0 +1,181 @@
+//! Wiring: builds the services and routers from their parts, once per execution environment. The Lambda
+//! `main`s, local mode and the tests all go through here, so they run the same graph.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+use crate::config::LambdaConfig;
+use crate::http::slack::{SlackIdentity, SlackState};
+use countersign_aws::dynamodb::{DynamoStore, TableNames};
+use countersign_aws::secrets::SecretsManagerSlackSecrets;
+use countersign_core::domain::Environment;
+use countersign_core::ports::{Clock, Notifier, SlackSecrets, Stores, SystemClock};
+use countersign_core::service::notify::Dispatcher;
+use countersign_core::service::refusals::RefusalBudget;
+use countersign_core::service::requests::{RequestService, RequestSettings};
+use countersign_core::service::sweeper::Sweeper;
+use countersign_core::service::votes::VoteService;
+use countersign_slack::client::{SlackClient, SlackError};
+use countersign_slack::notifier::{SecretsToken, SlackNotifier};
+
+/// Everything the routers and the sweeper need.
+#[derive(Clone)]
+pub struct App {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub secrets: Arc<dyn SlackSecrets>,
+    pub slack: Arc<SlackClient>,
+    pub notifier: Arc<dyn Notifier>,
+    pub settings: Arc<RequestSettings>,
+    pub slack_identity: Arc<SlackIdentity>,
+    /// Time the Slack handler may spend on message updates and replies inside Slack's 3 s.
+    pub slack_budget: Duration,
+    /// The one audit budget of this process for refused, unauthenticated callbacks.
+    pub refusals: Arc<RefusalBudget>,
+}
+
+/// The parts an [`App`] is built from.
+pub struct Parts {
+    pub stores: Stores,
+    pub clock: Arc<dyn Clock>,
+    pub secrets: Arc<dyn SlackSecrets>,
+    pub slack_api_base_url: String,
+    pub slack_timeout: Duration,
+    pub settings: RequestSettings,
+    pub slack_identity: SlackIdentity,
+}
+
+/// The Slack secrets a function reads, from its configuration: request-api and sweeper get no signing
+/// secret id, so they can never fetch it (row 28).
+pub fn slack_secrets(client: aws_sdk_secretsmanager::Client, cfg: &LambdaConfig) -> SecretsManagerSlackSecrets {
+    SecretsManagerSlackSecrets::split(
+        client,
+        cfg.slack_secrets.signing_secret.clone(),
+        cfg.slack_secrets.bot_token.clone(),
+        cfg.secret_cache_ttl,
+    )
+    .with_previous_grace(cfg.slack_secret_grace)
+}
+
+impl App {
+    pub fn build(p: Parts) -> Result<Self, SlackError> {
+        Self::build_with_http(p, SlackClient::http_client()?)
+    }
+
+    /// [`Self::build`] with the Slack client's HTTP client already built.
+    fn build_with_http(p: Parts, http: reqwest::Client) -> Result<Self, SlackError> {
+        let client = SlackClient::with_http(Arc::new(SecretsToken(p.secrets.clone())), http)?
+            .with_base_url(&p.slack_api_base_url)?
+            .with_timeout(p.slack_timeout);
+        let client = Arc::new(client);
+        let notifier: Arc<dyn Notifier> = Arc::new(
+            SlackNotifier::new(client.clone()).with_app_id(&p.slack_identity.app_id).with_clock(p.clock.clone()),
+        );
+        Ok(Self {
+            stores: p.stores,
+            clock: p.clock,
+            secrets: p.secrets,
+            slack: client,
+            notifier,
+            settings: Arc::new(p.settings),
+            slack_identity: Arc::new(p.slack_identity),
+            slack_budget: p.slack_timeout.min(Duration::from_millis(1500)),
+            refusals: Arc::new(RefusalBudget::default()),
+        })
+    }
+
+    /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock.
+    pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, SlackError> {
+        // Both TLS stacks (the SDK's and Slack's) load the system's root certificates when they are built,
+        // about half of a cold start: build Slack's on a blocking thread meanwhile (docs/performance.md).
+        let slack_http = tokio::task::spawn_blocking(SlackClient::http_client);
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let tables = TableNames {
+            policies: cfg.tables.policies.clone(),
+            requests: cfg.tables.requests.clone(),
+            audit: cfg.tables.audit.clone(),
+        };
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), tables));
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
+        let secrets = Arc::new(slack_secrets(aws_sdk_secretsmanager::Client::new(&aws), cfg));
+        // A join error means the thread panicked (never with panic = "abort"): build it here instead.
+        let slack_http = match slack_http.await {
+            Ok(built) => built?,
+            Err(_) => SlackClient::http_client()?,
+        };
+        let parts = Parts {
+            stores: Stores::from_one(store),
+            clock: Arc::new(SystemClock),
+            secrets,
+            slack_api_base_url: cfg.slack_api_base_url.clone(),
+            slack_timeout: cfg.slack_timeout,
+            settings: RequestSettings {
+                allowed_accounts: cfg.allowed_accounts.clone(),
+                allowed_org_id: cfg.allowed_org_id.clone(),
+                sensitive_environments: cfg.sensitive_environments.clone(),
+            },
+            slack_identity: SlackIdentity {
+                app_id: cfg.slack_app_id.clone().unwrap_or_default(),
+                team_id: cfg.slack_team_id.clone().unwrap_or_default(),
+            },
+        };
+        Self::build_with_http(parts, slack_http)
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher {
+        let sensitive: BTreeSet<Environment> = self.settings.sensitive_environments.clone();
+        Dispatcher {
+            stores: self.stores.clone(),
+            notifier: self.notifier.clone(),
+            clock: self.clock.clone(),
+            sensitive_environments: Arc::new(sensitive),
+        }
+    }
+
+    pub fn request_service(&self) -> RequestService {
+        RequestService {
+            stores: self.stores.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    pub fn vote_service(&self) -> VoteService {
+        VoteService {
+            stores: self.stores.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher(),
+            update_budget: self.slack_budget,
+            deadline: None,
+            workspaces: Arc::new(self.slack_identity.workspaces()),
+            refusals: self.refusals.clone(),
+        }
+    }
+
+    pub fn sweeper(&self) -> Sweeper {
+        Sweeper { stores: self.stores.clone(), clock: self.clock.clone(), dispatcher: self.dispatcher() }
+    }
+
+    /// The request API router (`/v1/...`, `/healthz`).
+    pub fn request_api(&self) -> Router {
+        crate::http::api::router(self.request_service())
+    }
+
+    /// The Slack interactions router (`/slack/interactions`).
+    pub fn slack_interactions(&self) -> Router {
+        crate::http::slack::router(SlackState {
+            votes: self.vote_service(),
+            secrets: self.secrets.clone(),
+            client: self.slack.clone(),
+            clock: self.clock.clone(),
+            identity: self.slack_identity.clone(),
+            reply_budget: self.slack_budget,
+        })
+    }
+}

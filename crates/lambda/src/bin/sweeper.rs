@@ -1,0 +1,28 @@
+//! The scheduled sweeper Lambda (EventBridge, every minute): expiry, Slack relay, reminders.
+
+use countersign_lambda::app::App;
+use countersign_lambda::config::{Component, LambdaConfig};
+use countersign_lambda::telemetry::{init, LogFormat};
+use lambda_http::lambda_runtime::{self, service_fn, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init(LogFormat::Json);
+    let cfg = match LambdaConfig::from_env(Component::Sweeper) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let sweeper = App::from_lambda_config(&cfg).await?.sweeper();
+    lambda_runtime::run(service_fn(|_: LambdaEvent<serde_json::Value>| {
+        let sweeper = sweeper.clone();
+        async move {
+            let report = sweeper.run_once().await?;
+            tracing::info!(expired = report.expired, relayed = report.relayed, reminded = report.reminded, errors = report.errors, "sweep done");
+            Ok::<_, lambda_runtime::Error>(serde_json::json!({"expired": report.expired, "relayed": report.relayed, "reminded": report.reminded, "errors": report.errors}))
+        }
+    }))
+    .await
+}

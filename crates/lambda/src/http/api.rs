@@ -1,0 +1,306 @@
+//! The request API router: `POST /v1/requests`, `GET /v1/requests/{id}`, `POST /v1/requests/{id}/cancel`,
+//! `GET /healthz`. Contract: docs/api.md and docs/openapi.yaml (a test keeps the paths in step).
+
+use std::collections::BTreeMap;
+
+use axum::body::to_bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use countersign_core::domain::request::NotificationState;
+use countersign_core::domain::ApprovalRequest;
+use countersign_core::service::requests::{Caller, NewRequest, RequestError, RequestService};
+
+use super::error::ApiError;
+use super::identity::Identity;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The routes this router serves, as (method, path) — checked against docs/openapi.yaml by a test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/requests"),
+    ("get", "/v1/requests/{id}"),
+    ("post", "/v1/requests/{id}/cancel"),
+    ("get", "/healthz"),
+];
+
+pub fn router(service: RequestService) -> Router {
+    Router::new()
+        .route("/v1/requests", post(create))
+        .route("/v1/requests/{id}", get(read))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .with_state(service)
+}
+
+/// The request object of the API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestView {
+    pub id: String,
+    pub status: String,
+    pub action: String,
+    pub environment: String,
+    pub resource: Option<String>,
+    pub reason: Option<String>,
+    pub details: BTreeMap<String, String>,
+    pub requester: RequesterView,
+    pub policy: PolicyView,
+    pub required_approvals: u32,
+    pub approvals: Vec<ApprovalView>,
+    pub denial: Option<DenialView>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub decided_at: Option<String>,
+    pub notification: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequesterView {
+    pub arn: String,
+    pub account_id: String,
+    pub principal: String,
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyView {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalView {
+    pub user_id: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DenialView {
+    pub user_id: String,
+    pub reason: String,
+    pub at: String,
+}
+
+impl From<&ApprovalRequest> for RequestView {
+    fn from(r: &ApprovalRequest) -> Self {
+        Self {
+            id: r.id.to_string(),
+            status: r.status.as_str().to_string(),
+            action: r.action.to_string(),
+            environment: r.environment.to_string(),
+            resource: r.resource.as_ref().map(ToString::to_string),
+            reason: r.reason.clone(),
+            details: r.details.clone(),
+            requester: RequesterView {
+                arn: r.requester.arn.clone(),
+                account_id: r.requester.account_id.clone(),
+                principal: r.requester.principal.clone(),
+                session: r.requester.session.clone(),
+            },
+            policy: PolicyView { name: r.policy.name.to_string(), version: r.policy.version.clone() },
+            required_approvals: r.required_approvals,
+            approvals: r
+                .approvals
+                .iter()
+                .map(|a| ApprovalView { user_id: a.user_id.to_string(), at: a.at.to_rfc3339() })
+                .collect(),
+            denial: r.denial.as_ref().map(|d| DenialView {
+                user_id: d.user_id.to_string(),
+                reason: d.reason.clone(),
+                at: d.at.to_rfc3339(),
+            }),
+            created_at: r.created_at.to_rfc3339(),
+            expires_at: r.expires_at.to_rfc3339(),
+            decided_at: r.decided_at.map(|t| t.to_rfc3339()),
+            notification: match r.notification.state {
+                NotificationState::Pending => "pending",
+                NotificationState::Posted => "posted",
+                NotificationState::Retrying => "retrying",
+            }
+            .to_string(),
+        }
+    }
+}
+
+fn view(status: StatusCode, r: &ApprovalRequest) -> Response {
+    (status, Json(RequestView::from(r))).into_response()
+}
+
+const FIELDS: &[&str] = &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds"];
+
+fn field_name(k: &str) -> Option<&'static str> {
+    FIELDS.iter().copied().find(|f| *f == k)
+}
+
+/// Parses the body by hand so every error names its field, and unknown fields (such as `channel` or
+/// `approvers`, which only policies may set) are refused.
+pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(None, format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::invalid(None, "body must be a JSON object"));
+    };
+    for k in obj.keys() {
+        if field_name(k).is_none() {
+            let shown: String = k.chars().take(64).collect();
+            return Err(ApiError::invalid(None, format!("unknown field {shown:?}")));
+        }
+    }
+    let string = |name: &'static str, required: bool| -> Result<Option<String>, ApiError> {
+        match obj.get(name) {
+            None | Some(Value::Null) if !required => Ok(None),
+            None | Some(Value::Null) => Err(ApiError::invalid(Some(name), format!("{name} is required"))),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid(Some(name), format!("{name} must be a string"))),
+        }
+    };
+    let details = match obj.get("details") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    _ => return Err(ApiError::invalid(Some("details"), "details values must be strings")),
+                }
+            }
+            out
+        }
+        Some(_) => return Err(ApiError::invalid(Some("details"), "details must be an object of strings")),
+    };
+    let ttl_seconds =
+        match obj.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a whole number of seconds")
+            })?),
+            Some(_) => return Err(ApiError::invalid(Some("ttl_seconds"), "ttl_seconds must be a number")),
+        };
+    Ok(NewRequest {
+        action: string("action", true)?.unwrap_or_default(),
+        environment: string("environment", true)?.unwrap_or_default(),
+        resource: string("resource", false)?,
+        reason: string("reason", false)?,
+        details,
+        idempotency_key: string("idempotency_key", false)?,
+        ttl_seconds,
+    })
+}
+
+/// Answers a refusal found in the HTTP layer (media type, size, syntax, query, path), audited like the
+/// service's own. Identity comes first: a caller who is unauthenticated or not allowed learns only that.
+async fn refused(svc: &RequestService, caller: &Caller, e: RequestError) -> Response {
+    let e = match svc.identify(caller) {
+        Err(not_allowed) => not_allowed,
+        Ok(_) => e,
+    };
+    ApiError::from(svc.refuse_unparsed(caller, e).await).into_response()
+}
+
+async fn create(State(svc): State<RequestService>, Identity(caller): Identity, req: Request) -> Response {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false);
+    if !is_json {
+        return refused(&svc, &caller, RequestError::UnsupportedMediaType).await;
+    }
+    let Ok(bytes) = to_bytes(req.into_body(), MAX_BODY_BYTES).await else {
+        return refused(&svc, &caller, RequestError::PayloadTooLarge { max: MAX_BODY_BYTES }).await;
+    };
+    let input = match parse_body(&bytes) {
+        Ok(i) => i,
+        Err(e) => return refused(&svc, &caller, RequestError::Invalid { field: e.field, message: e.message }).await,
+    };
+    match svc.submit(&caller, input).await {
+        Ok(s) => view(if s.created { StatusCode::CREATED } else { StatusCode::OK }, &s.request),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The `{id}` path segment; one that does not even decode names no request of the caller's.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, RequestError> {
+    path.map(|Path(id)| id).map_err(|_| RequestError::NotFound)
+}
+
+async fn read(
+    State(svc): State<RequestService>,
+    Identity(caller): Identity,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(e) => return refused(&svc, &caller, e).await,
+    };
+    let wait_param = query.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("wait="));
+    let wait = match wait_param {
+        None => None,
+        Some(w) => match w.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let e = RequestError::Invalid {
+                    field: Some("wait"),
+                    message: "wait must be a whole number of seconds (0 to 20)".into(),
+                };
+                return refused(&svc, &caller, e).await;
+            }
+        },
+    };
+    match svc.get(&caller, &id, wait).await {
+        Ok(r) => view(StatusCode::OK, &r),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn cancel(
+    State(svc): State<RequestService>,
+    Identity(caller): Identity,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(e) => return refused(&svc, &caller, e).await,
+    };
+    match svc.cancel(&caller, &id).await {
+        Ok(r) => view(StatusCode::OK, &r),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn body_parser_names_the_field_at_fault() {
+        let e = parse_body(br#"{"action": "deploy"}"#).unwrap_err();
+        assert_eq!(e.field, Some("environment"));
+        let e = parse_body(br#"{"action": "deploy", "environment": "p", "channel": "C1"}"#).unwrap_err();
+        assert!(e.message.contains("unknown field \"channel\""));
+        let e = parse_body(br#"{"action": 1, "environment": "p"}"#).unwrap_err();
+        assert_eq!(e.field, Some("action"));
+        let e = parse_body(br#"{"action": "d", "environment": "p", "ttl_seconds": -5}"#).unwrap_err();
+        assert_eq!(e.field, Some("ttl_seconds"));
+        let e = parse_body(br#"[1]"#).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(parse_body(deep.as_bytes()).unwrap_err().code, "invalid_request");
+    }
+}
