@@ -611,7 +611,8 @@ async fn policy_apply_without_yes_refuses_off_a_terminal_and_asks_on_one() {
         eprintln!("`script` is not installed: skipping the terminal half of this test");
         return;
     }
-    let bin = env!("CARGO_BIN_EXE_countersign");
+    let bin = countersign_testkit::workspace_binary("countersign");
+    let bin = bin.display();
     let on_tty = |answer: &'static str| {
         let cmd = format!("{bin} policy apply {f} --store local --data-dir {d}");
         async move {

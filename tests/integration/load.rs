@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,17 +70,7 @@ impl DevProcess {
         let n = (0..).find(|n| !dir.join(format!("dev-{n}.out")).exists()).unwrap_or(0);
         let out = dir.join(format!("dev-{n}.out"));
         let log = dir.join(format!("dev-{n}.log"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
-            .arg("dev")
-            .arg("--config")
-            .arg(&config)
-            .env("COUNTERSIGN_LOG_LEVEL", "warn")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("countersign dev starts");
+        let child = countersign_testkit::cli::spawn_dev(&config, &out, &log);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(CLIENTS)

@@ -8,13 +8,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::local_mode::{config_text, data_dir, ALICE};
+use countersign_testkit::cli::spawn_dev;
 
 /// A running `countersign dev --config DIR/dev.toml` on a port the system chose.
 struct DevProcess {
@@ -60,20 +60,6 @@ impl DevProcess {
     async fn raw(&self, method: &str, path: &str, headers: &[String], body: &str) -> (u16, Value) {
         raw_http(self.addr, method, path, headers, body).await
     }
-}
-
-fn spawn_dev(config: &Path, out: &Path, log: &Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
-        .arg("dev")
-        .arg("--config")
-        .arg(config)
-        .env("COUNTERSIGN_LOG_LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(out).unwrap())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("countersign dev starts")
 }
 
 async fn raw_http(addr: SocketAddr, method: &str, path: &str, headers: &[String], body: &str) -> (u16, Value) {

@@ -678,20 +678,13 @@ fn cli(dev: &Dev, args: &[&str]) -> tokio::process::Child {
         Some(i) => args.split_at(i),
         None => (args, &[][..]),
     };
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
+    countersign_testkit::cli::command()
         .args(head)
         .args(["--endpoint", &dev.url(""), "--region", "us-east-1"])
         .args(tail)
         .env("AWS_ACCESS_KEY_ID", KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env_remove("COUNTERSIGN_ENDPOINT")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("the CLI starts")
 }

@@ -79,3 +79,16 @@ pub async fn finish(child: tokio::process::Child) -> Ran {
 pub async fn run(mut cmd: tokio::process::Command) -> Ran {
     finish(cmd.spawn().expect("countersign starts")).await
 }
+
+/// `countersign dev --config CONFIG`, as the local-mode tests start it: logs at `warn`, stdout (its banner
+/// names the address) and stderr written to the given files, killed when dropped.
+pub fn spawn_dev(config: &std::path::Path, out: &std::path::Path, log: &std::path::Path) -> tokio::process::Child {
+    let mut c = command();
+    c.arg("dev")
+        .arg("--config")
+        .arg(config)
+        .env("COUNTERSIGN_LOG_LEVEL", "warn")
+        .stdout(std::fs::File::create(out).expect("create the stdout file"))
+        .stderr(std::fs::File::create(log).expect("create the log file"));
+    c.spawn().expect("countersign dev starts")
+}
