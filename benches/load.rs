@@ -253,6 +253,7 @@ async fn run(o: Opts) {
         slack_timeout: Duration::from_secs(2),
         settings: RequestSettings::default(),
         slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
+        receipts: countersign_testkit::app::local_receipts(),
     })
     .expect("app builds");
     match o.slack.as_str() {

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{exit, ApiArgs, AwsArgs, CliError};
 use countersign_core::domain::text::escape_hidden;
+use countersign_core::domain::ArtifactDigest;
 
 /// The SigV4 service name of API Gateway.
 pub const SIGNING_SERVICE: &str = "execute-api";
@@ -123,6 +124,21 @@ impl ApiClient {
     /// `POST /v1/requests/{id}/cancel`.
     pub async fn cancel(&self, id: &str) -> Result<Value, CliError> {
         self.call(Method::POST, &format!("/v1/requests/{id}/cancel"), None, Duration::ZERO).await
+    }
+
+    /// `POST /v1/requests/{id}/redeem`: `{"request", "receipt"}`.
+    pub async fn redeem(&self, id: &str, artifact: Option<&ArtifactDigest>) -> Result<Value, CliError> {
+        let body = match artifact {
+            Some(a) => serde_json::json!({ "artifact": a.as_str() }),
+            None => serde_json::json!({}),
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| CliError::failed("cannot encode the request", &e))?;
+        self.call(Method::POST, &format!("/v1/requests/{id}/redeem"), Some(bytes), Duration::ZERO).await
+    }
+
+    /// `GET /v1/keys`: the JWKS.
+    pub async fn keys(&self) -> Result<Value, CliError> {
+        self.call(Method::GET, "/v1/keys", None, Duration::ZERO).await
     }
 
     async fn call(

@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod dev;
 pub mod policy;
+pub mod receipt;
 pub mod request;
 pub mod store;
 
@@ -37,6 +38,9 @@ pub mod exit {
     pub const STILL_PENDING: u8 = 6;
     pub const REFUSED: u8 = 7;
     pub const UNAVAILABLE: u8 = 8;
+    /// `redeem`, `run`: approved but not usable (redemption refused: already redeemed, too late, another
+    /// artifact or session); printed with the API's code.
+    pub const NOT_USABLE: u8 = 9;
     /// `run`: the approved command could not be started.
     pub const CANNOT_RUN: u8 = 127;
 }
@@ -51,6 +55,7 @@ Exit codes:
   6  still pending (when --timeout ran out, or `status` without --wait)
   7  refused by the API (4xx; its code and message are printed)
   8  unavailable / network error (after retries with backoff)
+  9  approved but not usable (redeem refused: already_redeemed, approval_expired, artifact_mismatch, …)
   `run` exits with the command's own exit code once it has run (127 if it cannot be started).";
 
 #[derive(Debug, Parser)]
@@ -81,7 +86,9 @@ pub enum Command {
     ///
     /// Exits with the command's exit code once it has run; otherwise with countersign's (3 denied, 4 expired,
     /// 5 cancelled, 6 still pending at --timeout, 7 refused, 8 unavailable) and the command does not run. The
-    /// command gets COUNTERSIGN_REQUEST_ID in its environment. countersign's own output goes to stderr, so
+    /// command gets COUNTERSIGN_REQUEST_ID in its environment. Once approved, the approval is redeemed before
+    /// the command starts and the command gets its receipt in COUNTERSIGN_RECEIPT; a refused redemption
+    /// exits 9 and the command does not run. countersign's own output goes to stderr, so
     /// stdout is the command's.
     #[command(after_help = EXIT_CODES_HELP)]
     Run {
@@ -97,6 +104,12 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// Use an approval, once, and print its receipt (a JWS): exit 9 if the API refuses the redemption.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Redeem(receipt::RedeemArgs),
+    /// Receipts: print the keys that verify them, verify one offline.
+    #[command(subcommand)]
+    Receipt(receipt::ReceiptCommand),
     /// Show a request (exit code by status: 0 approved, 3 denied, 4 expired, 5 cancelled, 6 pending).
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
@@ -207,6 +220,8 @@ pub struct RequestArgs {
     /// How long approvers have (60s … the policy's max_ttl; default: max_ttl). E.g. 90s, 30m, 1h.
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
+    #[command(flatten)]
+    pub artifact: receipt::ArtifactArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -381,6 +396,17 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Request { request: r, wait, api } => request::request(&r, &wait, &api).await,
         Command::Run { request: r, timeout, api, command } => request::run(&r, timeout, &api, &command).await,
         Command::Status { id, wait, api } => request::status(&id, &wait, &api).await,
+        Command::Redeem(a) => receipt::redeem(&a.id, &a.artifact, a.out.as_deref(), &a.api).await,
+        Command::Receipt(receipt::ReceiptCommand::Keys { api }) => receipt::keys(&api).await,
+        Command::Receipt(receipt::ReceiptCommand::Verify {
+            file,
+            jwks,
+            artifact,
+            action,
+            environment,
+            principal,
+            output,
+        }) => receipt::verify(&file, &jwks, &artifact, action, environment, principal, output),
         Command::Cancel { id, api } => request::cancel(&id, &api).await,
         Command::Whoami { aws, output } => request::whoami(&aws, &output).await,
         Command::Audit(AuditCommand::Export { range, request, principal, format, out, store }) => {

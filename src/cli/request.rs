@@ -18,7 +18,7 @@ use countersign_core::ports::{Clock, SystemClock};
 use countersign_lambda::http::api::RequestView;
 
 use super::api::{self, exit_for_status, is_final, ApiClient, MAX_WAIT_SECONDS};
-use super::{exit, ApiArgs, AwsArgs, CliError, Output, OutputArgs, RequestArgs, WaitArgs};
+use super::{exit, receipt, ApiArgs, AwsArgs, CliError, Output, OutputArgs, RequestArgs, WaitArgs};
 
 /// The environment variable `run` passes to the approved command.
 pub const REQUEST_ID_ENV: &str = "COUNTERSIGN_REQUEST_ID";
@@ -46,7 +46,7 @@ enum Stream {
     Stderr,
 }
 
-fn body(r: &RequestArgs) -> Value {
+fn body(r: &RequestArgs) -> Result<Value, CliError> {
     let details: BTreeMap<&str, &str> = r.details.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // A fresh key per invocation makes the CLI's own retries of the POST safe.
     let key =
@@ -68,7 +68,10 @@ fn body(r: &RequestArgs) -> Value {
     if let Some(t) = r.ttl {
         b["ttl_seconds"] = json!(t);
     }
-    b
+    if let Some(a) = r.artifact.digest()? {
+        b["artifact"] = json!(a.as_str());
+    }
+    Ok(b)
 }
 
 fn approvals(v: &RequestView) -> String {
@@ -256,7 +259,7 @@ fn still_pending_hint(a: &Answer, timeout: Option<Duration>) {
 
 pub async fn request(r: &RequestArgs, w: &WaitArgs, args: &ApiArgs) -> Result<u8, CliError> {
     let client = ApiClient::new(args).await?;
-    let created = Answer::parse(client.create(&body(r)).await?)?;
+    let created = Answer::parse(client.create(&body(r)?).await?)?;
     if !w.wait {
         print_result(&created, args.output.output, Stream::Stdout);
         return Ok(match created.view.status.as_str() {
@@ -298,7 +301,7 @@ pub async fn run(
         return Err(CliError::new(exit::USAGE, "run needs a command after --"));
     };
     let client = ApiClient::new(args).await?;
-    let created = Answer::parse(client.create(&body(r)).await?)?;
+    let created = Answer::parse(client.create(&body(r)?).await?)?;
     let done = wait_for(&client, created, timeout).await?;
     still_pending_hint(&done, timeout);
     print_result(&done, args.output.output, Stream::Stderr);
@@ -306,8 +309,12 @@ pub async fn run(
         eprintln!("not running {}: the request is {}", program.to_string_lossy(), done.view.status);
         return Ok(exit_for_status(&done.view.status));
     }
+    // Redeem before the command starts: an approval is used once, by this principal, in time (row 35).
+    let artifact = r.artifact.digest()?;
+    let redeemed = receipt::redeem_with(&client, &done.view.id, artifact.as_ref()).await?;
+    let receipt = receipt::receipt_of(&redeemed)?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(rest).env(REQUEST_ID_ENV, &done.view.id);
+    cmd.args(rest).env(REQUEST_ID_ENV, &done.view.id).env(receipt::RECEIPT_ENV, receipt);
     let program_name = program.to_string_lossy().into_owned();
     let status = tokio::task::spawn_blocking(move || cmd.status())
         .await
@@ -391,16 +398,17 @@ mod tests {
             details: vec![("commit".into(), "9f2c".into())],
             idempotency_key: None,
             ttl: Some(600),
+            artifact: Default::default(),
         };
-        let (a, b) = (body(&r), body(&r));
+        let (a, b) = (body(&r).unwrap(), body(&r).unwrap());
         assert_ne!(a["idempotency_key"], b["idempotency_key"]);
         assert_eq!(a["details"], json!({"commit": "9f2c"}));
         assert_eq!(a["ttl_seconds"], 600);
         assert!(a.get("resource").is_none());
         r.idempotency_key = Some("run-42".into());
-        assert_eq!(body(&r)["idempotency_key"], "run-42");
+        assert_eq!(body(&r).unwrap()["idempotency_key"], "run-42");
         // The API refuses unknown fields: the CLI must send only the documented ones.
-        let allowed = countersign_lambda::http::api::parse_body(body(&r).to_string().as_bytes());
+        let allowed = countersign_lambda::http::api::parse_body(body(&r).unwrap().to_string().as_bytes());
         assert!(allowed.is_ok(), "{:?}", allowed.err());
     }
 

@@ -798,3 +798,123 @@ async fn t25_local_audit_verify_names_a_moved_record() {
     )
     .await;
 }
+
+// ---- receipts (rows 35, 36) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_run_hands_the_command_its_receipt_and_a_replayed_approval_exits_9() {
+    let (t, _) = local_app().await;
+    // Receipts are checked against the real clock by `receipt verify`.
+    t.clock.set(Timestamp::from_unix_millis(
+        i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
+    ));
+    let api = stand_in(&t, DEPLOY_ARN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let build = dir.path().join("build.zip");
+    std::fs::write(&build, b"the reviewed build").unwrap();
+    let receipt = dir.path().join("receipt.jwt");
+    let (build_s, receipt_s) = (build.to_str().unwrap(), receipt.to_str().unwrap());
+    let script = r#"printf %s "$COUNTERSIGN_RECEIPT" > "$1"; exit 42"#;
+    let run = |key: &'static str| {
+        vec![
+            "run",
+            "--action",
+            "deploy",
+            "--env",
+            "staging",
+            "--idempotency-key",
+            key,
+            "--artifact-file",
+            build_s,
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            receipt_s,
+        ]
+    };
+    let ran = run_cli(&with_endpoint(&api, &run("rel-1"))).await;
+    assert_eq!(ran.code, 42, "{ran:?}");
+    let jws = std::fs::read_to_string(&receipt).unwrap();
+    assert_eq!(jws.split('.').count(), 3, "{jws}");
+    std::fs::remove_file(&receipt).unwrap();
+
+    // The same idempotency key months later finds the same approved request: redeemed already, exit 9.
+    let again = run_cli(&with_endpoint(&api, &run("rel-1"))).await;
+    assert_eq!(again.code, 9, "{again:?}");
+    assert!(again.stderr.contains("already_redeemed"), "{again:?}");
+    assert!(!receipt.exists(), "the command must not run on a replayed approval");
+
+    // The JWKS, then offline verification with expectations.
+    let keys = run_cli(&["receipt", "keys", "--endpoint", api.url.as_str()]).await;
+    assert_eq!(keys.code, 0, "{keys:?}");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &keys.stdout).unwrap();
+    std::fs::write(&receipt, &jws).unwrap();
+    let verify = |extra: &[&str]| {
+        let mut v = vec!["receipt", "verify", receipt_s, "--jwks", jwks.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let ok = run_cli(
+        &verify(&["--artifact-file", build_s, "--action", "deploy", "--env", "staging"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let principal = "arn:aws:iam::111122223333:role/github-deploy";
+    let ok = run_cli(&verify(&["--principal", principal]).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let wrong_env = run_cli(&verify(&["--env", "production"]).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(wrong_env.code, 1, "{wrong_env:?}");
+    assert!(wrong_env.stderr.contains("environment"), "{wrong_env:?}");
+    let other = format!("sha256:{}", "0".repeat(64));
+    let wrong_artifact = run_cli(&verify(&["--artifact", &other]).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(wrong_artifact.code, 1, "{wrong_artifact:?}");
+    assert!(wrong_artifact.stderr.contains("artifact"), "{wrong_artifact:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t36_receipt_verify_refuses_a_changed_claim_or_signature() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let (t, _) = local_app().await;
+    t.clock.set(Timestamp::from_unix_millis(
+        i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
+    ));
+    let api = stand_in(&t, DEPLOY_ARN).await;
+    let created =
+        run_cli(&with_endpoint(&api, &["request", "--action", "deploy", "--env", "staging", "--output", "json"])).await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let id = serde_json::from_str::<Value>(created.stdout.trim()).unwrap()["id"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let receipt = dir.path().join("receipt.jwt");
+    let receipt_s = receipt.to_str().unwrap();
+    let redeemed = run_cli(&with_endpoint(&api, &["redeem", &id, "--out", receipt_s])).await;
+    assert_eq!(redeemed.code, 0, "{redeemed:?}");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, run_cli(&["receipt", "keys", "--endpoint", api.url.as_str()]).await.stdout).unwrap();
+    let jwks_s = jwks.to_str().unwrap();
+    assert_eq!(run_cli(&["receipt", "verify", receipt_s, "--jwks", jwks_s]).await.code, 0);
+    let jws = std::fs::read_to_string(&receipt).unwrap().trim().to_string();
+    let parts: Vec<&str> = jws.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    claims["environment"] = json!("production");
+    let changed_claim = format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2]);
+    let mut sig = B64.decode(parts[2]).unwrap();
+    sig[10] ^= 1;
+    let changed_sig = format!("{}.{}.{}", parts[0], parts[1], B64.encode(sig));
+    for forged in [changed_claim, changed_sig] {
+        std::fs::write(&receipt, &forged).unwrap();
+        let ran = run_cli(&["receipt", "verify", receipt_s, "--jwks", jwks_s]).await;
+        assert_eq!(ran.code, 1, "{ran:?}");
+        assert!(ran.stderr.contains("signature"), "{ran:?}");
+    }
+    // A second redeem of the same approval: exit 9 with the API's code.
+    let second = run_cli(&with_endpoint(&api, &["redeem", &id])).await;
+    assert_eq!(second.code, 9, "{second:?}");
+    assert!(second.stderr.contains("already_redeemed"), "{second:?}");
+}

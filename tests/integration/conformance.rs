@@ -62,7 +62,7 @@ fn commit_of(from: &ApprovalRequest, t: Transition, guard: Guard) -> Commit {
     Commit { expected_version: from.version, request: t.request, vote: t.vote, events: t.events, guard }
 }
 
-fn conflict(r: Result<(), StoreError>) -> Conflict {
+fn conflict(r: Result<Vec<countersign_core::domain::AuditEvent>, StoreError>) -> Conflict {
     match r {
         Err(StoreError::Conflict(c)) => c,
         other => panic!("expected a conflict, got {other:?}"),
@@ -127,7 +127,7 @@ async fn approve_until_settled<S: Store>(store: Arc<S>, id: RequestId, user: Sla
             Err(e) => return Outcome::Refused(e),
         };
         match store.commit(commit_of(&current, t, Guard::OpenAt(now))).await {
-            Ok(()) => return Outcome::Committed,
+            Ok(_) => return Outcome::Committed,
             Err(StoreError::Conflict(Conflict::Stale)) => {}
             Err(StoreError::Conflict(Conflict::DuplicateVote)) => return Outcome::DuplicateVote,
             Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -399,6 +399,31 @@ pub async fn no_transition_leaves_a_terminal_state<S: Store>(sut: Sut<S>) {
     }
     assert_eq!(get(s, &r.id).await, approved);
     assert_eq!(all_audit(s).await, audit_before);
+}
+
+/// Row 35: a redemption commits only over an approved request, once, and returns its sealed record.
+pub async fn t35_redemption_commits_once_and_only_over_an_approved_request<S: Store>(sut: Sut<S>) {
+    let s = &*sut.store;
+    let r = deploy_request(1, T0);
+    create(s, &r).await;
+    let by = countersign_core::domain::Principal::parse(&arn("github-deploy")).unwrap();
+    let now = T0.plus_seconds(1);
+    // A redemption forged over the pending request is refused by the store's guard.
+    let mut forged = r.clone();
+    forged.version += 1;
+    forged.redeemed_at = Some(now);
+    let c = Commit { expected_version: r.version, request: forged, vote: None, events: vec![], guard: Guard::Approved };
+    assert_eq!(conflict(s.commit(c).await), Conflict::Stale);
+    let t = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
+    s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
+    let approved = get(s, &r.id).await;
+    let first = approved.redeem(&by, None, now).unwrap();
+    let second = approved.redeem(&by, None, now).unwrap();
+    let sealed = s.commit(commit_of(&approved, first, Guard::Approved)).await.unwrap();
+    assert_eq!(kinds(&sealed), vec![AuditKind::RequestRedeemed]);
+    assert_eq!(sealed, s.for_request(&r.id).await.unwrap().into_iter().rev().take(1).collect::<Vec<_>>());
+    assert_eq!(conflict(s.commit(commit_of(&approved, second, Guard::Approved)).await), Conflict::Stale);
+    assert_eq!(get(s, &r.id).await.redeemed_by.as_deref(), Some(arn("github-deploy").as_str()));
 }
 
 pub async fn an_expired_request_cannot_be_approved_though_its_item_still_exists<S: Store>(sut: Sut<S>) {
@@ -728,6 +753,7 @@ macro_rules! conformance {
             quorum_of_2_under_20_concurrent_approvals_approves_exactly_once,
             concurrent_appends_keep_one_unbroken_chain,
             no_transition_leaves_a_terminal_state,
+            t35_redemption_commits_once_and_only_over_an_approved_request,
             an_expired_request_cannot_be_approved_though_its_item_still_exists,
             an_open_request_accepts_a_vote_just_before_expiry,
             commit_requires_the_next_version,

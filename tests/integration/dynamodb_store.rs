@@ -213,7 +213,7 @@ async fn twenty_concurrent_approvers_cause_exactly_one_approved_transition() {
                 };
                 let approved = t.request.status == Status::Approved;
                 match store.commit(commit_of(t, current.version, Guard::OpenAt(now))).await {
-                    Ok(()) => return approved,
+                    Ok(_) => return approved,
                     Err(StoreError::Conflict(Conflict::Stale)) => continue,
                     Err(e) => panic!("commit failed: {e:?}"),
                 }

@@ -460,7 +460,7 @@ impl RequestStore for RecordingPostFails {
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
         self.inner.get_request(id).await
     }
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: Commit) -> Result<Vec<countersign_core::domain::AuditEvent>, StoreError> {
         if self.armed.load(Ordering::SeqCst) && commit.request.notification.ts.is_some() {
             return Err(StoreError::unavailable(std::io::Error::other("injected: store cut after the post")));
         }

@@ -759,6 +759,29 @@ async fn the_cli_waits_on_local_mode_exit_0_when_approved_and_run_skips_the_comm
     assert_eq!(v["id"], id.as_str());
     assert_eq!(v["status"], "approved");
 
+    // Redeemed once through local mode, signed with the key generated into the data directory (0600).
+    let out = cli(&dev, &["redeem", &id]).wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let receipt = dir.path().join("receipt.jwt");
+    std::fs::write(&receipt, &out.stdout).unwrap();
+    let keys = cli(&dev, &["receipt", "keys"]).wait_with_output().await.unwrap();
+    assert_eq!(keys.status.code(), Some(0), "{}", String::from_utf8_lossy(&keys.stderr));
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &keys.stdout).unwrap();
+    let verified = countersign_testkit::cli::command()
+        .args(["receipt", "verify", receipt.to_str().unwrap(), "--jwks", jwks.to_str().unwrap(), "--env", "production"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(verified.status.code(), Some(0), "{}", String::from_utf8_lossy(&verified.stderr));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join(countersign_local::receipt_key::KEY_FILE);
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = cli(&dev, &["redeem", &id]).wait_with_output().await.unwrap();
+    assert_eq!(again.status.code(), Some(9), "{}", String::from_utf8_lossy(&again.stderr));
+
     // `run -- COMMAND`: a deny through the modal → exit 3 and the command never runs.
     let marker = dir.path().join("ran");
     let script = format!("touch '{}'", marker.display());

@@ -8,6 +8,8 @@
 //! - `refused_callbacks`: callbacks refused before authentication are audited (`callback.rejected` by
 //!   `slack:unknown`, rationed per process) with nothing of the body, and the 401 goes out even when the audit
 //!   store is down (threat rows 1, 4, 7 and 27).
+//! - `receipts_kms`: receipts signed by a KMS key through the real adapter on the emulator, verified with
+//!   RustCrypto's `p256` against the published JWK; keys of the wrong kind or missing are refused (row 36).
 //! - `secret_rotation`: the Slack secrets through the real Secrets Manager adapter on the emulator: the previous
 //!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
@@ -41,6 +43,8 @@ mod operator_cli;
 mod policy_drift;
 mod policy_lint;
 mod races;
+mod receipts;
+mod receipts_kms;
 mod refused_callbacks;
 mod request_api;
 mod requester_text;

@@ -250,6 +250,7 @@ impl Rig {
             slack_timeout: Duration::from_millis(500),
             settings: RequestSettings::default(),
             slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
+            receipts: countersign_testkit::app::local_receipts(),
         })
         .unwrap();
         Self { app, slack, clock, _keep: keep }
@@ -329,6 +330,10 @@ async fn request_object_has_every_contract_field(kind: StoreKind) {
         "expires_at",
         "decided_at",
         "notification",
+        "artifact",
+        "usable_until",
+        "redeemed_at",
+        "redeemed_by",
     ]
     .into();
     assert_eq!(keys, want, "exactly the contract's fields (no version, body hash or access key)");

@@ -93,6 +93,7 @@ fn config(component: Component, vars: &[(&str, &str)]) -> LambdaConfig {
         ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
         ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
         ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
+        ("COUNTERSIGN_RECEIPT_KEY_ID", "alias/countersign-receipts"),
         ("COUNTERSIGN_SLACK_TEAM_ID", countersign_testkit::app::TEAM_ID),
         ("COUNTERSIGN_SLACK_APP_ID", countersign_testkit::app::APP_ID),
     ]
@@ -282,6 +283,7 @@ async fn start_up(bin: &str, vars: &[(&str, &str)]) -> String {
             ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
             ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
             ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
+            ("COUNTERSIGN_RECEIPT_KEY_ID", "alias/countersign-receipts"),
             ("COUNTERSIGN_SLACK_TEAM_ID", countersign_testkit::app::TEAM_ID),
             ("COUNTERSIGN_SLACK_APP_ID", countersign_testkit::app::APP_ID),
             ("AWS_REGION", "us-east-1"),

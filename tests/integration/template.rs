@@ -2,7 +2,8 @@
 //! `infra/slack-app-manifest.yaml` themselves: IAM auth and the resource policy of the request API, the
 //! protection of every table, least-privilege function roles, the append-only audit table, the Lambda
 //! runtime, the Slack signing secret readable by slack-interactions alone (row 28), reserved concurrency and
-//! the WAF rate rule on the Slack endpoint (row 38). A change that weakens any of these fails here before it
+//! the WAF rate rule on the Slack endpoint (row 38), the receipt key only request-api may sign with (rows 35,
+//! 36). A change that weakens any of these fails here before it
 //! reaches an account.
 //!
 //! CloudFormation's short forms (`!Ref`, `!Sub`, `!GetAtt`, `!If`, …) are YAML tags; they are rewritten
@@ -236,8 +237,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 // --- the request API -------------------------------------------------------------------------------------
 
-const REQUEST_ROUTES: &[(&str, &str)] =
-    &[("post", "/v1/requests"), ("get", "/v1/requests/{id}"), ("post", "/v1/requests/{id}/cancel")];
+const REQUEST_ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/requests"),
+    ("get", "/v1/requests/{id}"),
+    ("post", "/v1/requests/{id}/cancel"),
+    ("post", "/v1/requests/{id}/redeem"),
+    ("get", "/v1/keys"),
+];
 
 #[test]
 fn template_request_api_uses_iam_auth() {
@@ -496,7 +502,8 @@ fn template_has_no_wildcard_actions() {
             assert!(action.contains(':'), "{id}: action {action:?} has no service prefix");
         }
         for res in strings(get(stmt, &["Resource"])) {
-            if res == "*" {
+            // In a key policy "*" is the key itself: KMS allows no other resource there.
+            if res == "*" && text(resource(id), &["Type"]) != Some("AWS::KMS::Key") {
                 for action in &actions {
                     assert!(
                         STAR_RESOURCE_EXCEPTIONS.contains(&(id, action.as_str())),
@@ -1038,6 +1045,105 @@ fn t38_web_acl_is_associated_with_the_slack_api_stage() {
     // must wait for it, or the first deployment fails.
     let depends = strings(get(a, &["DependsOn"]));
     assert!(depends.contains(&format!("SlackApi{stage}Stage")), "{id}: DependsOn {depends:?}");
+}
+
+// --- rows 35, 36: the receipt key -------------------------------------------------------------------------
+
+fn receipt_key_statements() -> Vec<&'static Value> {
+    let policy = get(resource("ReceiptKey"), &["Properties", "KeyPolicy", "Statement"]).expect("a key policy");
+    alternatives(policy)
+}
+
+fn principal_aws(stmt: &Value) -> Vec<String> {
+    strings(get(stmt, &["Principal", "AWS"]))
+}
+
+#[test]
+fn t36_receipt_key_is_a_retained_p256_signing_key_with_an_alias() {
+    let keys: Vec<&str> = of_type("AWS::KMS::Key").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(keys, ["ReceiptKey"]);
+    let key = resource("ReceiptKey");
+    assert_eq!(text(key, &["Properties", "KeySpec"]), Some("ECC_NIST_P256"), "ES256 needs P-256");
+    assert_eq!(text(key, &["Properties", "KeyUsage"]), Some("SIGN_VERIFY"));
+    // Receipts already issued must stay verifiable after the stack goes.
+    assert_eq!(text(key, &["DeletionPolicy"]), Some("Retain"));
+    assert_eq!(text(key, &["UpdateReplacePolicy"]), Some("Retain"));
+    let alias = resource("ReceiptKeyAlias");
+    assert_eq!(text(alias, &["Type"]), Some("AWS::KMS::Alias"));
+    assert_eq!(text(alias, &["Properties", "AliasName", "Fn::Sub"]), Some("alias/${AWS::StackName}-receipts"));
+    assert_eq!(text(alias, &["Properties", "TargetKeyId", "Ref"]), Some("ReceiptKey"));
+    let out = get(&template()["Outputs"], &["ReceiptKeyArn", "Value"]).expect("output ReceiptKeyArn");
+    assert_eq!(describe(out), "ReceiptKey");
+}
+
+#[test]
+fn t36_only_the_request_api_role_may_sign_with_the_receipt_key() {
+    let request_api_role = role_of(function_by_binary("request-api").1);
+    let stmts = receipt_key_statements();
+    let signs = |s: &Value| strings(get(s, &["Action"])).iter().any(|a| a == "kms:Sign");
+
+    // One allow of kms:Sign in the key policy, to the request-api role, with the public key and nothing else.
+    let allows: Vec<_> = stmts.iter().filter(|s| is_allow(s) && signs(s)).collect();
+    assert_eq!(allows.len(), 1, "allows of kms:Sign: {allows:?}");
+    assert_eq!(principal_aws(allows[0]), std::slice::from_ref(&request_api_role));
+    assert_eq!(strings(get(allows[0], &["Action"])), ["kms:Sign", "kms:GetPublicKey"]);
+
+    // The account administers the key but neither signs nor hands out grants that could.
+    let admin = stmts
+        .iter()
+        .find(|s| principal_aws(s).iter().any(|p| p.ends_with(":root")))
+        .expect("the account root administers the key");
+    for banned in ["kms:Sign", "kms:CreateGrant", "kms:Verify"] {
+        assert!(!strings(get(admin, &["Action"])).iter().any(|a| a == banned), "the account root may {banned}");
+    }
+    assert!(strings(get(admin, &["Action"])).iter().any(|a| a == "kms:PutKeyPolicy"), "the key must stay manageable");
+
+    // And an explicit deny of kms:Sign for every principal but that role, whatever else is granted later.
+    let deny =
+        stmts.iter().find(|s| text(s, &["Effect"]) == Some("Deny") && signs(s)).expect("an explicit deny of kms:Sign");
+    let principal = text(deny, &["Principal", "AWS"]).or_else(|| text(deny, &["Principal"]));
+    assert_eq!(principal, Some("*"), "the deny covers every principal");
+    assert_eq!(strings(get(deny, &["Resource"])), ["*"]);
+    let condition = get(deny, &["Condition"]).and_then(Value::as_mapping).expect("the deny's condition");
+    assert_eq!(condition.len(), 1, "only ArnNotEquals: {condition:?}");
+    let not_equals = get(deny, &["Condition", "ArnNotEquals"]).and_then(Value::as_mapping).expect("ArnNotEquals");
+    assert_eq!(not_equals.len(), 1, "{not_equals:?}");
+    assert_eq!(strings(not_equals.get("aws:PrincipalArn")), std::slice::from_ref(&request_api_role));
+
+    // Nowhere else in the template is kms:Sign allowed, and no function role's IAM policy grants any KMS
+    // action: the key policy is the one grant.
+    for (id, stmt) in all_statements().into_iter().filter(|(_, s)| is_allow(s)) {
+        if strings(get(stmt, &["Action"])).iter().any(|a| a.starts_with("kms:Sign") || a.starts_with("kms:*")) {
+            assert_eq!(id, "ReceiptKey", "{id} allows kms:Sign");
+        }
+    }
+    for (fid, f) in functions() {
+        let kms: Vec<_> = allowed_pairs(&role_of(f)).into_iter().filter(|(a, _)| a.starts_with("kms:")).collect();
+        assert!(kms.is_empty(), "{fid}'s role grants {kms:?}");
+    }
+    for ty in ["AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"] {
+        assert!(of_type(ty).is_empty(), "a stand-alone {ty} would escape the per-role checks");
+    }
+}
+
+#[test]
+fn t36_request_api_is_told_the_receipt_key_arn_and_the_issuer() {
+    for (fid, f) in functions() {
+        let vars = get(f, &["Properties", "Environment", "Variables"]).expect("environment");
+        let key = vars.get("COUNTERSIGN_RECEIPT_KEY_ID");
+        if binary_of(f) == "request-api" {
+            // The key's ARN, never the alias: an alias can be re-pointed at another key.
+            let ga = key.and_then(|k| get(k, &["Fn::GetAtt"])).and_then(Value::as_sequence).expect("!GetAtt");
+            assert_eq!((ga[0].as_str(), ga[1].as_str()), (Some("ReceiptKey"), Some("Arn")), "{fid}");
+            assert_eq!(text(&vars["COUNTERSIGN_RECEIPT_ISSUER"], &["Ref"]), Some("ReceiptIssuer"), "{fid}");
+        } else {
+            assert!(key.is_none(), "{fid} ({}) does not sign receipts", binary_of(f));
+        }
+    }
+    let p = &template()["Parameters"]["ReceiptIssuer"];
+    assert_eq!(text(p, &["Type"]), Some("String"));
+    assert_eq!(text(p, &["Default"]), Some(countersign_core::domain::receipt::DEFAULT_ISSUER));
+    assert!(p["MaxLength"].as_u64().is_some_and(|n| n <= 256), "the function refuses an issuer over 256");
 }
 
 /// SAM's build cache hashes only a function's `CodeUri` (`crates/lambda`): with it on, a change in

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::receipt::Jwk;
 use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote};
 
 /// Failures of a store. `Unavailable` is retryable and maps to `503` + `Retry-After`; `Conflict` means a
@@ -48,6 +49,8 @@ pub enum Guard {
     OpenAt(Timestamp),
     /// Status is `pending` and `expires_at <= t` (the sweeper's expiry).
     ExpiredAt(Timestamp),
+    /// Status is `approved` (redemption, the sweeper's unused mark).
+    Approved,
     /// Only the version (notification bookkeeping).
     VersionOnly,
 }
@@ -99,8 +102,9 @@ pub trait RequestStore: Send + Sync {
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError>;
 
-    /// Applies a [`Commit`] with all its conditions, or nothing (`StoreError::Conflict`).
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Applies a [`Commit`] with all its conditions, or nothing (`StoreError::Conflict`). Returns the audit
+    /// records as the chain sealed them (a receipt points at its `request.redeemed` record).
+    async fn commit(&self, commit: Commit) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// Pending requests, oldest first (sweeper: expiry and reminders).
     async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
@@ -336,4 +340,27 @@ pub trait SlackSecrets: Send + Sync {
     }
     /// The current bot token.
     async fn bot_token(&self) -> Result<SecretString, SecretError>;
+}
+
+/// A failure of the signing key.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The key service could not be reached or throttled us: retryable (`503`).
+    #[error("the signing key is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The key exists but cannot make ES256 signatures (wrong spec or usage, disabled, not allowed).
+    #[error("the signing key is unusable: {0}")]
+    Unusable(String),
+}
+
+/// The key receipts (and checkpoints) are signed with: a KMS asymmetric key in AWS, a local P-256 key in
+/// local mode. ES256 only.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    /// The public key signatures are made with now; its `kid` goes into the JWS header.
+    async fn current_key(&self) -> Result<Jwk, SignError>;
+    /// The ES256 signature of `message` (ECDSA P-256 over SHA-256(message)) as the 64-byte `r‖s`.
+    async fn sign(&self, message: &[u8]) -> Result<[u8; 64], SignError>;
+    /// Every key whose signatures must still verify, the current one first (rotated keys stay listed).
+    async fn public_keys(&self) -> Result<Vec<Jwk>, SignError>;
 }

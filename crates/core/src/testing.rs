@@ -54,5 +54,12 @@ pub fn sample_request_for(arn: &str, policy: &str, required: u32, now: Timestamp
         idempotency_key: None,
         body_hash: None,
         version: 1,
+        artifact: None,
+        use_within: crate::domain::policy::DEFAULT_USE_WITHIN_SECONDS,
+        bind_session: false,
+        usable_until: (required == 0).then(|| now.plus_seconds(900)),
+        redeemed_at: None,
+        redeemed_by: None,
+        unused_at: None,
     }
 }

@@ -12,8 +12,9 @@ use crate::http::slack::{SlackIdentity, SlackState};
 use countersign_aws::dynamodb::{DynamoStore, TableNames};
 use countersign_aws::secrets::SecretsManagerSlackSecrets;
 use countersign_core::domain::Environment;
-use countersign_core::ports::{Clock, Notifier, SlackSecrets, Stores, SystemClock};
+use countersign_core::ports::{Clock, Notifier, Signer, SlackSecrets, Stores, SystemClock};
 use countersign_core::service::notify::Dispatcher;
+use countersign_core::service::receipts::{NoReceiptKey, Receipts};
 use countersign_core::service::refusals::RefusalBudget;
 use countersign_core::service::requests::{RequestService, RequestSettings};
 use countersign_core::service::sweeper::Sweeper;
@@ -35,6 +36,7 @@ pub struct App {
     pub slack_budget: Duration,
     /// The one audit budget of this process for refused, unauthenticated callbacks.
     pub refusals: Arc<RefusalBudget>,
+    pub receipts: Receipts,
 }
 
 /// The parts an [`App`] is built from.
@@ -46,6 +48,8 @@ pub struct Parts {
     pub slack_timeout: Duration,
     pub settings: RequestSettings,
     pub slack_identity: SlackIdentity,
+    /// The receipt signer (KMS in AWS, a local key in local mode) and issuer.
+    pub receipts: Receipts,
 }
 
 /// The Slack secrets a function reads, from its configuration: request-api and sweeper get no signing
@@ -58,6 +62,20 @@ pub fn slack_secrets(client: aws_sdk_secretsmanager::Client, cfg: &LambdaConfig)
         cfg.secret_cache_ttl,
     )
     .with_previous_grace(cfg.slack_secret_grace)
+}
+
+/// The receipt signer of a function, from its configuration: the KMS key when it has one. Nothing is
+/// called here: the key is read (and checked) at the first redemption or JWKS request.
+pub fn receipts(aws: &aws_config::SdkConfig, cfg: &LambdaConfig) -> Receipts {
+    let signer: Arc<dyn Signer> = match &cfg.receipt_key_id {
+        Some(key_id) => Arc::new(countersign_aws::kms::KmsSigner::new(
+            aws_sdk_kms::Client::new(aws),
+            key_id.clone(),
+            cfg.receipt_previous_key_ids.clone(),
+        )),
+        None => Arc::new(NoReceiptKey),
+    };
+    Receipts { signer, issuer: cfg.receipt_issuer.clone() }
 }
 
 impl App {
@@ -84,6 +102,7 @@ impl App {
             slack_identity: Arc::new(p.slack_identity),
             slack_budget: p.slack_timeout.min(Duration::from_millis(1500)),
             refusals: Arc::new(RefusalBudget::default()),
+            receipts: p.receipts,
         })
     }
 
@@ -123,6 +142,7 @@ impl App {
                 app_id: cfg.slack_app_id.clone().unwrap_or_default(),
                 team_id: cfg.slack_team_id.clone().unwrap_or_default(),
             },
+            receipts: receipts(&aws, cfg),
         };
         Self::build_with_http(parts, slack_http)
     }
@@ -143,6 +163,7 @@ impl App {
             clock: self.clock.clone(),
             dispatcher: self.dispatcher(),
             settings: self.settings.clone(),
+            receipts: self.receipts.clone(),
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use countersign_core::domain::principal::valid_account;
+use countersign_core::domain::receipt::DEFAULT_ISSUER;
 use countersign_core::domain::{Environment, SlackWorkspaces};
 
 pub const DEFAULT_SLACK_API_BASE_URL: &str = "https://slack.com/api";
@@ -71,6 +72,12 @@ pub struct LambdaConfig {
     pub sensitive_environments: BTreeSet<Environment>,
     pub secret_cache_ttl: Duration,
     pub slack_timeout: Duration,
+    /// `COUNTERSIGN_RECEIPT_KEY_ID`: the KMS key receipts are signed with (required by request-api).
+    pub receipt_key_id: Option<String>,
+    /// `COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS`: rotated-out keys, comma-separated, still published in the JWKS.
+    pub receipt_previous_key_ids: Vec<String>,
+    /// `COUNTERSIGN_RECEIPT_ISSUER`, default `countersign`: the receipts' `iss`.
+    pub receipt_issuer: String,
 }
 
 impl LambdaConfig {
@@ -170,7 +177,35 @@ impl LambdaConfig {
                 _ => return Err(err("COUNTERSIGN_SLACK_TIMEOUT_MS", format!("{v:?} must be 100 to 10000"))),
             },
         };
+        let receipt_key_id = match opt("COUNTERSIGN_RECEIPT_KEY_ID") {
+            Some(k) if valid_kms_key_id(&k) => Some(k),
+            Some(k) => {
+                return Err(err("COUNTERSIGN_RECEIPT_KEY_ID", format!("{k:?} is not a KMS key id, ARN or alias")))
+            }
+            None if component == Component::RequestApi => {
+                return Err(err("COUNTERSIGN_RECEIPT_KEY_ID", "is required but not set"))
+            }
+            None => None,
+        };
+        let mut receipt_previous_key_ids = Vec::new();
+        for k in opt("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS").unwrap_or_default().split(',') {
+            let k = k.trim();
+            if k.is_empty() {
+                continue;
+            }
+            if !valid_kms_key_id(k) {
+                return Err(err("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS", format!("{k:?} is not a KMS key id or ARN")));
+            }
+            receipt_previous_key_ids.push(k.to_string());
+        }
+        let receipt_issuer = opt("COUNTERSIGN_RECEIPT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_string());
+        if receipt_issuer.len() > 256 || receipt_issuer.chars().any(char::is_control) {
+            return Err(err("COUNTERSIGN_RECEIPT_ISSUER", "must be at most 256 printable characters"));
+        }
         Ok(Self {
+            receipt_key_id,
+            receipt_previous_key_ids,
+            receipt_issuer,
             tables,
             slack_secrets,
             slack_secret_grace,
@@ -185,6 +220,11 @@ impl LambdaConfig {
             slack_timeout: Duration::from_millis(slack_timeout_ms),
         })
     }
+}
+
+/// A key id (UUID), key ARN, alias name (`alias/…`) or alias ARN: printable, no spaces, at most 2048.
+fn valid_kms_key_id(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 2048 && k.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// Which Slack secrets `component` reads: the bot token always, the signing secret only for
@@ -281,6 +321,7 @@ mod tests {
             ("COUNTERSIGN_POLICIES_TABLE", "cs-policies"),
             ("COUNTERSIGN_REQUESTS_TABLE", "cs-requests"),
             ("COUNTERSIGN_AUDIT_TABLE", "cs-audit"),
+            ("COUNTERSIGN_RECEIPT_KEY_ID", "alias/countersign-receipts"),
             ("COUNTERSIGN_SLACK_SECRET_ID", "countersign/slack"),
             ("COUNTERSIGN_SLACK_TEAM_ID", "T0123ABCD"),
             ("COUNTERSIGN_SLACK_APP_ID", "A0123ABCD"),
@@ -495,5 +536,21 @@ mod tests {
         let c = load(Component::RequestApi, &m).unwrap();
         assert_eq!(c.allowed_accounts.len(), 2);
         assert_eq!(c.sensitive_environments.len(), 2);
+    }
+
+    #[test]
+    fn request_api_needs_the_receipt_key_and_the_issuer_defaults_to_countersign() {
+        let mut m = base();
+        m.remove("COUNTERSIGN_RECEIPT_KEY_ID");
+        let e = LambdaConfig::from_lookup(Component::RequestApi, |k| m.get(k).map(ToString::to_string)).unwrap_err();
+        assert_eq!(e.to_string(), "configuration error: COUNTERSIGN_RECEIPT_KEY_ID: is required but not set");
+        let c = LambdaConfig::from_lookup(Component::Sweeper, |k| m.get(k).map(ToString::to_string)).unwrap();
+        assert_eq!((c.receipt_key_id, c.receipt_issuer.as_str()), (None, "countersign"));
+        m.insert("COUNTERSIGN_RECEIPT_KEY_ID", "alias/k");
+        m.insert("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS", " k1 , k2,");
+        m.insert("COUNTERSIGN_RECEIPT_ISSUER", "https://countersign.example.com");
+        let c = LambdaConfig::from_lookup(Component::RequestApi, |k| m.get(k).map(ToString::to_string)).unwrap();
+        assert_eq!(c.receipt_previous_key_ids, ["k1", "k2"]);
+        assert_eq!(c.receipt_issuer, "https://countersign.example.com");
     }
 }

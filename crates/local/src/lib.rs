@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod config;
 pub mod host;
+pub mod receipt_key;
 pub mod secrets;
 pub mod sigv4;
 pub mod simulator;
@@ -37,9 +38,11 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use countersign_core::domain::policy::{parse_policies, PolicyErrors, MAX_POLICY_FILE_BYTES};
+use countersign_core::domain::receipt::DEFAULT_ISSUER;
 use countersign_core::domain::{Actor, Policy};
 use countersign_core::ports::{Clock, StoreError, Stores, SystemClock};
 use countersign_core::service::policies::{self, render_plan};
+use countersign_core::service::receipts::Receipts;
 use countersign_core::service::requests::RequestSettings;
 use countersign_core::service::ServiceError;
 use countersign_lambda::app::{App, Parts};
@@ -83,6 +86,8 @@ pub enum LocalError {
     Simulator(#[source] SimError),
     #[error("the server failed")]
     Io(#[source] std::io::Error),
+    #[error("cannot use the receipt key")]
+    ReceiptKey(#[source] receipt_key::KeyError),
 }
 
 /// What start-up did, for the banner.
@@ -194,6 +199,12 @@ impl LocalServer {
             slack_identity: SlackIdentity {
                 app_id: config.slack.app_id.clone(),
                 team_id: config.slack.team_id.clone(),
+            },
+            receipts: Receipts {
+                signer: Arc::new(
+                    receipt_key::LocalKeySigner::load_or_generate(&config.data_dir).map_err(LocalError::ReceiptKey)?,
+                ),
+                issuer: DEFAULT_ISSUER.to_string(),
             },
         })
         .map_err(LocalError::App)?;

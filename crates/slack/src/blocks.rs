@@ -226,8 +226,9 @@ fn status_section(r: &ApprovalRequest, status: Status) -> Value {
     let text = if is_auto_approved(r) {
         format!(
             ":robot_face: *Approved automatically by policy* `{}`: it requires no approvals. \
-             Shown for the record; nothing to do.",
-            r.policy.name
+             Shown for the record; nothing to do.{}",
+            r.policy.name,
+            use_line(r)
         )
     } else {
         match status {
@@ -238,7 +239,7 @@ fn status_section(r: &ApprovalRequest, status: Status) -> Value {
             }
             Status::Approved => {
                 let when = r.decided_at.map(date_token).unwrap_or_default();
-                format!(":white_check_mark: *Approved* by {} · {when}", approvals_by(r))
+                format!(":white_check_mark: *Approved* by {} · {when}{}", approvals_by(r), use_line(r))
             }
             Status::Denied => match &r.denial {
                 Some(d) => {
@@ -291,6 +292,25 @@ fn principal_kind_and_name(identity: &str) -> (&'static str, &str) {
         Some(("role", name)) => ("Role", name),
         _ => ("Principal", resource),
     }
+}
+
+/// What became of an approval (row 35): used once, not used in time, or still usable until when.
+fn use_line(r: &ApprovalRequest) -> String {
+    match (r.redeemed_at, &r.redeemed_by, r.unused_at, r.usable_until) {
+        (Some(at), by, _, _) => {
+            let by = by.as_deref().unwrap_or("—");
+            format!("\n:ticket: Used by `{}` at {}", safe(by, 300), date_token(at))
+        }
+        (None, _, Some(_), _) => "\n:hourglass: Approved but not used in time".into(),
+        (None, _, None, Some(until)) => format!("\nUsable once, until {}", date_token(until)),
+        _ => String::new(),
+    }
+}
+
+/// The artifact a request is bound to, as reviewers see it (its digest is validated hex: nothing to escape).
+fn artifact_context(r: &ApprovalRequest) -> Option<Value> {
+    let a = r.artifact.as_ref()?;
+    Some(json!({ "type": "context", "elements": [mrkdwn(format!(":package: Bound to artifact {}", a.short()))] }))
 }
 
 fn verified_section(r: &ApprovalRequest) -> Value {
@@ -426,6 +446,7 @@ pub fn request_message(view: &MessageView<'_>) -> Value {
         verified_section(r),
         json!({ "type": "divider" }),
     ];
+    blocks.extend(artifact_context(r));
     blocks.extend(stated_blocks(r));
     blocks.push(json!({ "type": "divider" }));
     blocks.push(policy_section(view));

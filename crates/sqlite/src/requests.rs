@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use countersign_core::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
+use countersign_core::domain::{ApprovalRequest, AuditDraft, AuditEvent, RequestId, Status, Timestamp};
 use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, SameKind, StoreError};
 
 use crate::audit::append_tx;
@@ -112,7 +112,7 @@ fn create_request_tx(
     Ok(CreateOutcome::Created)
 }
 
-pub(crate) fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
+pub(crate) fn commit_tx(tx: &Connection, c: Commit) -> Result<Vec<AuditEvent>, StoreError> {
     if c.expected_version.checked_add(1) != Some(c.request.version) {
         return Err(StoreError::Other(format!(
             "a commit from version {} must write version {}, not {}",
@@ -155,6 +155,7 @@ pub(crate) fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
     let guard_holds = match c.guard {
         Guard::OpenAt(t) => pending && expires_at > t.unix_millis(),
         Guard::ExpiredAt(t) => pending && expires_at <= t.unix_millis(),
+        Guard::Approved => status == Status::Approved.as_str(),
         Guard::VersionOnly => true,
     };
     if version != expected || !guard_holds {
@@ -191,8 +192,7 @@ pub(crate) fn commit_tx(tx: &Connection, c: Commit) -> Result<(), StoreError> {
             .execute(params![row.id, v.user_id.as_str(), to_json(v, "vote")?])
             .sql()?;
     }
-    append_tx(tx, c.events)?;
-    Ok(())
+    append_tx(tx, c.events)
 }
 
 #[async_trait]
@@ -212,7 +212,7 @@ impl RequestStore for EmbeddedStore {
         self.read(move |tx| get_request_tx(tx, &id)).await
     }
 
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: Commit) -> Result<Vec<AuditEvent>, StoreError> {
         self.write(move |tx| commit_tx(tx, commit)).await
     }
 

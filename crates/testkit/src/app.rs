@@ -5,6 +5,7 @@
 //!
 //! Logs are off unless `TEST_LOG` is set.
 
+use countersign_core::service::receipts::Receipts;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -104,6 +105,16 @@ pub struct AppOptions {
     /// Per-call bound on Slack calls (production default: 2 s).
     pub slack_timeout: Duration,
     pub slack_identity: SlackIdentity,
+    /// `None`: a fresh local P-256 key ([`local_receipts`]).
+    pub receipts: Option<Receipts>,
+}
+
+/// Receipts signed by a fresh in-memory P-256 key, issuer `countersign`.
+pub fn local_receipts() -> Receipts {
+    Receipts {
+        signer: Arc::new(countersign_local::receipt_key::LocalKeySigner::ephemeral().expect("a receipt key")),
+        issuer: countersign_core::domain::receipt::DEFAULT_ISSUER.to_string(),
+    }
 }
 
 impl Default for AppOptions {
@@ -113,6 +124,7 @@ impl Default for AppOptions {
             secrets: None,
             slack_timeout: Duration::from_millis(500),
             slack_identity: SlackIdentity { app_id: APP_ID.into(), team_id: TEAM_ID.into() },
+            receipts: None,
         }
     }
 }
@@ -156,6 +168,7 @@ pub async fn spawn_app_on(stores: Stores, keep: Box<dyn Send + Sync>, opts: AppO
         slack_timeout: opts.slack_timeout,
         settings,
         slack_identity: opts.slack_identity,
+        receipts: opts.receipts.unwrap_or_else(local_receipts),
     })
     .expect("app builds");
     let t = TestApp { app, slack, clock, _keep: keep };
@@ -261,7 +274,7 @@ pub fn slack_event(body: &[u8], headers: &[(&str, &str)], base64: bool) -> Reque
 
 /// Converts lambda_http's request into the axum one the router takes (the same conversion
 /// `lambda_http::run` does).
-fn into_axum(req: Request<lambda_http::Body>) -> Request<Body> {
+pub fn into_axum(req: Request<lambda_http::Body>) -> Request<Body> {
     let (parts, body) = req.into_parts();
     Request::from_parts(parts, Body::from(body.to_vec()))
 }

@@ -16,6 +16,7 @@ use reqwest::Url;
 pub enum Service {
     Dynamodb,
     SecretsManager,
+    Kms,
 }
 
 impl Service {
@@ -23,6 +24,7 @@ impl Service {
         match self {
             Service::Dynamodb => "AWS_ENDPOINT_URL_DYNAMODB",
             Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETSMANAGER",
+            Service::Kms => "AWS_ENDPOINT_URL_KMS",
         }
     }
 }

@@ -7,7 +7,7 @@ use super::error::{build_error, from_sdk, CONDITION_FAILED};
 use super::items::{self, n, s, Item};
 use super::keys::*;
 use super::{conditional_put, DynamoStore, TxOutcome};
-use countersign_core::domain::{ApprovalRequest, AuditDraft, RequestId, Status, Timestamp};
+use countersign_core::domain::{ApprovalRequest, AuditDraft, AuditEvent, RequestId, Status, Timestamp};
 use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, SameKind, StoreError};
 
 /// Index of a state item in a transaction, to read its cancellation reason.
@@ -191,7 +191,7 @@ impl RequestStore for DynamoStore {
             .transpose()
     }
 
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: Commit) -> Result<Vec<AuditEvent>, StoreError> {
         let Commit { expected_version, request, vote, events, guard } = commit;
         if request.version != expected_version.saturating_add(1) {
             return Err(StoreError::Other(format!(
@@ -216,6 +216,11 @@ impl RequestStore for DynamoStore {
                 values.insert(":pending".into(), s(Status::Pending.as_str()));
                 values.insert(":t".into(), n(t.unix_millis()));
                 true
+            }
+            Guard::Approved => {
+                condition.push_str(" AND #status = :approved");
+                values.insert(":approved".into(), s(Status::Approved.as_str()));
+                false
             }
             Guard::VersionOnly => {
                 // Nothing asserts the old status, but the counter must know whether this commit leaves
@@ -262,7 +267,7 @@ impl RequestStore for DynamoStore {
         }
 
         let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
-            TxOutcome::Committed(_) => return Ok(()),
+            TxOutcome::Committed(sealed) => return Ok(sealed),
             TxOutcome::Refused(codes) => codes,
         };
         if failed(&codes, slots.vote) {

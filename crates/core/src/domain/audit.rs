@@ -33,6 +33,10 @@ pub enum AuditKind {
     RequestCancelled,
     #[serde(rename = "request.expired")]
     RequestExpired,
+    #[serde(rename = "request.redeemed")]
+    RequestRedeemed,
+    #[serde(rename = "request.unused")]
+    RequestUnused,
     #[serde(rename = "vote.approve")]
     VoteApprove,
     #[serde(rename = "vote.deny")]
@@ -67,6 +71,8 @@ impl AuditKind {
             Self::RequestDenied => "request.denied",
             Self::RequestCancelled => "request.cancelled",
             Self::RequestExpired => "request.expired",
+            Self::RequestRedeemed => "request.redeemed",
+            Self::RequestUnused => "request.unused",
             Self::VoteApprove => "vote.approve",
             Self::VoteDeny => "vote.deny",
             Self::VoteDuplicate => "vote.duplicate",

@@ -78,6 +78,38 @@ macro_rules! string_newtype {
     };
 }
 
+string_newtype!(
+    /// The digest of the artifact a request is bound to: `sha256:` and 64 lowercase hex digits.
+    ArtifactDigest, "artifact", |s| {
+        let Some(hex) = s.strip_prefix("sha256:") else {
+            return Err("must be sha256: followed by 64 lowercase hex digits".into());
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err("must be sha256: followed by 64 lowercase hex digits".into());
+        }
+        Ok(())
+    }
+);
+
+impl ArtifactDigest {
+    /// The digest as reviewers see it: `sha256:9f2c…e1` (first 4 and last 2 hex digits).
+    pub fn short(&self) -> String {
+        let hex = &self.0["sha256:".len()..];
+        format!("sha256:{}…{}", &hex[..4], &hex[hex.len() - 2..])
+    }
+
+    /// The digest of `bytes` (an artifact file's content).
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
+    }
+
+    /// From a finished SHA-256 (a file hashed in chunks).
+    pub fn from_sha256(digest: [u8; 32]) -> Self {
+        Self(format!("sha256:{}", hex::encode(digest)))
+    }
+}
+
 /// `[a-z0-9][a-z0-9._:-]{0,63}`
 fn check_token(s: &str) -> Result<(), String> {
     check_visible(s)?;

@@ -21,6 +21,10 @@ pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 pub const MAX_REQUIRED_APPROVALS: u32 = 10;
 pub const MAX_PENDING_LIMIT: u32 = 1000;
 pub const DEFAULT_MAX_PENDING: u32 = 5;
+/// Bounds and default of `use_within`: how long after approval the approval may be redeemed (row 35).
+pub const MIN_USE_WITHIN_SECONDS: u64 = 60;
+pub const MAX_USE_WITHIN_SECONDS: u64 = 24 * 3600;
+pub const DEFAULT_USE_WITHIN_SECONDS: u64 = 15 * 60;
 /// A policy file holds at most this many policies and this many bytes.
 pub const MAX_POLICIES: usize = 10_000;
 pub const MAX_POLICY_FILE_BYTES: usize = 4 * 1024 * 1024;
@@ -148,6 +152,21 @@ pub struct Policy {
     pub max_ttl: u64,
     pub require_reason: bool,
     pub max_pending: u32,
+    /// Seconds after approval during which the requester may redeem it, once (row 35). Left out of the
+    /// canonical JSON at its default, so policies written before it existed keep their version.
+    #[serde(default = "default_use_within", skip_serializing_if = "is_default_use_within")]
+    pub use_within: u64,
+    /// Redemption must come from the session that created the request, not only the same principal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bind_session: bool,
+}
+
+fn default_use_within() -> u64 {
+    DEFAULT_USE_WITHIN_SECONDS
+}
+
+fn is_default_use_within(s: &u64) -> bool {
+    *s == DEFAULT_USE_WITHIN_SECONDS
 }
 
 impl Policy {
@@ -304,9 +323,12 @@ pub fn diff_fields(old: &Policy, new: &Policy) -> BTreeMap<String, (String, Stri
     let b = serde_json::to_value(new).unwrap_or_default();
     let mut out = BTreeMap::new();
     if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
-        for (k, va) in a {
-            let vb = b.get(k).cloned().unwrap_or_default();
-            if *va != vb {
+        // Both sides' keys: a field left out at its default (use_within, bind_session) on one side only
+        // is still a change.
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for k in keys {
+            let (va, vb) = (a.get(k).cloned().unwrap_or_default(), b.get(k).cloned().unwrap_or_default());
+            if va != vb {
                 out.insert(k.clone(), (va.to_string(), vb.to_string()));
             }
         }

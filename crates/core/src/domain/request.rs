@@ -9,10 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::audit::{Actor, AuditDraft, AuditKind};
-use super::ids::{Action, Environment, IdempotencyKey, PolicyName, RequestId, Resource, SlackChannelId, SlackUserId};
+use super::ids::{
+    Action, ArtifactDigest, Environment, IdempotencyKey, PolicyName, RequestId, Resource, SlackChannelId, SlackUserId,
+};
 use super::policy::Policy;
 use super::principal::Principal;
 use super::time::Timestamp;
+
+mod redeem;
+pub use redeem::RedeemRefusal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +220,31 @@ pub struct ApprovalRequest {
     pub body_hash: Option<String>,
     /// Bumped by every write; writes are conditional on it.
     pub version: u64,
+    /// The artifact the request is bound to: redemption must name the same digest (row 35).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactDigest>,
+    /// Seconds an approval stays redeemable: the policy's `use_within` when the request was created.
+    #[serde(default = "default_use_within")]
+    pub use_within: u64,
+    /// Redemption must come from the session that created the request (the policy's `bind_session`).
+    #[serde(default)]
+    pub bind_session: bool,
+    /// Set at approval: `decided_at + use_within`. Requests approved before redemption existed have none
+    /// and can never be redeemed.
+    #[serde(default)]
+    pub usable_until: Option<Timestamp>,
+    /// When the approval was used, and by which session ARN (at most once).
+    #[serde(default)]
+    pub redeemed_at: Option<Timestamp>,
+    #[serde(default)]
+    pub redeemed_by: Option<String>,
+    /// When the sweeper found the approval unused past `usable_until` (`request.unused`).
+    #[serde(default)]
+    pub unused_at: Option<Timestamp>,
+}
+
+fn default_use_within() -> u64 {
+    super::policy::DEFAULT_USE_WITHIN_SECONDS
 }
 
 /// Why a transition was refused.
@@ -241,9 +271,21 @@ pub struct Transition {
 impl ApprovalRequest {
     /// When the relay must next look at this request's Slack message (post it, or bring it up to date), or
     /// `None` if nothing is owed. Both stores index requests by this; the rule lives here only.
+    ///
+    /// An approval still waiting to be used is due at `usable_until` too: the sweeper then marks it unused
+    /// and the message says so ([`Self::unused_due`]).
     pub fn notification_due_at(&self) -> Option<Timestamp> {
         let n = &self.notification;
-        (n.state != NotificationState::Posted || n.update_pending).then(|| n.next_attempt_at.unwrap_or(self.created_at))
+        let message = self.message_owed().then(|| n.next_attempt_at.unwrap_or(self.created_at));
+        match (message, self.awaiting_use()) {
+            (Some(m), Some(u)) => Some(m.min(u)),
+            (m, u) => m.or(u),
+        }
+    }
+
+    /// Does the Slack message still need posting or bringing up to date?
+    pub fn message_owed(&self) -> bool {
+        self.notification.state != NotificationState::Posted || self.notification.update_pending
     }
 
     fn ensure_open(&self, now: Timestamp) -> Result<(), TransitionError> {
@@ -325,6 +367,14 @@ impl ApprovalRequest {
         self.status = status;
         self.decided_at = Some(now);
         self.notification.update_pending = true;
+        if status == Status::Approved {
+            self.open_use_window(now);
+        }
+    }
+
+    /// An approval granted at `at` may be used until `at + use_within`.
+    pub(crate) fn open_use_window(&mut self, at: Timestamp) {
+        self.usable_until = Some(at.plus_seconds(i64::try_from(self.use_within).unwrap_or(i64::MAX)));
     }
 
     /// Events for a newly created request (auto-approved when the policy needs no approvals).
@@ -342,6 +392,9 @@ impl ApprovalRequest {
         }
         if let Some(r) = &self.reason {
             created = created.with("reason", r);
+        }
+        if let Some(a) = &self.artifact {
+            created = created.with("artifact", a.as_str());
         }
         let mut events = vec![created];
         if self.status == Status::Approved {

@@ -3,6 +3,7 @@
 
 pub mod notify;
 pub mod policies;
+pub mod receipts;
 pub mod refusals;
 pub mod requests;
 pub mod sweeper;

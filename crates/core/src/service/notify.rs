@@ -142,7 +142,7 @@ impl Dispatcher {
             guard: Guard::VersionOnly,
         };
         match self.stores.requests.commit(claim).await {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(StoreError::Conflict(_)) => Ok(false),
             Err(e) => Err(e),
         }
@@ -290,7 +290,7 @@ impl Dispatcher {
                 guard: Guard::VersionOnly,
             };
             match self.stores.requests.commit(commit).await {
-                Ok(()) => return Ok(Some(next)),
+                Ok(_) => return Ok(Some(next)),
                 Err(StoreError::Conflict(Conflict::Stale)) => continue,
                 Err(e) => return Err(e),
             }
@@ -319,7 +319,7 @@ impl Dispatcher {
             guard: Guard::VersionOnly,
         };
         match self.stores.requests.commit(claim).await {
-            Ok(()) => self.deliver_inner(id, Deliverer::Retry).await.map(|_| ()),
+            Ok(_) => self.deliver_inner(id, Deliverer::Retry).await.map(|_| ()),
             Err(StoreError::Conflict(_)) => Ok(()), // someone else is on it
             Err(e) => Err(e),
         }

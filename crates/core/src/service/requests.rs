@@ -9,14 +9,15 @@ use sha2::{Digest, Sha256};
 use crate::domain::policy::select;
 use crate::domain::request::{Notification, NotificationState, PolicyRef, Requester};
 use crate::domain::{
-    Action, Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, IdempotencyKey, Principal, PrincipalError,
-    RequestId, Resource, SlackChannelId, Status, TransitionError,
+    Action, Actor, ApprovalRequest, ArtifactDigest, AuditDraft, AuditKind, Environment, IdempotencyKey, Principal,
+    PrincipalError, RedeemRefusal, RequestId, Resource, SlackChannelId, Status, TransitionError,
 };
-use crate::ports::{Clock, Commit, Conflict, CreateOutcome, Guard, Notifier, StoreError, Stores};
+use crate::ports::{Clock, Commit, Conflict, CreateOutcome, Guard, Notifier, SignError, StoreError, Stores};
 
 use crate::domain::text::{check_visible, escape_hidden};
 
 use super::notify::Dispatcher;
+use super::receipts::Receipts;
 
 /// Input limits (also documented in docs/api.md).
 pub const MAX_DETAILS: usize = 20;
@@ -47,6 +48,9 @@ pub struct NewRequest {
     pub details: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub ttl_seconds: Option<u64>,
+    /// Left out of the body hash when absent, so retries of bodies sent before it existed still match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 /// Why a call was refused. Each maps to one HTTP status and stable code in the HTTP layer.
@@ -74,8 +78,20 @@ pub enum RequestError {
     PayloadTooLarge { max: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("{0}")]
+    SessionMismatch(String),
+    #[error("{0}")]
+    NotApproved(String),
+    #[error("{0}")]
+    AlreadyRedeemed(String),
+    #[error("{0}")]
+    ApprovalExpired(String),
+    #[error("{0}")]
+    ArtifactMismatch(String),
     #[error("a dependency is unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("the receipt signing key is unavailable")]
+    SigningUnavailable(#[source] SignError),
 }
 
 impl RequestError {
@@ -93,15 +109,39 @@ impl RequestError {
             Self::AlreadyDecided(_) => "already_decided",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::Unavailable(_) => "unavailable",
+            Self::SessionMismatch(_) => "session_mismatch",
+            Self::NotApproved(_) => "not_approved",
+            Self::AlreadyRedeemed(_) => "already_redeemed",
+            Self::ApprovalExpired(_) => "approval_expired",
+            Self::ArtifactMismatch(_) => "artifact_mismatch",
+            Self::Unavailable(_) | Self::SigningUnavailable(_) => "unavailable",
         }
+    }
+
+    /// A failure of ours or of a dependency, worth retrying: never audited as a refusal.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::SigningUnavailable(_))
     }
 
     pub fn field(&self) -> Option<&'static str> {
         match self {
             Self::Invalid { field, .. } => *field,
             Self::ReasonRequired { .. } => Some("reason"),
+            Self::ArtifactMismatch(_) => Some("artifact"),
             _ => None,
+        }
+    }
+}
+
+impl From<RedeemRefusal> for RequestError {
+    fn from(e: RedeemRefusal) -> Self {
+        let message = e.to_string();
+        match e {
+            RedeemRefusal::SessionMismatch { .. } => Self::SessionMismatch(message),
+            RedeemRefusal::NotApproved(_) => Self::NotApproved(message),
+            RedeemRefusal::AlreadyRedeemed { .. } => Self::AlreadyRedeemed(message),
+            RedeemRefusal::ApprovalExpired(_) => Self::ApprovalExpired(message),
+            RedeemRefusal::ArtifactMismatch { .. } => Self::ArtifactMismatch(message),
         }
     }
 }
@@ -112,7 +152,7 @@ impl From<StoreError> for RequestError {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
     RequestError::Invalid { field: Some(field), message: format!("{field}: {}", message.into()) }
 }
 
@@ -137,6 +177,7 @@ pub struct RequestService {
     pub clock: Arc<dyn Clock>,
     pub dispatcher: Dispatcher,
     pub settings: Arc<RequestSettings>,
+    pub receipts: Receipts,
 }
 
 struct Validated {
@@ -146,6 +187,7 @@ struct Validated {
     reason: Option<String>,
     details: BTreeMap<String, String>,
     idempotency_key: Option<IdempotencyKey>,
+    artifact: Option<ArtifactDigest>,
 }
 
 fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
@@ -196,7 +238,9 @@ fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
         .map(IdempotencyKey::parse)
         .transpose()
         .map_err(|e| invalid("idempotency_key", e.problem))?;
-    Ok(Validated { action, environment, resource, reason, details: input.details.clone(), idempotency_key })
+    let artifact =
+        input.artifact.as_deref().map(ArtifactDigest::parse).transpose().map_err(|e| invalid("artifact", e.problem))?;
+    Ok(Validated { action, environment, resource, reason, details: input.details.clone(), idempotency_key, artifact })
 }
 
 /// How a message names one detail: `details.ticket`, or `details["two words"]` when the key is not a
@@ -218,20 +262,20 @@ fn body_hash(input: &NewRequest) -> String {
 }
 
 impl RequestService {
-    fn now(&self) -> crate::domain::Timestamp {
+    pub(super) fn now(&self) -> crate::domain::Timestamp {
         self.clock.now()
     }
 
     /// Records a refusal and returns it (or `Unavailable` if even the audit record cannot be written).
     /// `request` is the id a `GET` or cancel named, as given (truncated).
-    async fn refuse(
+    pub(super) async fn refuse(
         &self,
         caller: &Caller,
         input: Option<&NewRequest>,
         request: Option<&str>,
         e: RequestError,
     ) -> RequestError {
-        if matches!(e, RequestError::Unavailable(_)) {
+        if e.is_retryable() {
             return e;
         }
         let actor =
@@ -356,7 +400,18 @@ impl RequestService {
             idempotency_key: v.idempotency_key,
             body_hash: Some(body_hash(input)),
             version: 1,
+            artifact: v.artifact,
+            use_within: policy.use_within,
+            bind_session: policy.bind_session,
+            usable_until: None,
+            redeemed_at: None,
+            redeemed_by: None,
+            unused_at: None,
         };
+        let mut request = request;
+        if auto {
+            request.open_use_window(now);
+        }
         let events = request.creation_events();
         match self.stores.requests.create_request(&request, events, policy.max_pending).await? {
             CreateOutcome::Created => {}
@@ -382,12 +437,12 @@ impl RequestService {
     }
 
     /// What a reader sees: a pending request past its expiry reads `expired`.
-    fn show(&self, mut r: ApprovalRequest) -> ApprovalRequest {
+    pub(super) fn show(&self, mut r: ApprovalRequest) -> ApprovalRequest {
         r.status = r.effective_status(self.now());
         r
     }
 
-    async fn owned(&self, principal: &Principal, id: &str) -> Result<ApprovalRequest, RequestError> {
+    pub(super) async fn owned(&self, principal: &Principal, id: &str) -> Result<ApprovalRequest, RequestError> {
         let id = RequestId::parse(id).map_err(|_| RequestError::NotFound)?;
         match self.stores.requests.get_request(&id).await? {
             Some(r) if r.requester.principal == principal.identity() => Ok(r),
@@ -451,7 +506,7 @@ impl RequestService {
                 guard: Guard::OpenAt(now),
             };
             match self.stores.requests.commit(commit).await {
-                Ok(()) => {
+                Ok(_) => {
                     let after = self.dispatcher.deliver(&r.id).await.unwrap_or(None);
                     return Ok(self.show(after.unwrap_or(t.request)));
                 }

@@ -18,6 +18,8 @@ pub struct SweepReport {
     pub expired: usize,
     pub relayed: usize,
     pub reminded: usize,
+    /// Approvals marked unused past `usable_until` (`request.unused`).
+    pub unused: usize,
     pub errors: usize,
 }
 
@@ -65,6 +67,22 @@ impl Sweeper {
         }
         let now = self.clock.now();
         for r in self.stores.requests.list_notification_due(now, BATCH).await? {
+            let mut owed = r.message_owed();
+            if r.unused_due(now) {
+                match self.mark_unused(&r, now).await {
+                    Ok(marked) => {
+                        rep.unused += usize::from(marked);
+                        owed |= marked;
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %r.id, error = %e, "unused mark failed; will retry");
+                        rep.errors += 1;
+                    }
+                }
+            }
+            if !owed {
+                continue;
+            }
             match self.dispatcher.relay_one(&r.id, RELAY_LEASE).await {
                 Ok(()) => rep.relayed += 1,
                 Err(e) => {
@@ -91,13 +109,32 @@ impl Sweeper {
             guard: Guard::ExpiredAt(now),
         };
         match self.stores.requests.commit(commit).await {
-            Ok(()) => {
+            Ok(_) => {
                 if let Err(e) = self.dispatcher.deliver(&r.id).await {
                     tracing::warn!(request_id = %r.id, error = %e, "message update after expiry deferred");
                 }
                 Ok(true)
             }
             Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks an approval not used in time; the relay then updates its message.
+    async fn mark_unused(&self, r: &ApprovalRequest, now: Timestamp) -> Result<bool, StoreError> {
+        let Some(t) = r.mark_unused(now) else {
+            return Ok(false);
+        };
+        let commit = Commit {
+            expected_version: r.version,
+            request: t.request,
+            vote: None,
+            events: t.events,
+            guard: Guard::Approved,
+        };
+        match self.stores.requests.commit(commit).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false), // redeemed, or marked by another sweeper, meanwhile
             Err(e) => Err(e),
         }
     }
@@ -117,7 +154,7 @@ impl Sweeper {
             guard: Guard::OpenAt(now),
         };
         match self.stores.requests.commit(claim).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(StoreError::Conflict(Conflict::Stale | Conflict::DuplicateVote)) => return Ok(false),
             Err(e) => return Err(e),
         }

@@ -374,7 +374,7 @@ impl VoteService {
                 guard: Guard::OpenAt(now),
             };
             match self.stores.requests.commit(commit).await {
-                Ok(()) => {
+                Ok(_) => {
                     let budget = self.budget(self.update_budget);
                     let updated = match tokio::time::timeout(budget, self.dispatcher.deliver(&v.request_id)).await {
                         Ok(Ok(Some(after))) => after,

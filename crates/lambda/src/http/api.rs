@@ -1,5 +1,5 @@
 //! The request API router: `POST /v1/requests`, `GET /v1/requests/{id}`, `POST /v1/requests/{id}/cancel`,
-//! `GET /healthz`. Contract: docs/api.md and docs/openapi.yaml (a test keeps the paths in step).
+//! `POST /v1/requests/{id}/redeem`, `GET /v1/keys`, `GET /healthz`. Contract: docs/api.md and docs/openapi.yaml (a test keeps the paths in step).
 
 use std::collections::BTreeMap;
 
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use countersign_core::domain::request::NotificationState;
 use countersign_core::domain::ApprovalRequest;
+use countersign_core::service::receipts::RedeemInput;
 use countersign_core::service::requests::{Caller, NewRequest, RequestError, RequestService};
 
 use super::error::ApiError;
@@ -28,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
     ("post", "/v1/requests/{id}/cancel"),
+    ("post", "/v1/requests/{id}/redeem"),
+    ("get", "/v1/keys"),
     ("get", "/healthz"),
 ];
 
@@ -36,6 +39,8 @@ pub fn router(service: RequestService) -> Router {
         .route("/v1/requests", post(create))
         .route("/v1/requests/{id}", get(read))
         .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/redeem", post(redeem))
+        .route("/v1/keys", get(keys))
         .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -63,6 +68,10 @@ pub struct RequestView {
     pub expires_at: String,
     pub decided_at: Option<String>,
     pub notification: String,
+    pub artifact: Option<String>,
+    pub usable_until: Option<String>,
+    pub redeemed_at: Option<String>,
+    pub redeemed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +138,10 @@ impl From<&ApprovalRequest> for RequestView {
                 NotificationState::Retrying => "retrying",
             }
             .to_string(),
+            artifact: r.artifact.as_ref().map(ToString::to_string),
+            usable_until: r.usable_until.map(|t| t.to_rfc3339()),
+            redeemed_at: r.redeemed_at.map(|t| t.to_rfc3339()),
+            redeemed_by: r.redeemed_by.clone(),
         }
     }
 }
@@ -137,7 +150,8 @@ fn view(status: StatusCode, r: &ApprovalRequest) -> Response {
     (status, Json(RequestView::from(r))).into_response()
 }
 
-const FIELDS: &[&str] = &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds"];
+const FIELDS: &[&str] =
+    &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds", "artifact"];
 
 fn field_name(k: &str) -> Option<&'static str> {
     FIELDS.iter().copied().find(|f| *f == k)
@@ -197,7 +211,29 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
         details,
         idempotency_key: string("idempotency_key", false)?,
         ttl_seconds,
+        artifact: string("artifact", false)?,
     })
+}
+
+/// The redeem body: `{"artifact": "sha256:…"}`, `{}` or empty. Anything else is refused, naming the field.
+pub fn parse_redeem_body(bytes: &[u8]) -> Result<RedeemInput, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RedeemInput::default());
+    }
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(None, format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::invalid(None, "body must be a JSON object"));
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "artifact") {
+        let shown: String = k.chars().take(64).collect();
+        return Err(ApiError::invalid(None, format!("unknown field {shown:?}")));
+    }
+    match obj.get("artifact") {
+        None | Some(Value::Null) => Ok(RedeemInput { artifact: None }),
+        Some(Value::String(s)) => Ok(RedeemInput { artifact: Some(s.clone()) }),
+        Some(_) => Err(ApiError::invalid(Some("artifact"), "artifact must be a string")),
+    }
 }
 
 /// Answers a refusal found in the HTTP layer (media type, size, syntax, query, path), audited like the
@@ -279,6 +315,43 @@ async fn cancel(
     };
     match svc.cancel(&caller, &id).await {
         Ok(r) => view(StatusCode::OK, &r),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn redeem(
+    State(svc): State<RequestService>,
+    Identity(caller): Identity,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(e) => return refused(&svc, &caller, e).await,
+    };
+    let Ok(bytes) = to_bytes(req.into_body(), MAX_BODY_BYTES).await else {
+        return refused(&svc, &caller, RequestError::PayloadTooLarge { max: MAX_BODY_BYTES }).await;
+    };
+    let input = match parse_redeem_body(&bytes) {
+        Ok(i) => i,
+        Err(e) => return refused(&svc, &caller, RequestError::Invalid { field: e.field, message: e.message }).await,
+    };
+    match svc.redeem(&caller, &id, input).await {
+        Ok(r) => Json(RedeemView { request: RequestView::from(&r.request), receipt: r.receipt }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `200 {"request": {…}, "receipt": "<JWS>"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RedeemView {
+    pub request: RequestView,
+    pub receipt: String,
+}
+
+async fn keys(State(svc): State<RequestService>, Identity(caller): Identity) -> Response {
+    match svc.keys(&caller).await {
+        Ok(jwks) => Json(jwks).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -35,19 +35,31 @@ impl From<RequestError> for ApiError {
         let status = match &e {
             RequestError::Invalid { .. } | RequestError::ReasonRequired { .. } => StatusCode::BAD_REQUEST,
             RequestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            RequestError::AccountNotAllowed(_) | RequestError::NoMatchingPolicy(_) => StatusCode::FORBIDDEN,
+            RequestError::AccountNotAllowed(_)
+            | RequestError::NoMatchingPolicy(_)
+            | RequestError::SessionMismatch(_) => StatusCode::FORBIDDEN,
             RequestError::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotFound => StatusCode::NOT_FOUND,
-            RequestError::IdempotencyConflict | RequestError::AlreadyDecided(_) => StatusCode::CONFLICT,
+            RequestError::IdempotencyConflict
+            | RequestError::AlreadyDecided(_)
+            | RequestError::NotApproved(_)
+            | RequestError::AlreadyRedeemed(_)
+            | RequestError::ApprovalExpired(_)
+            | RequestError::ArtifactMismatch(_) => StatusCode::CONFLICT,
             RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Unavailable(_) | RequestError::SigningUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let message = if let RequestError::Unavailable(inner) = &e {
-            tracing::error!(error = %error_chain(inner), "dependency unavailable");
-            "a dependency is temporarily unavailable; retry later".to_string()
-        } else {
-            e.to_string()
+        let message = match &e {
+            RequestError::Unavailable(inner) => {
+                tracing::error!(error = %error_chain(inner), "dependency unavailable");
+                "a dependency is temporarily unavailable; retry later".to_string()
+            }
+            RequestError::SigningUnavailable(inner) => {
+                tracing::error!(error = %error_chain(inner), "receipt signing key unavailable");
+                "the receipt signing key is temporarily unavailable; retry later".to_string()
+            }
+            _ => e.to_string(),
         };
         Self { status, code: e.code(), message, field: e.field() }
     }

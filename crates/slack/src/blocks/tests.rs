@@ -667,3 +667,19 @@ fn mention_list_never_cuts_a_mention() {
     }
     assert_eq!(mention_list(&toks[..2], 100), "<@U00000000>, <@U00000001>");
 }
+
+#[test]
+fn t35_message_shows_the_bound_artifact_and_who_used_the_approval() {
+    let mut r = sample(0, T0);
+    r.artifact =
+        Some(countersign_core::domain::ArtifactDigest::parse(&format!("sha256:9f2c{}e1", "0".repeat(58))).unwrap());
+    let text = |r: &ApprovalRequest| render(r, &first_time(), false, T0).to_string();
+    assert!(text(&r).contains("Bound to artifact sha256:9f2c…e1"), "{}", text(&r));
+    r.redeemed_at = Some(T0.plus_seconds(5));
+    r.redeemed_by = Some("arn:aws:sts::111122223333:assumed-role/deploy/<!here>".into());
+    assert!(text(&r).contains("Used by `arn:aws:sts::111122223333:assumed-role/deploy/"), "{}", text(&r));
+    assert!(!text(&r).contains("<!here>"), "the caller-chosen session name cannot mention: {}", text(&r));
+    r.redeemed_at = None;
+    r.unused_at = Some(T0.plus_seconds(900));
+    assert!(text(&r).contains("Approved but not used in time"), "{}", text(&r));
+}

@@ -48,6 +48,9 @@ struct RawPolicy {
     #[serde(default)]
     require_reason: bool,
     max_pending: Option<u32>,
+    use_within: Option<RawTtl>,
+    #[serde(default)]
+    bind_session: bool,
 }
 
 /// `max_ttl` as written: a duration string (`1h`), a number of seconds, or something else that validation
@@ -555,23 +558,32 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         );
     }
     let channel = SlackChannelId::parse(&rp.channel).map_err(|e| err("channel", e.to_string())).ok();
-    let max_ttl = match &rp.max_ttl {
-        RawTtl::Text(s) => parse_duration(s).map_err(|e| err("max_ttl", e)).ok(),
-        RawTtl::Seconds(n) => Some(*n),
-        RawTtl::NotWhole(n) => {
-            err("max_ttl", format!("{n} is not a whole number of seconds"));
-            None
-        }
-        RawTtl::Other => {
-            err("max_ttl", "must be a duration such as 30m or 1h".into());
-            None
+    let mut duration = |field: &str, raw: &RawTtl, bounds: std::ops::RangeInclusive<u64>, range: &str| {
+        let seconds = match raw {
+            RawTtl::Text(s) => parse_duration(s).map_err(|e| err(field, e)).ok(),
+            RawTtl::Seconds(n) => Some(*n),
+            RawTtl::NotWhole(n) => {
+                err(field, format!("{n} is not a whole number of seconds"));
+                None
+            }
+            RawTtl::Other => {
+                err(field, "must be a duration such as 30m or 1h".into());
+                None
+            }
+        };
+        match seconds {
+            Some(t) if !bounds.contains(&t) => {
+                err(field, format!("must be between {range}, got {}", format_duration(t)));
+                None
+            }
+            t => t,
         }
     };
-    if let Some(t) = max_ttl {
-        if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&t) {
-            err("max_ttl", format!("must be between 1m and 7d, got {}", format_duration(t)));
-        }
-    }
+    let max_ttl = duration("max_ttl", &rp.max_ttl, MIN_TTL_SECONDS..=MAX_TTL_SECONDS, "1m and 7d");
+    let use_within = match &rp.use_within {
+        None => Some(DEFAULT_USE_WITHIN_SECONDS),
+        Some(raw) => duration("use_within", raw, MIN_USE_WITHIN_SECONDS..=MAX_USE_WITHIN_SECONDS, "1m and 24h"),
+    };
     let max_pending = rp.max_pending.unwrap_or(DEFAULT_MAX_PENDING);
     if !(1..=MAX_PENDING_LIMIT).contains(&max_pending) {
         err("max_pending", format!("must be 1 to {MAX_PENDING_LIMIT}, got {max_pending}"));
@@ -593,5 +605,7 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         max_ttl: max_ttl?,
         require_reason: rp.require_reason,
         max_pending,
+        use_within: use_within?,
+        bind_session: rp.bind_session,
     })
 }

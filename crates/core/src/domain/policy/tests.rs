@@ -458,3 +458,18 @@ fn a_stored_principal_that_no_longer_parses_is_kept_but_never_matches() {
     let who = Principal::parse("arn:aws:iam::111122223333:role/deploy").unwrap();
     assert!(p.matches(&who, &action, &env, None));
 }
+
+#[test]
+fn use_within_and_bind_session_default_out_of_the_version_and_show_in_the_diff() {
+    let base = "version: 1\npolicies:\n  - name: p\n    principals: [arn:aws:iam::111122223333:role/r]\n    actions: [deploy]\n    environments: [production]\n    required_approvals: 0\n    channel: C0APPROVALS\n    max_ttl: 1h\n";
+    let old = &parse_policies(base).unwrap()[0];
+    assert_eq!((old.use_within, old.bind_session), (DEFAULT_USE_WITHIN_SECONDS, false));
+    assert!(!serde_json::to_string(old).unwrap().contains("use_within"), "defaults keep earlier versions");
+    let new = &parse_policies(&format!("{base}    use_within: 10m\n    bind_session: true\n")).unwrap()[0];
+    assert_eq!((new.use_within, new.bind_session), (600, true));
+    assert_ne!(old.version(), new.version());
+    let diff = diff_fields(old, new);
+    assert!(diff.contains_key("use_within") && diff.contains_key("bind_session"), "{diff:?}");
+    let e = parse_policies(&format!("{base}    use_within: 25h\n")).unwrap_err().to_string();
+    assert!(e.contains("use_within") && e.contains("between 1m and 24h"), "{e}");
+}
