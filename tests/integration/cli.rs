@@ -805,9 +805,7 @@ async fn t25_local_audit_verify_names_a_moved_record() {
 async fn t35_run_hands_the_command_its_receipt_and_a_replayed_approval_exits_9() {
     let (t, _) = local_app().await;
     // Receipts are checked against the real clock by `receipt verify`.
-    t.clock.set(Timestamp::from_unix_millis(
-        i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
-    ));
+    t.clock.set(countersign_core::ports::Clock::now(&countersign_core::ports::SystemClock));
     let api = stand_in(&t, DEPLOY_ARN).await;
     let dir = tempfile::tempdir().unwrap();
     let build = dir.path().join("build.zip");
@@ -882,9 +880,7 @@ async fn t36_receipt_verify_refuses_a_changed_claim_or_signature() {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use base64::Engine;
     let (t, _) = local_app().await;
-    t.clock.set(Timestamp::from_unix_millis(
-        i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
-    ));
+    t.clock.set(countersign_core::ports::Clock::now(&countersign_core::ports::SystemClock));
     let api = stand_in(&t, DEPLOY_ARN).await;
     let created =
         run_cli(&with_endpoint(&api, &["request", "--action", "deploy", "--env", "staging", "--output", "json"])).await;

@@ -283,8 +283,7 @@ async fn t36_the_documented_pyjwt_snippet_verifies_a_real_receipt() {
     let body = &doc[start + "```python\n".len()..];
     let snippet = &body[..body.find("\n```").expect("the snippet's block ends")];
     let Some(t) = app(StoreKind::Embedded).await else { return };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    t.clock.set(countersign_core::domain::Timestamp::from_unix_millis(i64::try_from(now).unwrap()));
+    t.clock.set(countersign_core::ports::Clock::now(&countersign_core::ports::SystemClock));
     let id = approved(&t, "staging", Some(ARTIFACT)).await;
     let a = redeem(&t, DEPLOY_ARN, &id, &json!({"artifact": ARTIFACT})).await;
     assert_eq!(a.status, 200, "{}", a.json);

@@ -127,11 +127,7 @@ impl LambdaConfig {
             None => None,
         };
         let mut allowed_accounts = BTreeSet::new();
-        for a in opt("COUNTERSIGN_ALLOWED_ACCOUNTS").unwrap_or_default().split(',') {
-            let a = a.trim();
-            if a.is_empty() {
-                continue;
-            }
+        for a in entries(&opt("COUNTERSIGN_ALLOWED_ACCOUNTS").unwrap_or_default()) {
             if !valid_account(a) {
                 return Err(err("COUNTERSIGN_ALLOWED_ACCOUNTS", format!("{a:?} is not a 12-digit account id")));
             }
@@ -149,11 +145,7 @@ impl LambdaConfig {
             None => None,
         };
         let mut sensitive_environments = BTreeSet::new();
-        for e in opt("COUNTERSIGN_SENSITIVE_ENVIRONMENTS").unwrap_or_default().split(',') {
-            let e = e.trim();
-            if e.is_empty() {
-                continue;
-            }
+        for e in entries(&opt("COUNTERSIGN_SENSITIVE_ENVIRONMENTS").unwrap_or_default()) {
             let env = Environment::parse(e).map_err(|x| err("COUNTERSIGN_SENSITIVE_ENVIRONMENTS", x.to_string()))?;
             sensitive_environments.insert(env);
         }
@@ -188,11 +180,7 @@ impl LambdaConfig {
             None => None,
         };
         let mut receipt_previous_key_ids = Vec::new();
-        for k in opt("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS").unwrap_or_default().split(',') {
-            let k = k.trim();
-            if k.is_empty() {
-                continue;
-            }
+        for k in entries(&opt("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS").unwrap_or_default()) {
             if !valid_kms_key_id(k) {
                 return Err(err("COUNTERSIGN_RECEIPT_PREVIOUS_KEY_IDS", format!("{k:?} is not a KMS key id or ARN")));
             }
@@ -220,6 +208,11 @@ impl LambdaConfig {
             slack_timeout: Duration::from_millis(slack_timeout_ms),
         })
     }
+}
+
+/// The trimmed, non-empty entries of a comma-separated setting.
+fn entries(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|e| !e.is_empty())
 }
 
 /// A key id (UUID), key ARN, alias name (`alias/…`) or alias ARN: printable, no spaces, at most 2048.

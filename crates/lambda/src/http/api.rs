@@ -153,8 +153,15 @@ fn view(status: StatusCode, r: &ApprovalRequest) -> Response {
 const FIELDS: &[&str] =
     &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds", "artifact"];
 
-fn field_name(k: &str) -> Option<&'static str> {
-    FIELDS.iter().copied().find(|f| *f == k)
+/// Refuses the first field of `obj` not in `known`, naming it (at most 64 characters of it).
+fn refuse_unknown_fields(obj: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => {
+            let shown: String = k.chars().take(64).collect();
+            Err(ApiError::invalid(None, format!("unknown field {shown:?}")))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Parses the body by hand so every error names its field, and unknown fields (such as `channel` or
@@ -165,12 +172,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
     let Value::Object(obj) = v else {
         return Err(ApiError::invalid(None, "body must be a JSON object"));
     };
-    for k in obj.keys() {
-        if field_name(k).is_none() {
-            let shown: String = k.chars().take(64).collect();
-            return Err(ApiError::invalid(None, format!("unknown field {shown:?}")));
-        }
-    }
+    refuse_unknown_fields(&obj, FIELDS)?;
     let string = |name: &'static str, required: bool| -> Result<Option<String>, ApiError> {
         match obj.get(name) {
             None | Some(Value::Null) if !required => Ok(None),
@@ -225,10 +227,7 @@ pub fn parse_redeem_body(bytes: &[u8]) -> Result<RedeemInput, ApiError> {
     let Value::Object(obj) = v else {
         return Err(ApiError::invalid(None, "body must be a JSON object"));
     };
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "artifact") {
-        let shown: String = k.chars().take(64).collect();
-        return Err(ApiError::invalid(None, format!("unknown field {shown:?}")));
-    }
+    refuse_unknown_fields(&obj, &["artifact"])?;
     match obj.get("artifact") {
         None | Some(Value::Null) => Ok(RedeemInput { artifact: None }),
         Some(Value::String(s)) => Ok(RedeemInput { artifact: Some(s.clone()) }),
