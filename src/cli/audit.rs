@@ -3,10 +3,13 @@
 //! A time range is always a *contiguous segment* of the chain (from the first record at or after `--since` up
 //! to the first record at or after `--until`), so an exported range can be verified on its own. `--request`
 //! and `--principal` give a filtered view: useful to read, marked as filtered, and refused by `verify --file`
-//! (a filtered view is not a chain). Nothing here writes to the store.
+//! (a filtered view is not a chain). `verify --checkpoints` also checks the store against the signed
+//! checkpoints (issue 17, row 37), the only thing that detects a rewritten, re-hashed suffix or deleted newest
+//! records; the comparison itself is `countersign_core::domain::checkpoint`'s, never redone here. Nothing
+//! here writes to the store or to the checkpoints.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use countersign_core::domain::audit::{Broken, ChainCheck, ChainSummary};
+use countersign_core::domain::checkpoint::CheckpointBreak;
 use countersign_core::domain::{AuditEvent, ChainBreak, Principal, RequestId, Timestamp};
 use countersign_core::ports::{AuditLog, Clock, SystemClock};
 
 use super::store::open;
-use super::{exit, CliError, ExportFormat, Output, OutputArgs, RangeArgs, StoreArgs};
+use super::{exit, CliError, ExportFormat, Output, OutputArgs, RangeArgs, StoreArgs, StoreKind};
 
 /// Records read per call to the store.
 pub const PAGE_SIZE: usize = 500;
@@ -55,6 +59,9 @@ pub struct ExportSummary {
     /// True when --request or --principal was given: the records are a view, not a chain.
     pub filtered: bool,
     pub exported_at: String,
+    /// The newest checkpoint when the export was made (`None`: none was found, or none was looked for).
+    #[serde(default)]
+    pub checkpoint: Option<SummaryCheckpoint>,
 }
 
 impl ExportSummary {
@@ -79,6 +86,10 @@ impl ExportSummary {
             self.first_hash.as_deref().unwrap_or("-"),
             self.last_hash.as_deref().unwrap_or("-")
         );
+        match &self.checkpoint {
+            Some(c) => s.push_str(&format!(", newest checkpoint seq {} hash {}", c.seq, c.hash)),
+            None => s.push_str(", no checkpoint"),
+        }
         if self.filtered {
             s.push_str(" (filtered view: not a verifiable chain)");
         }
@@ -195,6 +206,59 @@ fn csv_row(e: &AuditEvent) -> String {
     cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
 }
 
+/// A CSV export's last row: `summary` in the seq column, the summary as JSON in the details column.
+fn csv_summary_row(json: &str) -> String {
+    CSV_COLUMNS
+        .iter()
+        .map(|c| match *c {
+            "seq" => CSV_SUMMARY.to_string(),
+            "details" => csv_field(json),
+            _ => String::new(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The newest checkpoint for the summary line: from `--checkpoints`, else where this store's checkpoints live
+/// ([`default_checkpoints`]). Only an explicit source that cannot be read is an error; otherwise the summary
+/// says there was none, and stderr says why.
+async fn export_checkpoint(
+    explicit: Option<&CheckpointSource>,
+    store: &StoreArgs,
+) -> Result<Option<SummaryCheckpoint>, CliError> {
+    if let Some(source) = explicit {
+        return newest_checkpoint(source).await;
+    }
+    let Some(source) = default_checkpoints(store) else {
+        if store.store == StoreKind::Dynamodb {
+            eprintln!("note: no checkpoint in the summary (pass --checkpoints s3://BUCKET[/PREFIX])");
+        }
+        return Ok(None);
+    };
+    match newest_checkpoint(&source).await {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            eprintln!("warning: no checkpoint in the summary: {}", e.message);
+            Ok(None)
+        }
+    }
+}
+
+/// Where this store's checkpoints live when no `--checkpoints` is given: local mode's data directory (when
+/// it has a `checkpoints` directory), or `s3://$COUNTERSIGN_CHECKPOINT_BUCKET` for DynamoDB.
+pub(crate) fn default_checkpoints(store: &StoreArgs) -> Option<CheckpointSource> {
+    match store.store {
+        StoreKind::Local => {
+            store.data_dir.join("checkpoints").is_dir().then(|| CheckpointSource::Dir(store.data_dir.clone()))
+        }
+        StoreKind::Dynamodb => std::env::var("COUNTERSIGN_CHECKPOINT_BUCKET")
+            .ok()
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .map(|bucket| CheckpointSource::S3 { bucket, prefix: String::new() }),
+    }
+}
+
 fn write_err(e: std::io::Error) -> CliError {
     CliError::failed("cannot write the export", &e)
 }
@@ -267,8 +331,11 @@ pub async fn export(
     filter: &Filter,
     format: ExportFormat,
     out: Option<&Path>,
+    checkpoints: Option<&CheckpointSource>,
     store_args: &StoreArgs,
 ) -> Result<u8, CliError> {
+    // Read before the records: the newest checkpoint then precedes the export, so a full export reaches it.
+    let checkpoint = export_checkpoint(checkpoints, store_args).await?;
     let request_id = filter
         .request
         .as_deref()
@@ -285,6 +352,7 @@ pub async fn export(
         principal: filter.principal.clone(),
         filtered: filter.is_filtered(),
         exported_at: SystemClock.now().to_rfc3339(),
+        checkpoint,
         ..ExportSummary::default()
     };
     let mut sink = Sink::open(out)?;
@@ -335,15 +403,23 @@ pub async fn export(
             bar.finish_and_clear();
         }
     }
-    if format == ExportFormat::Jsonl {
-        let line = serde_json::to_string(&SummaryLine { summary: summary.clone() })
-            .map_err(|e| CliError::failed("cannot encode the summary", &e))?;
-        sink.line(&line)?;
+    let line = match format {
+        ExportFormat::Jsonl => serde_json::to_string(&SummaryLine { summary: summary.clone() }),
+        ExportFormat::Csv => serde_json::to_string(&summary).map(|json| csv_summary_row(&json)),
     }
+    .map_err(|e| CliError::failed("cannot encode the summary", &e))?;
+    sink.line(&line)?;
     sink.finish()?;
     eprintln!("exported {}", summary.line());
     Ok(exit::OK)
 }
+
+mod checkpoints;
+mod file;
+use super::receipt::read_jwks;
+use checkpoints::{anchor_broken, check_checkpoints, newest_checkpoint, read_checkpoints, AnchorBreak, Anchors};
+pub use checkpoints::{coverage, parse_checkpoints, CheckpointSource, Coverage, SummaryCheckpoint};
+pub use file::{verify_file, CSV_SUMMARY};
 
 // ---- verify ----
 
@@ -367,6 +443,28 @@ fn report(
     from_genesis: bool,
     what: &str,
     notes: &[String],
+    anchors: Anchors,
+    output: Output,
+) -> u8 {
+    let intact = verdict.is_ok();
+    let code = report_chain(verdict, from_genesis, what, notes, anchors, output);
+    // "The chain matches them" only holds for an intact chain; the warning holds either way.
+    let last = match anchors {
+        Anchors::Checked { .. } if !intact => None,
+        _ => anchors.line(),
+    };
+    if let (Output::Text, Some(line)) = (output, last) {
+        println!("{line}");
+    }
+    code
+}
+
+fn report_chain(
+    verdict: Result<ChainSummary, Broken>,
+    from_genesis: bool,
+    what: &str,
+    notes: &[String],
+    anchors: Anchors,
     output: Output,
 ) -> u8 {
     match (verdict, output) {
@@ -395,6 +493,7 @@ fn report(
                     "intact": true, "records": s.records, "from_genesis": from_genesis,
                     "first_seq": s.first_seq, "last_seq": s.last_seq,
                     "first_hash": s.first_hash, "last_hash": s.last_hash, "notes": notes,
+                    "checkpoints": anchors.json(),
                 })
             );
             exit::OK
@@ -420,120 +519,75 @@ fn report(
     }
 }
 
-pub async fn verify_store(range: &RangeArgs, store_args: &StoreArgs, output: &OutputArgs) -> Result<u8, CliError> {
+/// `audit verify` on the store; with `checkpoints` (where, and the JWKS file) also against the checkpoints.
+pub async fn verify_store(
+    range: &RangeArgs,
+    checkpoints: Option<(&CheckpointSource, &Path)>,
+    store_args: &StoreArgs,
+    output: &OutputArgs,
+) -> Result<u8, CliError> {
+    // The checkpoints first: a usage mistake (no JWKS, no directory, S3) should not wait for a long read.
+    let found = match checkpoints {
+        None => None,
+        Some((source, jwks)) => Some((read_jwks(jwks)?, read_checkpoints(source).await?)),
+    };
     let store = open(store_args).await?;
+    let mut what = store.description.clone();
+    if let Some(s) = range.since {
+        what.push_str(&format!(" since {s}"));
+    }
+    let (mut anchor, anchors) = match found {
+        None => (None, Anchors::Unchecked),
+        Some((_, (shown, found))) if found.is_empty() => {
+            let message = format!("no checkpoints in {shown}: deleted, or not written yet");
+            return Ok(anchor_broken(
+                &what,
+                &AnchorBreak { kind: "checkpoints_missing", message, detail: None },
+                output.output,
+            ));
+        }
+        Some((jwks, (_, found))) => match check_checkpoints(found, &jwks) {
+            Ok((check, anchors)) => (Some(check), anchors),
+            Err(b) => return Ok(anchor_broken(&what, &b, output.output)),
+        },
+    };
     let from_genesis = range.since.is_none();
     let mut v = if from_genesis { ChainCheck::from_genesis() } else { ChainCheck::from_any() };
+    let mut anchor_break: Option<CheckpointBreak> = None;
     let mut seg = Segment::new(store.stores.audit.as_ref(), range);
     'pages: while let Some(page) = seg.next_page().await? {
         for e in &page {
             if !v.push(e) {
                 break 'pages;
             }
+            if let Some(Err(b)) = anchor.as_mut().map(|k| k.observe(e)) {
+                anchor_break = Some(b);
+                break 'pages;
+            }
         }
     }
-    let mut what = store.description.clone();
-    if let Some(s) = range.since {
-        what.push_str(&format!(" since {s}"));
+    // A --since after the last record reads an empty segment: the chain still reaches the head, so the head
+    // is what the checkpoints are held against (not "chain ends at 0").
+    if let (Some(k), None) = (anchor.as_mut(), anchor_break.as_ref()) {
+        if k.last_seen() == 0 {
+            let head =
+                store.stores.audit.last().await.map_err(|e| CliError::failed("cannot read the audit trail", &e))?;
+            if let Some(Err(b)) = head.map(|h| k.observe(&h)) {
+                anchor_break = Some(b);
+            }
+        }
     }
     if let Some(u) = range.until {
         what.push_str(&format!(" until {u}"));
     }
-    Ok(report(v.finish(), from_genesis, &what, &[], output.output))
-}
-
-pub async fn verify_file(path: &Path, output: &OutputArgs) -> Result<u8, CliError> {
-    let f = File::open(path).map_err(|e| CliError::failed(&format!("cannot read {}", path.display()), &e))?;
-    let what = path.display().to_string();
-    let mut summary: Option<ExportSummary> = None;
-    let mut v: Option<ChainCheck> = None;
-    let mut first: Option<AuditEvent> = None;
-    let mut last: Option<AuditEvent> = None;
-    let mut records = 0_u64;
-    let mut deciding = true;
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| CliError::failed(&format!("cannot read {}", path.display()), &e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let n = i + 1;
-        if summary.is_some() {
-            return Ok(malformed(&what, n, "a line after the summary line", output.output));
-        }
-        let e: AuditEvent = match serde_json::from_str(&line) {
-            Ok(e) => e,
-            Err(err) => match serde_json::from_str::<SummaryLine>(&line) {
-                Ok(s) => {
-                    summary = Some(s.summary);
-                    continue;
-                }
-                Err(_) => return Ok(malformed(&what, n, &format!("not an audit record: {err}"), output.output)),
-            },
-        };
-        records += 1;
-        // An export that starts at seq 1 is checked from genesis; any other is a segment.
-        let ver = v.get_or_insert_with(|| if e.seq == 1 { ChainCheck::from_genesis() } else { ChainCheck::from_any() });
-        if first.is_none() {
-            first = Some(e.clone());
-        }
-        if deciding {
-            deciding = ver.push(&e);
-        }
-        last = Some(e);
-    }
-    if summary.as_ref().is_some_and(|s| s.filtered) {
-        return Err(CliError::new(
-            exit::USAGE,
-            format!(
-                "{what} is a filtered view (--request / --principal): its records are not a chain and cannot be \
-                 verified; export without those filters to verify"
-            ),
-        ));
-    }
-    let from_genesis = v.as_ref().is_none_or(ChainCheck::is_from_genesis);
-    let mut verdict = v.map_or_else(|| Ok(ChainSummary::default()), ChainCheck::finish);
-    let mut notes = Vec::new();
-    match &summary {
-        None => notes.push(
-            "no summary line: records cut off at the end of the file cannot be detected; compare the last hash \
-             with one recorded elsewhere"
-                .to_string(),
-        ),
-        Some(s) => {
-            // A full export must start at genesis; a range export may start anywhere.
-            if verdict.is_ok() && s.since.is_none() && !from_genesis {
-                if let Some(f) = &first {
-                    verdict = Err(Box::new((ChainBreak::Missing { expected: 1, found: f.seq }, f.clone())));
-                }
-            }
-            let matches = s.records == records
-                && s.first_hash == first.as_ref().map(|e| e.hash.clone())
-                && s.last_hash == last.as_ref().map(|e| e.hash.clone());
-            if verdict.is_ok() && !matches {
-                let msg = format!(
-                    "the file does not match its summary line (summary: {} records ending in {}; file: {records} \
-                     records ending in {}): records were cut off, added or replaced",
-                    s.records,
-                    s.last_hash.as_deref().unwrap_or("-"),
-                    last.as_ref().map_or("-", |e| e.hash.as_str())
-                );
-                return Ok(malformed(&what, 0, &msg, output.output));
-            }
+    // A broken chain is named first: its first bad record explains any checkpoint mismatch after it.
+    let verdict = v.finish();
+    if verdict.is_ok() {
+        if let Some(b) = anchor_break.or_else(|| anchor.as_ref().and_then(|k| k.finish().err())) {
+            return Ok(anchor_broken(&what, &b.into(), output.output));
         }
     }
-    Ok(report(verdict, from_genesis, &what, &notes, output.output))
-}
-
-/// A file that is not a well-formed export: broken, exit 1.
-fn malformed(what: &str, line: usize, problem: &str, output: Output) -> u8 {
-    let at = if line > 0 { format!(" line {line}:") } else { String::new() };
-    match output {
-        Output::Text => println!("BROKEN: {what}:{at} {problem}"),
-        Output::Json => {
-            println!("{}", json!({"intact": false, "break": {"kind": "malformed", "line": line, "message": problem}}))
-        }
-    }
-    exit::FAILED
+    Ok(report(verdict, from_genesis, &what, &[], anchors, output.output))
 }
 
 #[cfg(test)]

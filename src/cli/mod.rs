@@ -10,6 +10,7 @@ pub mod audit;
 pub mod dev;
 pub mod policy;
 pub mod receipt;
+pub mod report;
 pub mod request;
 pub mod store;
 
@@ -183,6 +184,19 @@ pub enum PolicyCommand {
         #[arg(long)]
         strict: bool,
     },
+    /// Each version of a policy (or of all), from the audit trail: when it changed, who applied it, and
+    /// what changed. With --at, the whole policy set as it was at that instant (JSON): who could approve what.
+    History {
+        /// Only this policy.
+        name: Option<String>,
+        /// The policy set in force at this time (RFC 3339, a date, or an age such as 30d).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        at: Option<Timestamp>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,8 +290,8 @@ pub enum Output {
 pub enum AuditCommand {
     /// Stream audit records in chain order as JSON lines or CSV, with a summary at the end.
     ///
-    /// The summary gives the records, first and last hash (a `{"summary": …}` last line in JSONL; on stderr
-    /// always). A time range is a contiguous segment of the chain; --request / --principal give a filtered
+    /// The summary gives the records, first and last hash and the newest checkpoint (a `{"summary": …}`
+    /// last line in JSONL, a `summary` last row in CSV; on stderr always). A time range is a contiguous segment of the chain; --request / --principal give a filtered
     /// view (marked as such; it cannot be verified as a chain).
     Export {
         #[command(flatten)]
@@ -293,24 +307,68 @@ pub enum AuditCommand {
         /// Write to FILE (atomically, with a progress bar on a terminal) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Where the newest checkpoint for the summary line is read (default: the data directory with
+        /// --store local, s3://$COUNTERSIGN_CHECKPOINT_BUCKET with --store dynamodb).
+        #[arg(long, value_name = "DIR|s3://BUCKET[/PREFIX]", value_parser = audit::parse_checkpoints)]
+        checkpoints: Option<audit::CheckpointSource>,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Check the hash chain and report the first broken link; exit 0 only when intact.
     ///
-    /// Checks the store (from genesis, or a --since/--until segment) or a JSONL export (--file): names the
-    /// first record that was edited, is missing or is out of order.
+    /// Checks the store (from genesis, or a --since/--until segment) or an export (--file): names the
+    /// first record that was edited, is missing or is out of order. With --checkpoints and --jwks it also
+    /// checks the store against the signed checkpoints, which detects a rewritten, re-hashed suffix and
+    /// deleted newest records; without them, those cannot be detected.
     #[command(after_help = EXIT_CODES_HELP)]
+    #[command(group = clap::ArgGroup::new("anchored").args(["file", "checkpoints"]).multiple(false))]
     Verify {
         #[command(flatten)]
         range: RangeArgs,
-        /// Verify this JSON-lines export instead of the store.
-        #[arg(long, value_name = "EXPORT.jsonl", conflicts_with_all = ["since", "until"])]
+        /// Verify this export (JSON lines or CSV, with its summary line) instead of the store.
+        #[arg(long, value_name = "EXPORT.jsonl|EXPORT.csv", conflicts_with_all = ["since", "until"])]
         file: Option<PathBuf>,
+        /// Also check the store against the signed checkpoints here: a data directory (files
+        /// `checkpoints/{seq}.jwt` below it) or s3://BUCKET[/PREFIX].
+        #[arg(
+            long,
+            value_name = "DIR|s3://BUCKET[/PREFIX]",
+            value_parser = audit::parse_checkpoints,
+            requires = "jwks",
+            conflicts_with_all = ["file", "until"]
+        )]
+        checkpoints: Option<audit::CheckpointSource>,
+        /// The JWKS the checkpoints are verified with (from `countersign receipt keys`); with --file, the
+        /// checkpoint in the export's summary line.
+        #[arg(long, value_name = "FILE", requires = "anchored")]
+        jwks: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
         output: OutputArgs,
+    },
+    /// Write a compliance report from the audit trail: per policy outcomes and decision times, refusals,
+    /// and approvals the current policies no longer allow. Exit 1 if the chain is broken.
+    Report {
+        /// Only records at or after this time (RFC 3339, a date, or an age such as 30d).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<Timestamp>,
+        /// html: one self-contained file (opens offline); md: Markdown; json: the numbers.
+        #[arg(long, value_enum, default_value = "html")]
+        format: report::ReportFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The checkpoints whose coverage the report states (default: the data directory with --store
+        /// local, s3://$COUNTERSIGN_CHECKPOINT_BUCKET with --store dynamodb).
+        #[arg(long, value_name = "DIR|s3://BUCKET[/PREFIX]", value_parser = audit::parse_checkpoints)]
+        checkpoints: Option<audit::CheckpointSource>,
+        /// Verify each checkpoint's signature with this JWKS (from `countersign receipt keys`) and check the
+        /// chain against them; without it, coverage is stated unverified.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -409,18 +467,27 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }) => receipt::verify(&file, &jwks, &artifact, action, environment, principal, output),
         Command::Cancel { id, api } => request::cancel(&id, &api).await,
         Command::Whoami { aws, output } => request::whoami(&aws, &output).await,
-        Command::Audit(AuditCommand::Export { range, request, principal, format, out, store }) => {
+        Command::Audit(AuditCommand::Export { range, request, principal, format, out, checkpoints, store }) => {
             let filter = audit::Filter { request, principal };
-            audit::export(&range, &filter, format, out.as_deref(), &store).await
+            audit::export(&range, &filter, format, out.as_deref(), checkpoints.as_ref(), &store).await
         }
-        Command::Audit(AuditCommand::Verify { range, file, store, output }) => match file {
-            Some(f) => audit::verify_file(&f, &output).await,
-            None => audit::verify_store(&range, &store, &output).await,
+        Command::Audit(AuditCommand::Report { since, format, out, checkpoints, jwks, store }) => {
+            report::report(since, format, out.as_deref(), checkpoints.as_ref(), jwks.as_deref(), &store).await
+        }
+        Command::Audit(AuditCommand::Verify { range, file, checkpoints, jwks, store, output }) => match file {
+            Some(f) => audit::verify_file(&f, jwks.as_deref(), &output).await,
+            None => {
+                let anchors = checkpoints.zip(jwks);
+                audit::verify_store(&range, anchors.as_ref().map(|(c, j)| (c, j.as_path())), &store, &output).await
+            }
         },
         Command::Policy(PolicyCommand::Validate { file, strict }) => policy::validate(&file, strict),
         Command::Policy(PolicyCommand::Diff { file, store }) => policy::diff(&file, &store).await,
         Command::Policy(PolicyCommand::Apply { file, store, yes, strict }) => {
             policy::apply(&file, &store, yes, strict).await
+        }
+        Command::Policy(PolicyCommand::History { name, at, store, output }) => {
+            policy::history(name.as_deref(), at, &store, output.output).await
         }
         Command::Store(StoreCommand::Init { store }) => store::init(&store).await,
         Command::Dev(args) => dev::run(&args).await,
@@ -516,6 +583,9 @@ mod tests {
             &["countersign", "status", "req_nope", "--endpoint", "http://x"],
             &["countersign", "request", "--action", "d", "--env", "p", "--endpoint", "http://x", "--detail", "=v"],
             &["countersign", "audit", "verify", "--file", "x.jsonl", "--since", "1d"],
+            &["countersign", "audit", "verify", "--checkpoints", "dir"],
+            &["countersign", "audit", "verify", "--jwks", "keys.json"],
+            &["countersign", "audit", "verify", "--checkpoints", "s3://", "--jwks", "keys.json"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}: {e}");

@@ -1,4 +1,4 @@
-//! `countersign policy validate | diff | apply`.
+//! `countersign policy validate | diff | apply | history`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -133,5 +133,53 @@ pub async fn apply(file: &Path, args: &StoreArgs, yes: bool, strict: bool) -> Re
         .await
         .map_err(|e| CliError::failed("applying policies failed part-way; run apply again to finish", &e))?;
     println!("Applied {n} change(s) to {} as {}.", store.description, actor.0);
+    Ok(exit::OK)
+}
+
+/// `policy history [NAME] [--at TIME]`: the versions recorded in the audit trail, or the set at an instant.
+pub async fn history(
+    name: Option<&str>,
+    at: Option<countersign_core::domain::Timestamp>,
+    args: &StoreArgs,
+    output: super::Output,
+) -> Result<u8, CliError> {
+    let store = open(args).await?;
+    let records = store.whole_trail().await?;
+    let versions = policies::history(&records, name).map_err(|m| CliError::new(exit::FAILED, m))?;
+    if let Some(t) = at {
+        let set = policies::policies_at(&versions, t).map_err(|m| CliError::new(exit::FAILED, m))?;
+        let set: Vec<&Policy> = set.values().collect();
+        println!("{}", serde_json::to_string_pretty(&set).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    if output == super::Output::Json {
+        let rows: Vec<serde_json::Value> = versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "seq": v.seq, "at": v.at, "actor": v.actor, "policy": v.name, "change": v.change,
+                    "version": v.version, "fields": v.fields, "after": v.after,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    if versions.is_empty() {
+        println!("no policy changes recorded{}", name.map(|n| format!(" for {n:?}")).unwrap_or_default());
+    }
+    for v in &versions {
+        let what = if v.fields.is_empty() { String::new() } else { format!(" ({})", v.fields.join(", ")) };
+        println!(
+            "{}  #{}  {}  {}{}  version {}  by {}",
+            v.at.to_rfc3339(),
+            v.seq,
+            v.name,
+            v.change,
+            what,
+            v.version.as_deref().unwrap_or("—"),
+            v.actor.0
+        );
+    }
     Ok(exit::OK)
 }

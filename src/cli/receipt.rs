@@ -11,7 +11,7 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use countersign_core::domain::receipt::{parse_compact, Expectations, Jwks, ReceiptClaims, RECEIPT_TYP};
+use countersign_core::domain::receipt::{parse_compact, Expectations, Jwks, ParsedJws, ReceiptClaims, RECEIPT_TYP};
 use countersign_core::domain::{ArtifactDigest, Timestamp};
 use countersign_core::ports::{Clock, SystemClock};
 
@@ -188,6 +188,20 @@ pub fn verify(
 
 /// Signature first (with the key its `kid` names), then `typ`, then the claims.
 pub fn check(jws: &str, jwks: &Jwks, expect: &Expectations, now: Timestamp) -> Result<ReceiptClaims, String> {
+    let parsed = verify_jws_signature(jws, jwks)?;
+    if parsed.header.typ != RECEIPT_TYP {
+        return Err(format!("typ: {:?} is not {RECEIPT_TYP}", parsed.header.typ));
+    }
+    let claims: ReceiptClaims =
+        serde_json::from_value(parsed.claims).map_err(|e| format!("claims: not a Countersign receipt: {e}"))?;
+    claims.check(expect, now)?;
+    Ok(claims)
+}
+
+/// Parses a compact ES256 JWS and verifies its signature with the JWKS key its `kid` names. Nothing of the
+/// payload is trusted before this returns `Ok`; `typ` and the claims are the caller's to check. Receipts and
+/// audit checkpoints share it.
+pub fn verify_jws_signature(jws: &str, jwks: &Jwks) -> Result<ParsedJws, String> {
     let parsed = parse_compact(jws)?;
     let jwk = jwks
         .keys
@@ -203,13 +217,7 @@ pub fn check(jws: &str, jwks: &Jwks, expect: &Expectations, now: Timestamp) -> R
         Signature::from_slice(&parsed.signature).map_err(|_| "signature: not a valid ES256 signature".to_string())?;
     key.verify(parsed.signing_input.as_bytes(), &sig)
         .map_err(|_| "signature: does not verify with the published key".to_string())?;
-    if parsed.header.typ != RECEIPT_TYP {
-        return Err(format!("typ: {:?} is not {RECEIPT_TYP}", parsed.header.typ));
-    }
-    let claims: ReceiptClaims =
-        serde_json::from_value(parsed.claims).map_err(|e| format!("claims: not a Countersign receipt: {e}"))?;
-    claims.check(expect, now)?;
-    Ok(claims)
+    Ok(parsed)
 }
 
 fn read_input(file: &str) -> Result<String, CliError> {
@@ -224,7 +232,7 @@ fn read_input(file: &str) -> Result<String, CliError> {
     Ok(text)
 }
 
-fn read_jwks(path: &Path) -> Result<Jwks, CliError> {
+pub fn read_jwks(path: &Path) -> Result<Jwks, CliError> {
     let shown = path.display();
     let mut text = String::new();
     std::fs::File::open(path)

@@ -71,6 +71,24 @@ fn table_names(args: &StoreArgs) -> Result<TableNames, CliError> {
     })
 }
 
+impl OpenStore {
+    /// The whole audit trail, in chain order (for `policy history` and `audit report`, which replay it).
+    pub async fn whole_trail(&self) -> Result<Vec<countersign_core::domain::AuditEvent>, CliError> {
+        let mut records = Vec::new();
+        let mut from = 0;
+        loop {
+            let page =
+                self.stores.audit.read_from(from, 1000).await.map_err(|e| {
+                    CliError::failed(&format!("cannot read the audit trail of {}", self.description), &e)
+                })?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            records.extend(page);
+        }
+        Ok(records)
+    }
+}
+
 pub async fn open(args: &StoreArgs) -> Result<OpenStore, CliError> {
     match args.store {
         StoreKind::Dynamodb => {

@@ -98,7 +98,11 @@ const messageOf = (page, id) => page.locator('.message:not(.ephemeral)', { hasTe
 
 async function actAs(page, user) {
   await page.selectOption('#acting-as', user);
-  await page.waitForFunction((u) => window.countersignSim.state().user === u, user);
+  // Until the page has rendered what the server answered for this user, it still shows the previous one's view.
+  await page.waitForFunction((u) => {
+    const s = window.countersignSim.state();
+    return s.user === u && (s.renderedKey || '').split('|')[1] === u;
+  }, user);
 }
 
 async function approve(page, id) {

@@ -509,7 +509,9 @@ async fn audit_export_then_verify_passes_and_a_tampered_export_fails_naming_the_
     assert_eq!(ran.code, 0, "{ran:?}");
     let csv_lines = read_lines(&csv);
     assert_eq!(csv_lines[0], "seq,at,kind,actor,request_id,policy,principal,details,prev_hash,hash");
-    assert_eq!(csv_lines.len(), n + 1);
+    assert_eq!(csv_lines.len(), n + 2, "the header, the records and the summary row");
+    assert!(csv_lines[n + 1].starts_with("summary,"));
+    assert_eq!(run_cli(&["audit", "verify", "--file", csv.to_str().unwrap()]).await.code, 0);
 
     let ran = run_cli(&args(&["audit", "verify"], &store)).await;
     assert_eq!(ran.code, 0, "{ran:?}");
@@ -913,4 +915,30 @@ async fn t36_receipt_verify_refuses_a_changed_claim_or_signature() {
     let second = run_cli(&with_endpoint(&api, &["redeem", &id])).await;
     assert_eq!(second.code, 9, "{second:?}");
     assert!(second.stderr.contains("already_redeemed"), "{second:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t37_audit_report_counts_match_the_store_and_the_html_is_self_contained() {
+    let (t, path) = local_app().await;
+    for _ in 0..2 {
+        let a = t.create(DEPLOY_ARN, &json!({"action": "deploy", "environment": "staging"})).await;
+        assert_eq!(a.status, 201, "{}", a.json);
+    }
+    let refused = t.create(DEPLOY_ARN, &json!({"action": "deploy", "environment": "nowhere"})).await;
+    assert_eq!(refused.status, 403, "{}", refused.json);
+    let dir = path.to_str().unwrap();
+    let ran = run_cli(&["audit", "report", "--store", "local", "--data-dir", dir, "--format", "json"]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let v: Value = serde_json::from_str(&ran.stdout).unwrap();
+    let s = &v["report"]["policies"]["staging-auto"];
+    assert_eq!((s["requests"].as_u64(), s["auto_approved"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(v["report"]["refusals"][DEPLOY_ARN]["no_matching_policy"], 1, "{v}");
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("report.html");
+    let ran =
+        run_cli(&["audit", "report", "--store", "local", "--data-dir", dir, "--out", file.to_str().unwrap()]).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("<svg") && html.contains("staging-auto"), "{html}");
+    assert!(!html.contains("src=") && !html.contains("href="), "no external assets: {html}");
 }

@@ -55,6 +55,7 @@ const OUTSIDE_WORLD: &[&str] = &[
     "aws-sdk-kms",
     "aws-sigv4",
     "aws-credential-types",
+    "aws-types",
     "lambda_http",
     "aws_lambda_events",
     "axum",

@@ -10,6 +10,8 @@
 //!   store is down (threat rows 1, 4, 7 and 27).
 //! - `receipts_kms`: receipts signed by a KMS key through the real adapter on the emulator, verified with
 //!   RustCrypto's `p256` against the published JWK; keys of the wrong kind or missing are refused (row 36).
+//! - `checkpoints_s3`: audit checkpoints through the real S3 adapter on the emulator, in a bucket with Object
+//!   Lock: written once, listed in chain order, and a stored version cannot be deleted (row 37).
 //! - `secret_rotation`: the Slack secrets through the real Secrets Manager adapter on the emulator: the previous
 //!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
@@ -22,6 +24,12 @@
 //!   nothing acknowledged is lost and `countersign audit verify` passes.
 //! - `policy_lint`: policy files broader than they read (threat row 29) and policies that shadow each other
 //!   (row 32), through the real binary's `policy validate` / `apply` and local mode's policy load.
+//! - `checkpoints_cli`: threat row 37 through the real binary: `audit verify --checkpoints` names a rewritten,
+//!   re-hashed suffix, deleted newest records, an older backup restored, a forged or deleted checkpoint.
+//! - `checkpoints_dynamo`: the same matrix on the DynamoDB store with the checkpoints in the emulator's S3
+//!   (Object Lock), signed by a KMS key, through `--checkpoints s3://BUCKET/PREFIX` (row 37).
+//! - `jws`: what the product signs (receipts, checkpoints) checked with RustCrypto's `p256` directly, not with
+//!   the product's verifier; the KMS key that signs in AWS; a forger with an unpublished key.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
 //! - `voter_eligibility`: threat row 34: only active, full members of our workspaces vote (`users.info` at
@@ -29,12 +37,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod checkpoints;
+mod checkpoints_cli;
+mod checkpoints_dynamo;
+mod checkpoints_s3;
 mod cli;
 mod conformance;
 mod dynamodb_store;
 mod faults;
 mod fuzz_regressions;
 mod hostile;
+mod jws;
 mod layering;
 mod load;
 mod local_hardening;

@@ -106,3 +106,42 @@ async fn dynamodb_store_init_and_policy_apply_record_the_sts_caller() {
     );
     verify_chain(&audit).unwrap();
 }
+
+#[test]
+fn t37_policy_history_lists_each_version_and_replays_the_set_at_an_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_args = data_dir_args(dir.path());
+    let with_store = |head: &[&str]| -> Vec<String> {
+        head.iter().map(|s| s.to_string()).chain(store_args.iter().cloned()).collect()
+    };
+    let run = |args: Vec<String>| countersign(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(with_store(&["store", "init"])).status.code(), Some(0));
+    assert_eq!(run(with_store(&["policy", "apply", EXAMPLE, "--yes"])).status.code(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let tightened = dir.path().join("tightened.yaml");
+    let src = std::fs::read_to_string(EXAMPLE).unwrap();
+    let changed = src.replacen("required_approvals: 2", "required_approvals: 3", 1);
+    assert_ne!(src, changed, "the example has a policy with 2 approvals");
+    std::fs::write(&tightened, changed).unwrap();
+    let o = run(with_store(&["policy", "apply", tightened.to_str().unwrap(), "--yes"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let o = run(with_store(&["policy", "history"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert_eq!(out.lines().filter(|l| l.contains(" added ")).count(), 4, "{out}");
+    assert!(out.lines().any(|l| l.contains("changed (required_approvals)")), "{out}");
+
+    let o = run(with_store(&["policy", "history", "--at", &between]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let then: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let now_o = run(with_store(&["policy", "history", "--at", "2100-01-01"]));
+    let now: serde_json::Value = serde_json::from_slice(&now_o.stdout).unwrap();
+    let quorum = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array().unwrap().iter().map(|p| p["required_approvals"].as_u64().unwrap()).collect()
+    };
+    assert!(quorum(&then).contains(&2) && !quorum(&then).contains(&3), "{then}");
+    assert!(quorum(&now).contains(&3), "{now}");
+}

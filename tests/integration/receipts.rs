@@ -1,16 +1,15 @@
 //! Redemption and receipts, black-box through the request API's router on both stores: threat rows 35 (an
 //! approval is used once, by the requester, in time, for its artifact) and 36 (the receipt is a JWS anyone
 //! can check with the published key). Receipts are signed by the real KMS adapter on moto's KMS (a local
-//! key only when no emulator is configured, outside CI) and checked here with RustCrypto's `p256` directly,
-//! not with the code that made them or the CLI's verifier.
+//! key only when no emulator is configured, outside CI) and checked with `crate::jws`'s verifier (RustCrypto's
+//! `p256` directly), not with the code that made them or the CLI's verifier.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use crate::jws::{kms_receipts, verify_independently};
 use countersign_testkit::app::{api_event, on_both_stores, Answer, StoreKind, TestApp, DEPLOY_ARN, POLICIES};
 
 const ARTIFACT: &str = "sha256:9f2c0000000000000000000000000000000000000000000000000000000000e1";
@@ -32,25 +31,6 @@ fn policies() -> String {
     bind_session: true
 "
     )
-}
-
-/// Receipts signed by a fresh ECC_NIST_P256 key on moto's KMS, through `KmsSigner`.
-async fn kms_receipts() -> Option<countersign_core::service::receipts::Receipts> {
-    use aws_sdk_kms::types::{KeySpec, KeyUsageType};
-    let endpoint = countersign_testkit::emulator::endpoint(countersign_testkit::emulator::Service::Kms)?;
-    let client = aws_sdk_kms::Client::new(&countersign_testkit::emulator::sdk_config(&endpoint).await);
-    let created = client
-        .create_key()
-        .key_spec(KeySpec::EccNistP256)
-        .key_usage(KeyUsageType::SignVerify)
-        .send()
-        .await
-        .expect("CreateKey on the emulator");
-    let arn = created.key_metadata().map(|m| m.arn().unwrap_or(m.key_id()).to_string()).expect("key metadata");
-    Some(countersign_core::service::receipts::Receipts {
-        signer: std::sync::Arc::new(countersign_aws::kms::KmsSigner::new(client, arn, vec![])),
-        issuer: "countersign".into(),
-    })
 }
 
 async fn app(kind: StoreKind) -> Option<TestApp> {
@@ -81,28 +61,6 @@ async fn jwks(t: &TestApp) -> Value {
     let a = t.call_api(api_event("GET", "/v1/keys", None, Some(DEPLOY_ARN))).await;
     assert_eq!(a.status, 200, "{}", a.json);
     a.json
-}
-
-/// Verifies a compact ES256 JWS with the JWKS, independently of the product's code; returns (header, claims).
-fn verify_independently(jws: &str, jwks: &Value) -> Result<(Value, Value), String> {
-    let parts: Vec<&str> = jws.split('.').collect();
-    let [h, c, s] = parts[..] else { return Err("not three parts".into()) };
-    let header: Value =
-        serde_json::from_slice(&B64.decode(h).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let claims: Value =
-        serde_json::from_slice(&B64.decode(c).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let key = jwks["keys"]
-        .as_array()
-        .and_then(|ks| ks.iter().find(|k| k["kid"] == header["kid"]))
-        .ok_or("no key with the header's kid")?;
-    let coord = |n: &str| B64.decode(key[n].as_str().unwrap_or_default()).map_err(|e| e.to_string());
-    let mut sec1 = vec![4u8];
-    sec1.extend(coord("x")?);
-    sec1.extend(coord("y")?);
-    let vk = VerifyingKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
-    let sig = Signature::from_slice(&B64.decode(s).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    vk.verify(format!("{h}.{c}").as_bytes(), &sig).map_err(|e| e.to_string())?;
-    Ok((header, claims))
 }
 
 fn refusal_codes(audit: &[countersign_core::domain::AuditEvent]) -> Vec<String> {

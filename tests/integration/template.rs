@@ -2,9 +2,9 @@
 //! `infra/slack-app-manifest.yaml` themselves: IAM auth and the resource policy of the request API, the
 //! protection of every table, least-privilege function roles, the append-only audit table, the Lambda
 //! runtime, the Slack signing secret readable by slack-interactions alone (row 28), reserved concurrency and
-//! the WAF rate rule on the Slack endpoint (row 38), the receipt key only request-api may sign with (rows 35,
-//! 36). A change that weakens any of these fails here before it
-//! reaches an account.
+//! the WAF rate rule on the Slack endpoint (row 38), the receipt key only request-api and the sweeper may sign
+//! with (rows 35, 36, 37), the Object Lock bucket of the audit checkpoints that nobody may delete from and only
+//! the sweeper writes to (row 37). A change that weakens any of these fails here before it reaches an account.
 //!
 //! CloudFormation's short forms (`!Ref`, `!Sub`, `!GetAtt`, `!If`, …) are YAML tags; they are rewritten
 //! to the long forms (`Ref`, `Fn::Sub`, …) first, so every check reads one shape.
@@ -625,7 +625,17 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
             "sweeper",
             with(
                 shared("SweeperFunctionLogGroup"),
-                &[("dynamodb:GetItem", "PoliciesTable"), ("sqs:SendMessage", "SweeperFailureQueue")],
+                &[
+                    ("dynamodb:GetItem", "PoliciesTable"),
+                    ("sqs:SendMessage", "SweeperFailureQueue"),
+                    // Row 37: write a checkpoint and read the newest back (its first version); only this
+                    // role writes them.
+                    ("s3:PutObject", "CheckpointBucket/checkpoints/*"),
+                    ("s3:GetObject", "CheckpointBucket/checkpoints/*"),
+                    ("s3:GetObjectVersion", "CheckpointBucket/checkpoints/*"),
+                    ("s3:ListBucket", "CheckpointBucket"),
+                    ("s3:ListBucketVersions", "CheckpointBucket"),
+                ],
             ),
         ),
     ]);
@@ -1076,16 +1086,22 @@ fn t36_receipt_key_is_a_retained_p256_signing_key_with_an_alias() {
     assert_eq!(describe(out), "ReceiptKey");
 }
 
+/// The roles that may sign with the receipt key: request-api (receipts, row 36) and the sweeper (audit
+/// checkpoints, row 37).
+fn signing_roles() -> Vec<String> {
+    vec![role_of(function_by_binary("request-api").1), role_of(function_by_binary("sweeper").1)]
+}
+
 #[test]
-fn t36_only_the_request_api_role_may_sign_with_the_receipt_key() {
-    let request_api_role = role_of(function_by_binary("request-api").1);
+fn t36_only_the_request_api_and_sweeper_roles_may_sign_with_the_receipt_key() {
+    let signers = signing_roles();
     let stmts = receipt_key_statements();
     let signs = |s: &Value| strings(get(s, &["Action"])).iter().any(|a| a == "kms:Sign");
 
-    // One allow of kms:Sign in the key policy, to the request-api role, with the public key and nothing else.
+    // One allow of kms:Sign in the key policy, to the signing roles, with the public key and nothing else.
     let allows: Vec<_> = stmts.iter().filter(|s| is_allow(s) && signs(s)).collect();
     assert_eq!(allows.len(), 1, "allows of kms:Sign: {allows:?}");
-    assert_eq!(principal_aws(allows[0]), std::slice::from_ref(&request_api_role));
+    assert_eq!(principal_aws(allows[0]), signers);
     assert_eq!(strings(get(allows[0], &["Action"])), ["kms:Sign", "kms:GetPublicKey"]);
 
     // The account administers the key but neither signs nor hands out grants that could.
@@ -1108,7 +1124,7 @@ fn t36_only_the_request_api_role_may_sign_with_the_receipt_key() {
     assert_eq!(condition.len(), 1, "only ArnNotEquals: {condition:?}");
     let not_equals = get(deny, &["Condition", "ArnNotEquals"]).and_then(Value::as_mapping).expect("ArnNotEquals");
     assert_eq!(not_equals.len(), 1, "{not_equals:?}");
-    assert_eq!(strings(not_equals.get("aws:PrincipalArn")), std::slice::from_ref(&request_api_role));
+    assert_eq!(strings(not_equals.get("aws:PrincipalArn")), signers);
 
     // Nowhere else in the template is kms:Sign allowed, and no function role's IAM policy grants any KMS
     // action: the key policy is the one grant.
@@ -1131,7 +1147,8 @@ fn t36_request_api_is_told_the_receipt_key_arn_and_the_issuer() {
     for (fid, f) in functions() {
         let vars = get(f, &["Properties", "Environment", "Variables"]).expect("environment");
         let key = vars.get("COUNTERSIGN_RECEIPT_KEY_ID");
-        if binary_of(f) == "request-api" {
+        // The sweeper signs checkpoints (issue 17) with the same key.
+        if matches!(binary_of(f), "request-api" | "sweeper") {
             // The key's ARN, never the alias: an alias can be re-pointed at another key.
             let ga = key.and_then(|k| get(k, &["Fn::GetAtt"])).and_then(Value::as_sequence).expect("!GetAtt");
             assert_eq!((ga[0].as_str(), ga[1].as_str()), (Some("ReceiptKey"), Some("Arn")), "{fid}");
@@ -1170,4 +1187,225 @@ fn samconfig_never_caches_builds() {
         }
     }
     assert!(build_sections >= 1, "samconfig.toml has no build parameters");
+}
+
+// --- row 37: the audit checkpoints ------------------------------------------------------------------------
+
+fn checkpoint_bucket() -> &'static Value {
+    resource("CheckpointBucket")
+}
+
+/// The statements of the bucket policy on `CheckpointBucket` (there must be exactly one such policy).
+fn checkpoint_bucket_policy() -> Vec<&'static Value> {
+    let policies: Vec<_> = of_type("AWS::S3::BucketPolicy")
+        .into_iter()
+        .filter(|(_, p)| text(p, &["Properties", "Bucket", "Ref"]) == Some("CheckpointBucket"))
+        .collect();
+    assert_eq!(policies.len(), 1, "one bucket policy on CheckpointBucket");
+    get(policies[0].1, &["Properties", "PolicyDocument", "Statement"]).map(alternatives).expect("statements")
+}
+
+fn is_everyone(stmt: &Value) -> bool {
+    text(stmt, &["Principal"]) == Some("*") || text(stmt, &["Principal", "AWS"]) == Some("*")
+}
+
+/// The unconditional denies to every principal of the bucket policy, as (action, resource).
+fn unconditional_denies() -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for stmt in checkpoint_bucket_policy() {
+        if text(stmt, &["Effect"]) != Some("Deny") || !is_everyone(stmt) || get(stmt, &["Condition"]).is_some() {
+            continue;
+        }
+        for action in strings(get(stmt, &["Action"])) {
+            for res in strings(get(stmt, &["Resource"])) {
+                out.insert((action.clone(), res));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn t37_checkpoint_bucket_is_locked_versioned_private_encrypted_and_retained() {
+    let buckets: Vec<&str> = of_type("AWS::S3::Bucket").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(buckets, ["CheckpointBucket"]);
+    let b = checkpoint_bucket();
+    // Checkpoints outlive the stack: COMPLIANCE-locked objects could not be deleted anyway.
+    assert_eq!(text(b, &["DeletionPolicy"]), Some("Retain"));
+    assert_eq!(text(b, &["UpdateReplacePolicy"]), Some("Retain"));
+    let p = &b["Properties"];
+    assert_eq!(get(p, &["ObjectLockEnabled"]).and_then(Value::as_bool), Some(true));
+    assert_eq!(text(p, &["ObjectLockConfiguration", "ObjectLockEnabled"]), Some("Enabled"));
+    let retention = get(p, &["ObjectLockConfiguration", "Rule", "DefaultRetention"]).expect("a default retention");
+    assert_eq!(text(retention, &["Days", "Ref"]), Some("CheckpointRetentionDays"));
+    assert_eq!(text(retention, &["Mode", "Ref"]), Some("CheckpointLockMode"));
+    assert!(get(retention, &["Years"]).is_none(), "Days and Years are exclusive");
+    assert_eq!(text(p, &["VersioningConfiguration", "Status"]), Some("Enabled"), "Object Lock needs versioning");
+    for block in ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"] {
+        let on = get(p, &["PublicAccessBlockConfiguration", block]).and_then(Value::as_bool);
+        assert_eq!(on, Some(true), "{block}");
+    }
+    let sse = get(p, &["BucketEncryption", "ServerSideEncryptionConfiguration"]).map(alternatives).expect("SSE");
+    assert!(!sse.is_empty());
+    for rule in sse {
+        let algo = text(rule, &["ServerSideEncryptionByDefault", "SSEAlgorithm"]);
+        assert!(matches!(algo, Some("AES256" | "aws:kms" | "aws:kms:dsse")), "SSE algorithm {algo:?}");
+    }
+
+    let days = &template()["Parameters"]["CheckpointRetentionDays"];
+    assert_eq!(text(days, &["Type"]), Some("Number"));
+    assert_eq!(days["Default"].as_u64(), Some(400));
+    assert!(days["MinValue"].as_u64().is_some_and(|n| n >= 1), "a retention of 0 days is no lock");
+    let mode = &template()["Parameters"]["CheckpointLockMode"];
+    assert_eq!(text(mode, &["Default"]), Some("COMPLIANCE"));
+    assert_eq!(strings(get(mode, &["AllowedValues"])), ["COMPLIANCE", "GOVERNANCE"]);
+
+    // The sweeper is told where to write; the operator where to verify.
+    for (fid, f) in functions() {
+        let var = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_CHECKPOINT_BUCKET"]);
+        if binary_of(f) == "sweeper" {
+            assert_eq!(var.and_then(|v| text(v, &["Ref"])), Some("CheckpointBucket"), "{fid}");
+        } else {
+            assert!(var.is_none(), "{fid} ({}) writes no checkpoints", binary_of(f));
+        }
+    }
+    let out = get(&template()["Outputs"], &["CheckpointBucketName", "Value"]).expect("output CheckpointBucketName");
+    assert_eq!(describe(out), "CheckpointBucket");
+}
+
+#[test]
+fn t37_checkpoint_bucket_policy_denies_deletes_lock_changes_and_plain_http_to_everyone() {
+    let denies = unconditional_denies();
+    for action in ["s3:DeleteObject", "s3:DeleteObjectVersion"] {
+        assert!(denies.contains(&(action.to_string(), "CheckpointBucket/*".to_string())), "no deny of {action}");
+    }
+    assert!(
+        denies.contains(&("s3:PutBucketObjectLockConfiguration".to_string(), "CheckpointBucket".to_string())),
+        "no deny of s3:PutBucketObjectLockConfiguration"
+    );
+
+    let stmts = checkpoint_bucket_policy();
+    assert!(stmts.iter().all(|s| text(s, &["Effect"]) == Some("Deny")), "the bucket policy only denies");
+    let tls = stmts
+        .iter()
+        .find(|s| text(s, &["Condition", "Bool", "aws:SecureTransport"]) == Some("false"))
+        .expect("a deny of access without TLS");
+    assert!(is_everyone(tls), "the TLS deny covers every principal");
+    let actions = strings(get(tls, &["Action"]));
+    for action in ["s3:GetObject", "s3:PutObject", "s3:ListBucket"] {
+        assert!(actions.iter().any(|a| a == action), "the TLS deny misses {action}");
+    }
+    assert_eq!(strings(get(tls, &["Resource"])), ["CheckpointBucket", "CheckpointBucket/*"]);
+
+    // The same denies outlive the stack with the bucket.
+    let (pid, policy) = of_type("AWS::S3::BucketPolicy").into_iter().next().expect("the bucket policy");
+    assert_eq!(text(policy, &["DeletionPolicy"]), Some("Retain"), "{pid}");
+}
+
+#[test]
+fn t37_only_the_sweeper_may_put_checkpoints_and_nothing_may_delete_or_unlock_them() {
+    let sweeper = role_of(function_by_binary("sweeper").1);
+    // In the template, s3:PutObject is allowed to the sweeper's role alone, below checkpoints/ only.
+    for (id, stmt) in all_statements().into_iter().filter(|(_, s)| is_allow(s)) {
+        let actions = strings(get(stmt, &["Action"]));
+        if actions.iter().any(|a| a == "s3:PutObject") {
+            assert_eq!(id, sweeper, "{id} allows s3:PutObject");
+            assert_eq!(strings(get(stmt, &["Resource"])), ["CheckpointBucket/checkpoints/*"]);
+        }
+        for banned in [
+            "s3:DeleteObject",
+            "s3:DeleteObjectVersion",
+            "s3:PutBucketObjectLockConfiguration",
+            "s3:PutObjectRetention",
+            "s3:PutObjectLegalHold",
+            "s3:BypassGovernanceRetention",
+            "s3:PutBucketPolicy",
+            "s3:DeleteBucketPolicy",
+            "s3:PutBucketVersioning",
+        ] {
+            assert!(!actions.iter().any(|a| a == banned), "{id} allows {banned}");
+        }
+    }
+    for (fid, f) in functions() {
+        let s3: Vec<_> = allowed_pairs(&role_of(f)).into_iter().filter(|(a, _)| a.starts_with("s3:")).collect();
+        if binary_of(f) != "sweeper" {
+            assert!(s3.is_empty(), "{fid}'s role grants {s3:?}");
+        }
+    }
+    // The sweeper lists only the checkpoints.
+    let list = role_statements(&sweeper)
+        .into_iter()
+        .find(|s| is_allow(s) && strings(get(s, &["Action"])).iter().any(|a| a == "s3:ListBucket"))
+        .expect("the sweeper lists checkpoints");
+    assert_eq!(text(list, &["Condition", "StringLike", "s3:prefix"]), Some("checkpoints/*"));
+
+    // And the bucket policy refuses object writes to every other principal, whatever IAM grants later.
+    let deny = checkpoint_bucket_policy()
+        .into_iter()
+        .find(|s| {
+            text(s, &["Effect"]) == Some("Deny")
+                && strings(get(s, &["Action"])) == ["s3:PutObject"]
+                && get(s, &["Condition", "ArnNotEquals"]).is_some()
+        })
+        .expect("a deny of s3:PutObject to all but the sweeper");
+    assert!(is_everyone(deny));
+    assert_eq!(strings(get(deny, &["Resource"])), ["CheckpointBucket/*"]);
+    let condition = get(deny, &["Condition"]).and_then(Value::as_mapping).expect("condition");
+    assert_eq!(condition.len(), 1, "only ArnNotEquals: {condition:?}");
+    assert_eq!(strings(get(deny, &["Condition", "ArnNotEquals", "aws:PrincipalArn"])), [sweeper]);
+}
+
+#[test]
+fn t37_the_receipt_key_lets_the_sweeper_sign_checkpoints_and_no_other_function() {
+    let sweeper = role_of(function_by_binary("sweeper").1);
+    let slack = role_of(function_by_binary("slack-interactions").1);
+    let stmts = receipt_key_statements();
+    let signs = |s: &&Value| strings(get(s, &["Action"])).iter().any(|a| a == "kms:Sign");
+    let allow = stmts.iter().find(|s| is_allow(s) && signs(s)).expect("an allow of kms:Sign");
+    assert!(principal_aws(allow).contains(&sweeper), "the sweeper may not sign checkpoints");
+    assert!(!principal_aws(allow).contains(&slack), "slack-interactions may sign");
+    let deny = stmts.iter().find(|s| text(s, &["Effect"]) == Some("Deny") && signs(s)).expect("the deny of kms:Sign");
+    let exempt = strings(get(deny, &["Condition", "ArnNotEquals", "aws:PrincipalArn"]));
+    assert!(exempt.contains(&sweeper), "the deny still refuses the sweeper: {exempt:?}");
+    assert!(!exempt.contains(&slack), "the deny exempts slack-interactions: {exempt:?}");
+}
+
+#[test]
+fn t37_three_sweeper_runs_owing_a_checkpoint_raise_an_alarm() {
+    use countersign_lambda::sweep::{CHECKPOINT_OWED, METRICS_NAMESPACE};
+    let (fid, _) = function_by_binary("sweeper");
+    let alarms = of_type("AWS::CloudWatch::Alarm");
+    let (_, alarm) = alarms
+        .iter()
+        .find(|(_, a)| text(a, &["Properties", "MetricName"]) == Some(CHECKPOINT_OWED))
+        .expect("an alarm on the metric the sweeper publishes");
+    let p = &alarm["Properties"];
+    assert_eq!(text(p, &["Namespace"]), Some(METRICS_NAMESPACE));
+    let dims = p["Dimensions"].as_sequence().expect("Dimensions");
+    assert_eq!(dims.len(), 1, "the sweeper publishes one dimension");
+    assert_eq!(text(&dims[0], &["Name"]), Some("FunctionName"));
+    assert_eq!(describe(&dims[0]["Value"]), fid, "the alarm watches this stack's sweeper");
+    // One datapoint a minute (the sweeper's schedule), three of three owed, and owed means every run owed.
+    assert_eq!(p["Period"].as_u64(), Some(60));
+    assert_eq!(p["EvaluationPeriods"].as_u64(), Some(3));
+    assert_eq!(p["DatapointsToAlarm"].as_u64(), Some(3));
+    assert_eq!(text(p, &["Statistic"]), Some("Minimum"));
+    assert_eq!(p["Threshold"].as_f64().or_else(|| p["Threshold"].as_u64().map(|t| t as f64)), Some(1.0));
+    assert_eq!(text(p, &["ComparisonOperator"]), Some("GreaterThanOrEqualToThreshold"));
+    assert!(p.get("AlarmActions").is_some(), "it notifies the alarm topic");
+}
+
+#[test]
+fn t37_checkpoints_are_written_once_even_by_the_sweeper() {
+    // A PutObject without If-None-Match adds a new current version over a checkpoint: denied to everyone.
+    let stmts = checkpoint_bucket_policy();
+    let once = stmts
+        .iter()
+        .find(|s| text(s, &["Condition", "Null", "s3:if-none-match"]) == Some("true"))
+        .expect("a deny of PutObject without If-None-Match");
+    assert_eq!(text(once, &["Effect"]), Some("Deny"));
+    assert!(is_everyone(once), "it covers every principal, the sweeper included");
+    assert_eq!(strings(get(once, &["Action"])), ["s3:PutObject"]);
+    assert_eq!(strings(get(once, &["Resource"])), ["CheckpointBucket/*"]);
+    assert_eq!(get(once, &["Condition"]).and_then(|c| c.as_mapping()).map(|m| m.len()), Some(1), "no other condition");
 }

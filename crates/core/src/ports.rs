@@ -364,3 +364,15 @@ pub trait Signer: Send + Sync {
     /// Every key whose signatures must still verify, the current one first (rotated keys stay listed).
     async fn public_keys(&self) -> Result<Vec<Jwk>, SignError>;
 }
+
+/// Where checkpoints are kept (issue 17): an S3 bucket under Object Lock in AWS, a directory in local mode.
+/// Objects are never overwritten or deleted by Countersign.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    /// Stores the JWS of checkpoint `seq` at `checkpoint::object_key(seq)`.
+    async fn put(&self, seq: u64, jws: &str) -> Result<(), StoreError>;
+    /// The newest checkpoint's JWS, if any.
+    async fn latest(&self) -> Result<Option<String>, StoreError>;
+    /// Every checkpoint's JWS, oldest first (for `audit verify --checkpoints`).
+    async fn all(&self) -> Result<Vec<(u64, String)>, StoreError>;
+}

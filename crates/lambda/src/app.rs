@@ -12,7 +12,8 @@ use crate::http::slack::{SlackIdentity, SlackState};
 use countersign_aws::dynamodb::{DynamoStore, TableNames};
 use countersign_aws::secrets::SecretsManagerSlackSecrets;
 use countersign_core::domain::Environment;
-use countersign_core::ports::{Clock, Notifier, Signer, SlackSecrets, Stores, SystemClock};
+use countersign_core::ports::{CheckpointSink, Clock, Notifier, Signer, SlackSecrets, Stores, SystemClock};
+use countersign_core::service::checkpoints::Checkpointer;
 use countersign_core::service::notify::Dispatcher;
 use countersign_core::service::receipts::{NoReceiptKey, Receipts};
 use countersign_core::service::refusals::RefusalBudget;
@@ -37,6 +38,8 @@ pub struct App {
     /// The one audit budget of this process for refused, unauthenticated callbacks.
     pub refusals: Arc<RefusalBudget>,
     pub receipts: Receipts,
+    /// Where the sweeper writes audit checkpoints (issue 17); `None`: it writes none.
+    pub checkpoints: Option<Arc<dyn CheckpointSink>>,
 }
 
 /// The parts an [`App`] is built from.
@@ -103,6 +106,7 @@ impl App {
             slack_budget: p.slack_timeout.min(Duration::from_millis(1500)),
             refusals: Arc::new(RefusalBudget::default()),
             receipts: p.receipts,
+            checkpoints: None,
         })
     }
 
@@ -144,7 +148,12 @@ impl App {
             },
             receipts: receipts(&aws, cfg),
         };
-        Self::build_with_http(parts, slack_http)
+        let mut app = Self::build_with_http(parts, slack_http)?;
+        if let Some(bucket) = &cfg.checkpoint_bucket {
+            let sink = countersign_aws::checkpoints::S3Sink::new(aws_sdk_s3::Client::new(&aws), bucket.clone(), "");
+            app.checkpoints = Some(Arc::new(sink));
+        }
+        Ok(app)
     }
 
     pub fn dispatcher(&self) -> Dispatcher {
@@ -180,7 +189,13 @@ impl App {
     }
 
     pub fn sweeper(&self) -> Sweeper {
-        Sweeper { stores: self.stores.clone(), clock: self.clock.clone(), dispatcher: self.dispatcher() }
+        let checkpoints = self.checkpoints.clone().map(|sink| Checkpointer {
+            stores: self.stores.clone(),
+            sink,
+            receipts: self.receipts.clone(),
+            clock: self.clock.clone(),
+        });
+        Sweeper { stores: self.stores.clone(), clock: self.clock.clone(), dispatcher: self.dispatcher(), checkpoints }
     }
 
     /// The request API router (`/v1/...`, `/healthz`).

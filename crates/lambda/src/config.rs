@@ -78,6 +78,8 @@ pub struct LambdaConfig {
     pub receipt_previous_key_ids: Vec<String>,
     /// `COUNTERSIGN_RECEIPT_ISSUER`, default `countersign`: the receipts' `iss`.
     pub receipt_issuer: String,
+    /// `COUNTERSIGN_CHECKPOINT_BUCKET`: where the sweeper writes audit checkpoints (issue 17).
+    pub checkpoint_bucket: Option<String>,
 }
 
 impl LambdaConfig {
@@ -190,7 +192,15 @@ impl LambdaConfig {
         if receipt_issuer.len() > 256 || receipt_issuer.chars().any(char::is_control) {
             return Err(err("COUNTERSIGN_RECEIPT_ISSUER", "must be at most 256 printable characters"));
         }
+        let checkpoint_bucket = opt("COUNTERSIGN_CHECKPOINT_BUCKET");
+        if checkpoint_bucket.is_some() && receipt_key_id.is_none() {
+            return Err(err(
+                "COUNTERSIGN_RECEIPT_KEY_ID",
+                "is required to sign checkpoints (COUNTERSIGN_CHECKPOINT_BUCKET is set)",
+            ));
+        }
         Ok(Self {
+            checkpoint_bucket,
             receipt_key_id,
             receipt_previous_key_ids,
             receipt_issuer,

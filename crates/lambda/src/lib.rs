@@ -4,4 +4,5 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod sweep;
 pub mod telemetry;

@@ -18,6 +18,7 @@
 //! simulated Slack user.
 
 pub mod auth;
+pub mod checkpoints;
 pub mod config;
 pub mod host;
 pub mod receipt_key;
@@ -208,6 +209,9 @@ impl LocalServer {
             },
         })
         .map_err(LocalError::App)?;
+        let mut app = app;
+        // The same checkpoint files as the S3 bucket, in the data directory (issue 17).
+        app.checkpoints = Some(Arc::new(checkpoints::DirSink { root: config.data_dir.clone() }));
 
         let verifier = Arc::new(Verifier::new(&config.region, config.identities.iter().cloned()));
         let api = app

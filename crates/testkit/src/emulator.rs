@@ -17,6 +17,8 @@ pub enum Service {
     Dynamodb,
     SecretsManager,
     Kms,
+    /// S3 on moto needs path-style addressing (`force_path_style(true)`): no bucket subdomains on loopback.
+    S3,
 }
 
 impl Service {
@@ -25,6 +27,7 @@ impl Service {
             Service::Dynamodb => "AWS_ENDPOINT_URL_DYNAMODB",
             Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETSMANAGER",
             Service::Kms => "AWS_ENDPOINT_URL_KMS",
+            Service::S3 => "AWS_ENDPOINT_URL_S3",
         }
     }
 }

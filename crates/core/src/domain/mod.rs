@@ -4,6 +4,7 @@
 //! `tests/integration/layering.rs` keeps it so.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod ids;
 pub mod policy;
 pub mod principal;

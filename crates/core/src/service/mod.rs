@@ -1,10 +1,12 @@
 //! Use cases. Services combine the pure domain with the ports; they never see AWS, HTTP, Lambda or Slack
 //! JSON types (a test in tests/integration keeps it so).
 
+pub mod checkpoints;
 pub mod notify;
 pub mod policies;
 pub mod receipts;
 pub mod refusals;
+pub mod report;
 pub mod requests;
 pub mod sweeper;
 pub mod votes;

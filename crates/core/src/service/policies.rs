@@ -69,7 +69,8 @@ pub async fn apply(
                 let e = AuditDraft::new(now, AuditKind::PolicyChanged, actor.clone(), None)
                     .with("policy", p.name.as_str())
                     .with("change", "added")
-                    .with("version", p.version());
+                    .with("version", p.version())
+                    .with("after", canonical(p));
                 store.put_policy(p, e).await?;
             }
             PolicyChange::Change { old, new, fields } => {
@@ -79,19 +80,121 @@ pub async fn apply(
                     .with("change", "changed")
                     .with("version", new.version())
                     .with("previous_version", old.version())
-                    .with("fields", names.join(","));
+                    .with("fields", names.join(","))
+                    .with("before", canonical(old))
+                    .with("after", canonical(new));
                 store.put_policy(new, e).await?;
             }
             PolicyChange::Remove(p) => {
                 let e = AuditDraft::new(now, AuditKind::PolicyDeleted, actor.clone(), None)
                     .with("policy", p.name.as_str())
                     .with("change", "removed")
-                    .with("previous_version", p.version());
+                    .with("previous_version", p.version())
+                    .with("before", canonical(p));
                 store.delete_policy(&p.name, e).await?;
             }
         }
     }
     Ok(changes.len())
+}
+
+/// The policy's canonical JSON: the document its version hashes, kept whole in `policy.changed` and
+/// `policy.deleted` so the audit trail alone shows who could approve what, and when (issue 17).
+pub fn canonical(p: &Policy) -> String {
+    serde_json::to_string(p).unwrap_or_default()
+}
+
+/// One change of one policy, as the audit trail recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyVersion {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub actor: Actor,
+    pub name: String,
+    /// `added`, `changed` or `removed`.
+    pub change: String,
+    /// The version after the change (`None` once removed).
+    pub version: Option<String>,
+    /// The fields that changed (`changed` only).
+    pub fields: Vec<String>,
+    /// The policy after the change; `None` when removed, or for records written before whole documents were
+    /// kept.
+    pub after: Option<Policy>,
+}
+
+/// Every `policy.changed` / `policy.deleted` record of `records` (in chain order), optionally of one policy.
+pub fn history(records: &[crate::domain::AuditEvent], name: Option<&str>) -> Result<Vec<PolicyVersion>, String> {
+    let mut out = Vec::new();
+    for e in records {
+        if !matches!(e.kind, AuditKind::PolicyChanged | AuditKind::PolicyDeleted) {
+            continue;
+        }
+        let d = &e.details;
+        let policy = d.get("policy").cloned().unwrap_or_default();
+        if name.is_some_and(|n| n != policy) {
+            continue;
+        }
+        let after = match d.get("after") {
+            Some(doc) => Some(
+                serde_json::from_str::<Policy>(doc)
+                    .map_err(|err| format!("record {}: the policy document does not parse: {err}", e.seq))?,
+            ),
+            None => None,
+        };
+        out.push(PolicyVersion {
+            seq: e.seq,
+            at: e.at,
+            actor: e.actor.clone(),
+            name: policy,
+            change: d.get("change").cloned().unwrap_or_default(),
+            version: d.get("version").cloned(),
+            fields: d.get("fields").map(|f| f.split(',').map(str::to_string).collect()).unwrap_or_default(),
+            after,
+        });
+    }
+    Ok(out)
+}
+
+/// The policy set in force at `at`, replayed from the history (records at or before `at`). A policy whose
+/// last change was recorded without its document is an error naming it: that set cannot be shown.
+pub fn policies_at(history: &[PolicyVersion], at: Timestamp) -> Result<BTreeMap<String, Policy>, String> {
+    // Per policy, the newest version at `at`: a document, removed, or changed before whole documents were
+    // kept (a store from before issue 17). Only the last one matters: a later document makes it known again.
+    enum State<'a> {
+        Known(&'a Policy),
+        Removed,
+        Unknown(&'a PolicyVersion),
+    }
+    let mut set: BTreeMap<&str, State<'_>> = BTreeMap::new();
+    for v in history.iter().filter(|v| v.at <= at) {
+        let state = match (v.change.as_str(), &v.after) {
+            ("removed", _) => State::Removed,
+            (_, Some(p)) => State::Known(p),
+            (_, None) => State::Unknown(v),
+        };
+        set.insert(v.name.as_str(), state);
+    }
+    let unknown: Vec<String> = set
+        .values()
+        .filter_map(|s| match s {
+            State::Unknown(v) => Some(format!("{:?} (changed at {}, record {})", v.name, v.at.to_rfc3339(), v.seq)),
+            _ => None,
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "the policy set at {} cannot be rebuilt: {} changed before whole documents were kept",
+            at.to_rfc3339(),
+            unknown.join(", ")
+        ));
+    }
+    Ok(set
+        .into_iter()
+        .filter_map(|(k, s)| match s {
+            State::Known(p) => Some((k.to_string(), p.clone())),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Human-readable plan, one block per policy, field by field.
@@ -149,5 +252,73 @@ mod tests {
         assert_eq!(kinds, vec![("deploy-production", "remove"), ("rotate-secrets", "change"), ("staging-auto", "add")]);
         assert!(render_plan(&changes).contains("required_approvals: 1 → 2"));
         assert!(plan(&all, &all).is_empty());
+    }
+
+    #[test]
+    fn t37_the_canonical_document_kept_in_the_audit_trail_reproduces_the_policy_and_its_version() {
+        for p in parse_policies(crate::domain::policy::tests::EXAMPLE).unwrap() {
+            let back: Policy = serde_json::from_str(&canonical(&p)).unwrap();
+            assert_eq!(back, p);
+            assert_eq!(back.version(), p.version());
+        }
+    }
+
+    #[test]
+    fn t37_history_replays_the_policy_set_at_any_instant() {
+        use crate::domain::audit::seal_after;
+        let all = parse_policies(crate::domain::policy::tests::EXAMPLE).unwrap();
+        let mut changed = all[0].clone();
+        changed.required_approvals = 2;
+        let t = |s: i64| Timestamp::from_unix_seconds(1_800_000_000 + s);
+        let actor = Actor::cli("alice");
+        let drafts = vec![
+            AuditDraft::new(t(0), AuditKind::PolicyChanged, actor.clone(), None)
+                .with("policy", all[0].name.as_str())
+                .with("change", "added")
+                .with("version", all[0].version())
+                .with("after", canonical(&all[0])),
+            AuditDraft::new(t(10), AuditKind::PolicyChanged, actor.clone(), None)
+                .with("policy", all[0].name.as_str())
+                .with("change", "changed")
+                .with("version", changed.version())
+                .with("fields", "required_approvals")
+                .with("before", canonical(&all[0]))
+                .with("after", canonical(&changed)),
+            AuditDraft::new(t(20), AuditKind::PolicyDeleted, actor, None)
+                .with("policy", all[0].name.as_str())
+                .with("change", "removed")
+                .with("before", canonical(&changed)),
+        ];
+        let h = history(&seal_after(None, drafts), None).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[1].fields, ["required_approvals"]);
+        assert_eq!(policies_at(&h, t(5)).unwrap()[all[0].name.as_str()].required_approvals, all[0].required_approvals);
+        assert_eq!(policies_at(&h, t(15)).unwrap()[all[0].name.as_str()].required_approvals, 2);
+        assert!(policies_at(&h, t(25)).unwrap().is_empty());
+        assert!(policies_at(&h, t(-1)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn t37_a_store_upgraded_from_before_whole_documents_rebuilds_once_a_policy_has_a_document() {
+        use crate::domain::audit::seal_after;
+        let all = parse_policies(crate::domain::policy::tests::EXAMPLE).unwrap();
+        let t = |s: i64| Timestamp::from_unix_seconds(1_800_000_000 + s);
+        let actor = Actor::cli("alice");
+        let drafts = vec![
+            // Written before issue 17: the version and field names only.
+            AuditDraft::new(t(0), AuditKind::PolicyChanged, actor.clone(), None)
+                .with("policy", all[0].name.as_str())
+                .with("change", "added")
+                .with("version", all[0].version()),
+            AuditDraft::new(t(10), AuditKind::PolicyChanged, actor, None)
+                .with("policy", all[0].name.as_str())
+                .with("change", "changed")
+                .with("version", all[0].version())
+                .with("after", canonical(&all[0])),
+        ];
+        let h = history(&seal_after(None, drafts), None).unwrap();
+        let e = policies_at(&h, t(5)).unwrap_err();
+        assert!(e.contains("\"deploy-production\" (changed at") && e.contains("record 1"), "{e}");
+        assert_eq!(policies_at(&h, t(15)).unwrap()[all[0].name.as_str()], all[0], "the later document is known");
     }
 }

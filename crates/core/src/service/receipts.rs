@@ -23,8 +23,13 @@ pub struct Receipts {
 impl Receipts {
     /// Signs `claims` as a receipt JWS with the current key.
     pub async fn issue(&self, claims: &ReceiptClaims) -> Result<String, SignError> {
+        self.sign_jws(RECEIPT_TYP, claims).await
+    }
+
+    /// Signs `claims` as a compact ES256 JWS of type `typ` with the current key (receipts, checkpoints).
+    pub async fn sign_jws<C: serde::Serialize + Sync>(&self, typ: &str, claims: &C) -> Result<String, SignError> {
         let key = self.signer.current_key().await?;
-        let header = JwsHeader { alg: ALG.into(), kid: key.kid, typ: RECEIPT_TYP.into() };
+        let header = JwsHeader { alg: ALG.into(), kid: key.kid, typ: typ.into() };
         let input = signing_input(&header, claims);
         let signature = self.signer.sign(input.as_bytes()).await?;
         Ok(compact(&input, &signature))

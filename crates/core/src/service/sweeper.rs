@@ -13,13 +13,19 @@ const BATCH: usize = 500;
 /// How long a relay owns a delivery before another may try.
 const RELAY_LEASE: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
     pub expired: usize,
     pub relayed: usize,
     pub reminded: usize,
     /// Approvals marked unused past `usable_until` (`request.unused`).
     pub unused: usize,
+    /// The chain head of the checkpoint this run wrote, if it wrote one.
+    pub checkpoint: Option<u64>,
+    /// True when this run ended with a checkpoint owed: the head may have moved past the newest checkpoint
+    /// and writing one failed (it is tried again next run). The sweeper Lambda publishes it as the
+    /// `CheckpointOwed` metric, and three owed runs in a row raise the stack's alarm.
+    pub checkpoint_owed: bool,
     pub errors: usize,
 }
 
@@ -28,6 +34,8 @@ pub struct Sweeper {
     pub stores: Stores,
     pub clock: Arc<dyn Clock>,
     pub dispatcher: Dispatcher,
+    /// Writes a signed checkpoint of the audit chain after each run (issue 17), when configured.
+    pub checkpoints: Option<super::checkpoints::Checkpointer>,
 }
 
 /// How many reminders are due by `now`: one at 1/3 and one at 2/3 of the request's lifetime.
@@ -87,6 +95,17 @@ impl Sweeper {
                 Ok(()) => rep.relayed += 1,
                 Err(e) => {
                     tracing::warn!(request_id = %r.id, error = %e, "relay failed; will retry");
+                    rep.errors += 1;
+                }
+            }
+        }
+        if let Some(c) = &self.checkpoints {
+            // Last, so it covers what this run wrote; a failure is retried next run and blocks nothing.
+            match c.run_once().await {
+                Ok(written) => rep.checkpoint = written.map(|w| w.seq),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "checkpoint not written; will retry");
+                    rep.checkpoint_owed = true;
                     rep.errors += 1;
                 }
             }

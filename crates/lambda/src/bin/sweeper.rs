@@ -1,7 +1,8 @@
-//! The scheduled sweeper Lambda (EventBridge, every minute): expiry, Slack relay, reminders.
+//! The scheduled sweeper Lambda (EventBridge, every minute): expiry, Slack relay, reminders, checkpoints.
 
 use countersign_lambda::app::App;
 use countersign_lambda::config::{Component, LambdaConfig};
+use countersign_lambda::sweep::handle;
 use countersign_lambda::telemetry::{init, LogFormat};
 use lambda_http::lambda_runtime::{self, service_fn, LambdaEvent};
 
@@ -18,11 +19,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sweeper = App::from_lambda_config(&cfg).await?.sweeper();
     lambda_runtime::run(service_fn(|_: LambdaEvent<serde_json::Value>| {
         let sweeper = sweeper.clone();
-        async move {
-            let report = sweeper.run_once().await?;
-            tracing::info!(expired = report.expired, relayed = report.relayed, reminded = report.reminded, errors = report.errors, "sweep done");
-            Ok::<_, lambda_runtime::Error>(serde_json::json!({"expired": report.expired, "relayed": report.relayed, "reminded": report.reminded, "errors": report.errors}))
-        }
+        async move { handle(&sweeper).await }
     }))
     .await
 }

@@ -512,9 +512,14 @@
 
   let polling = null;
   async function refresh() {
+    const user = S.user;
     try {
-      const r = await fetch(`/slack/sim/state?user=${encodeURIComponent(S.user || '')}`, { cache: 'no-store' });
-      S.data = await r.json();
+      const r = await fetch(`/slack/sim/state?user=${encodeURIComponent(user || '')}`, { cache: 'no-store' });
+      const data = await r.json();
+      // A poll that left before "Acting as" changed answers for the previous user (their ephemeral replies):
+      // rendered under the new user's key, it would stay on screen until the next change.
+      if (user !== S.user) return;
+      S.data = data;
       render(false);
     } catch (e) {
       $('status').textContent = 'Cannot reach countersign dev: is it still running?';
