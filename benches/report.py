@@ -4,16 +4,23 @@ tables of docs/performance.md, between the `<!-- bench:begin -->` and `<!-- benc
 outside the markers (the analysis, the packaging section) is kept as written.
 
   python3 benches/report.py [RESULTS_DIR] [DOC]
+  python3 benches/report.py --only local [RESULTS_DIR] [DOC]   # only the local mode table (its own markers)
 """
 import glob
 import json
 import os
 import sys
 
-RESULTS = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
-DOC = sys.argv[2] if len(sys.argv) > 2 else "docs/performance.md"
+ARGS = sys.argv[1:]
+ONLY = None
+if ARGS[:1] == ["--only"]:
+    ONLY, ARGS = ARGS[1], ARGS[2:]
+RESULTS = ARGS[0] if len(ARGS) > 0 else "target/bench"
+DOC = ARGS[1] if len(ARGS) > 1 else "docs/performance.md"
 CRITERION = os.path.join(os.path.dirname(os.path.abspath(RESULTS)), "criterion")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# Inside BEGIN/END: the local mode table, which `scripts/bench --only local` rewrites alone.
+LOCAL_BEGIN, LOCAL_END = "<!-- bench:local:begin -->", "<!-- bench:local:end -->"
 
 # Prices (us-east-1, on-demand, list prices as of 2025; check https://aws.amazon.com/pricing before relying on them).
 LAMBDA_ARM_GB_S = 0.0000133334
@@ -149,6 +156,8 @@ def main():
                    + "; the emulator, serialized and in Python, dominates.")
     out.append("")
 
+    out.append(local_section())
+
     # 5. baseline
     pb = load("baseline-callback.json")
     out.append("### Python baseline (boto3 + slack_sdk), same emulator, same run\n")
@@ -192,6 +201,61 @@ def main():
         head, rest = doc.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         doc = head + BEGIN + "\n" + body + END + tail
+    else:
+        doc = doc.rstrip() + "\n\n" + BEGIN + "\n" + body + END + "\n"
+    with open(DOC, "w") as f:
+        f.write(doc)
+    print(body)
+
+
+def local_section():
+    """The local mode table (benches/local.rs), between its own markers."""
+    out = [LOCAL_BEGIN, "### Local mode (countersign dev over HTTP)\n"]
+    r = load("load-local.json")
+    if not r:
+        out += ["_not run_", LOCAL_END, ""]
+        return "\n".join(out)
+    if "load_before" in r:
+        out.append(f"Run alone (`scripts/bench --only local`); load average before: {r['load_before']}"
+                   f"{' (busy: wall-clock figures are noisy)' if r.get('noisy') else ''}.\n")
+    out.append("| clients | duration | approvals | approvals/s | HTTP requests/s | create p50 / p99 | "
+               "callback ack p50 / p99 | message lookup p50 / p99 | RSS after the approvals (peak) | "
+               "simulator files | CPU per approval (server + bench) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append(f"| {r['clients']} | {r['seconds']:.1f} s | {r['approved']:,} | {r['approvals_per_s']:.0f} | "
+               f"{r['http_per_s']:.0f} ({r['all_http_per_s']:.0f} with lookups) | "
+               f"{ms(r['create_p50_ms'])} / {ms(r['create_p99_ms'])} | "
+               f"{ms(r['callback_p50_ms'])} / {ms(r['callback_p99_ms'])} | "
+               f"{ms(r['lookup_p50_ms'])} / {ms(r['lookup_p99_ms'])} | "
+               f"{r['rss_kib'] / 1024:.1f} MiB ({r['hwm_kib'] / 1024:.1f} MiB) | "
+               f"{(r['sim_snapshot_kib'] + r['sim_journal_kib']) / 1024:.1f} MiB | "
+               f"{r['server_cpu_ms_per_approval']:.2f} + {r['bench_cpu_ms_per_approval']:.2f} ms | {r['errors']} |")
+    out.append("")
+    p99 = max(r["create_p99_ms"], r["callback_p99_ms"])
+    ok = r["http_per_s"] >= 1000 and p99 <= 20
+    out.append(f"- Local mode ≥ 1,000 HTTP requests/s with p99 ≤ 20 ms: {verdict(ok)} ({r['http_per_s']:.0f} "
+               f"signed requests/s, creates and callbacks; p99 create {ms(r['create_p99_ms'])}, callback "
+               f"{ms(r['callback_p99_ms'])}).")
+    n = r["approved"]
+    rss_ok = r["rss_kib"] <= 60 * 1024 and n >= 10_000
+    out.append(f"- RSS of `countersign dev` ≤ 60 MiB after 10,000 approvals: "
+               f"{verdict(rss_ok) if n >= 10_000 else f'not judged ({n:,} approvals: a quick run)'} "
+               f"({r['rss_kib'] / 1024:.1f} MiB VmRSS, {r['hwm_kib'] / 1024:.1f} MiB VmHWM, "
+               f"{r['rss_start_kib'] / 1024:.1f} MiB at start).")
+    out += [LOCAL_END, ""]
+    return "\n".join(out)
+
+
+def only_local():
+    body = local_section().rstrip() + "\n"
+    with open(DOC) as f:
+        doc = f.read()
+    if LOCAL_BEGIN in doc and LOCAL_END in doc:
+        head, rest = doc.split(LOCAL_BEGIN, 1)
+        _, tail = rest.split(LOCAL_END + "\n", 1) if LOCAL_END + "\n" in rest else rest.split(LOCAL_END, 1)
+        doc = head + body + tail
+    elif END in doc:
+        head, tail = doc.split(END, 1)
+        doc = head + body + "\n" + END + tail
     else:
         doc = doc.rstrip() + "\n\n" + BEGIN + "\n" + body + END + "\n"
     with open(DOC, "w") as f:
@@ -246,4 +310,9 @@ def cost(counts, ddb, emb):
 
 
 if __name__ == "__main__":
-    main()
+    if ONLY == "local":
+        only_local()
+    elif ONLY:
+        sys.exit(f"report.py: --only {ONLY}: only `local` can be written alone")
+    else:
+        main()

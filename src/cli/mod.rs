@@ -430,16 +430,23 @@ impl CliError {
     }
 }
 
+/// The async runtime's blocking threads (see [`main`]).
+const BLOCKING_THREADS: usize = 8;
+
 /// Parses arguments, runs the command, prints the error (if any) and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED);
-        }
-    };
+    // Few blocking threads: the embedded store runs each read on one, with a connection (and its page cache)
+    // per concurrent read, and each thread gets its own malloc arena. Under `countersign dev` load the default
+    // (512) grew to ~25 threads and most of the process's RSS; 8 is more than 2 cores keep busy.
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::from(exit::FAILED);
+            }
+        };
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -16,6 +16,8 @@
 //!   signing secret's grace period (row 27), each function reading only its own secret (row 28).
 //! - `slack_interactions`, `sweeper`: the Slack callback handler and the scheduled sweeper, threat rows 1–15,
 //!   22, 24 and 26.
+//! - `policy_cache`: the policy set a process keeps is never older than the last finished `policy apply`
+//!   (issue 18; row 14 with a warm cache), in one process and across two, on both stores.
 //! - `policy_drift`: policies that overlap or change under a pending request (threat rows 30 and 31).
 //! - `local_mode`: `countersign dev` over real HTTP: SigV4 (aws-sigv4 and curl), the Slack simulator, restarts.
 //! - `local_hardening`: the real `countersign dev` refuses DNS-rebinding `Host`s with 421 on every route and
@@ -32,6 +34,8 @@
 //!   the product's verifier; the KMS key that signs in AWS; a forger with an unpublished key.
 //! - `operator_cli`, `layering`, `template`, `smoke`: operator commands, the layering rule, the SAM template's
 //!   security posture, and one end-to-end flow.
+//! - `op_counts`: DynamoDB round trips per approval (issue 18), from the emulator's own tally: no Scan, at
+//!   most 6 reads and 6 writes for a create and two votes.
 //! - `voter_eligibility`: threat row 34: only active, full members of our workspaces vote (`users.info` at
 //!   vote time, fail closed).
 
@@ -52,7 +56,9 @@ mod layering;
 mod load;
 mod local_hardening;
 mod local_mode;
+mod op_counts;
 mod operator_cli;
+mod policy_cache;
 mod policy_drift;
 mod policy_lint;
 mod races;

@@ -452,7 +452,7 @@ fn template_table_keys_match_the_dynamodb_store() {
             assert_eq!(get(p, &["TimeToLiveSpecification", "Enabled"]), Some(&true.into()), "{id}");
         }
     };
-    expect("PoliciesTable", "pk", None, &[("pk", "S")], &[], None);
+    expect("PoliciesTable", "pk", Some("sk"), &[("pk", "S"), ("sk", "S")], &[], None);
     expect(
         "RequestsTable",
         "pk",
@@ -605,7 +605,7 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
             "request-api",
             with(
                 shared("RequestApiFunctionLogGroup"),
-                &[("dynamodb:GetItem", "PoliciesTable"), ("dynamodb:Scan", "PoliciesTable")],
+                &[("dynamodb:GetItem", "PoliciesTable"), ("dynamodb:Query", "PoliciesTable")],
             ),
         ),
         (
@@ -614,7 +614,10 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
                 shared("SlackInteractionsFunctionLogGroup"),
                 &[
                     ("dynamodb:GetItem", "PoliciesTable"),
-                    ("dynamodb:Scan", "PoliciesTable"),
+                    ("dynamodb:Query", "PoliciesTable"),
+                    // The request and the policy generation in one read (issue 18).
+                    ("dynamodb:BatchGetItem", "PoliciesTable"),
+                    ("dynamodb:BatchGetItem", "RequestsTable"),
                     // Only this function may read the signing secret (row 28).
                     ("secretsmanager:GetSecretValue", "SlackSigningSecret"),
                     ("secretsmanager:GetSecretValue", "SlackSigningSecretArn"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::receipt::Jwk;
-use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Timestamp, Vote};
+use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp, Vote};
 
 /// Failures of a store. `Unavailable` is retryable and maps to `503` + `Retry-After`; `Conflict` means a
 /// conditional write lost and the caller must re-read; `Contention` means it lost that race every time it
@@ -78,9 +78,27 @@ pub enum CreateOutcome {
     TooManyPending,
 }
 
+/// Every policy, as one read of the policy set saw it, and the set's generation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicySet {
+    /// Raised by one in the same write as every committed [`PolicyStore::put_policy`] and
+    /// [`PolicyStore::delete_policy`] (0 before the first): a set of the generation a later read finds holds
+    /// every change committed before that read.
+    pub generation: u64,
+    /// Sorted by name.
+    pub policies: Vec<Policy>,
+}
+
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
-    async fn list_policies(&self) -> Result<Vec<Policy>, StoreError>;
+    /// Every policy, sorted by name.
+    async fn list_policies(&self) -> Result<Vec<Policy>, StoreError> {
+        Ok(self.policy_set().await?.policies)
+    }
+    /// The generation of the policy set (see [`PolicySet::generation`]), read strongly consistently.
+    async fn policy_generation(&self) -> Result<u64, StoreError>;
+    /// Every policy with the generation, from one place (one partition, never a scan of a table).
+    async fn policy_set(&self) -> Result<PolicySet, StoreError>;
     async fn get_policy(&self, name: &PolicyName) -> Result<Option<Policy>, StoreError>;
     /// Creates or replaces one policy and appends its `policy.changed` record, atomically.
     async fn put_policy(&self, policy: &Policy, event: AuditDraft) -> Result<(), StoreError>;
@@ -101,6 +119,17 @@ pub trait RequestStore: Send + Sync {
     ) -> Result<CreateOutcome, StoreError>;
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError>;
+
+    /// [`Self::get_request`] and, from the same round trip, the policy generation
+    /// ([`PolicyStore::policy_generation`], as strongly consistent) when this store also holds the policies of
+    /// the [`Stores`] it serves in (one adapter behind every port, as [`Stores::from_one`] builds them).
+    /// `None` leaves the generation to the policy store: this default, for stores that cannot fold the reads.
+    async fn get_request_and_generation(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Option<ApprovalRequest>, Option<u64>), StoreError> {
+        Ok((self.get_request(id).await?, None))
+    }
 
     /// Applies a [`Commit`] with all its conditions, or nothing (`StoreError::Conflict`). Returns the audit
     /// records as the chain sealed them (a receipt points at its `request.redeemed` record).
@@ -131,6 +160,48 @@ pub trait RequestStore: Send + Sync {
     ) -> Result<SameKind, StoreError> {
         let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
         Ok(SameKind::among(r, &candidates))
+    }
+
+    /// [`Self::earlier_of_same_kind`] as the history line needs it. This default reads the newest request
+    /// whole; a store may read only its status, expiry and creation time.
+    async fn same_kind_summary(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKindSummary, StoreError> {
+        let same = self.earlier_of_same_kind(r, since, limit).await?;
+        Ok(SameKindSummary { count: same.count, newest: same.newest.as_ref().map(Outcome::of) })
+    }
+}
+
+/// What a message's history line needs of [`SameKind`]: the count, and how the newest of them stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SameKindSummary {
+    pub count: u32,
+    pub newest: Option<Outcome>,
+}
+
+/// A request's standing as its history line shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+}
+
+impl Outcome {
+    pub fn of(r: &ApprovalRequest) -> Self {
+        Self { status: r.status, expires_at: r.expires_at, created_at: r.created_at }
+    }
+
+    /// The status a reader sees at `now`: a pending request past its expiry reads `expired`.
+    pub fn effective_status(&self, now: Timestamp) -> Status {
+        if self.status == Status::Pending && now >= self.expires_at {
+            Status::Expired
+        } else {
+            self.status
+        }
     }
 }
 
@@ -173,12 +244,66 @@ pub struct Stores {
     pub policies: Arc<dyn PolicyStore>,
     pub requests: Arc<dyn RequestStore>,
     pub audit: Arc<dyn AuditLog>,
+    /// This process's parsed policy set (shared by every clone of these stores).
+    pub policy_cache: Arc<PolicyCache>,
 }
 
 impl Stores {
     /// One adapter that implements all three ports.
     pub fn from_one<S: PolicyStore + RequestStore + AuditLog + 'static>(s: Arc<S>) -> Self {
-        Self { policies: s.clone(), requests: s.clone(), audit: s }
+        Self { policies: s.clone(), requests: s.clone(), audit: s, policy_cache: Arc::default() }
+    }
+
+    /// The policy set as of now: holds every policy change committed before this call (a strongly
+    /// consistent read of the generation, then the cached set if it is of that generation).
+    pub async fn current_policies(&self) -> Result<Arc<PolicySet>, StoreError> {
+        let generation = self.policies.policy_generation().await?;
+        self.policy_cache.at(&*self.policies, generation).await
+    }
+
+    /// The request and [`Self::current_policies`], the generation read in the same round trip as the
+    /// request where the store can ([`RequestStore::get_request_and_generation`]).
+    pub async fn request_and_policies(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Option<ApprovalRequest>, Arc<PolicySet>), StoreError> {
+        let (request, generation) = self.requests.get_request_and_generation(id).await?;
+        let generation = match generation {
+            Some(g) => g,
+            None => self.policies.policy_generation().await?,
+        };
+        Ok((request, self.policy_cache.at(&*self.policies, generation).await?))
+    }
+}
+
+/// The parsed policy set a process keeps between calls, re-read only when the generation moved.
+///
+/// Why a stale authorization cannot come of it: every policy change raises the generation in the same
+/// atomic write. A caller reads the generation strongly consistently after its call arrived, so it sees at
+/// least the generation of every change that finished before; the cached set is used only when it is of
+/// exactly that generation, and a set is only ever labelled with a generation read *before* the read that
+/// loaded it (a read of the set may show part of a change still being written, never less than what had
+/// finished: such a set is relabelled by the next check that sees the generation move).
+#[derive(Debug, Default)]
+pub struct PolicyCache(std::sync::Mutex<Option<Arc<PolicySet>>>);
+
+impl PolicyCache {
+    /// The set of generation `seen` (read strongly consistently by the caller just before): the cached one
+    /// when it is of that generation, else re-read from `store` and kept.
+    pub async fn at(&self, store: &dyn PolicyStore, seen: u64) -> Result<Arc<PolicySet>, StoreError> {
+        if let Some(set) = self.last().filter(|s| s.generation == seen) {
+            return Ok(set);
+        }
+        let mut loaded = store.policy_set().await?;
+        loaded.generation = loaded.generation.min(seen);
+        let loaded = Arc::new(loaded);
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The set last loaded, whatever its generation (`None` before the first load).
+    pub fn last(&self) -> Option<Arc<PolicySet>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -375,4 +500,61 @@ pub trait CheckpointSink: Send + Sync {
     async fn latest(&self) -> Result<Option<String>, StoreError>;
     /// Every checkpoint's JWS, oldest first (for `audit verify --checkpoints`).
     async fn all(&self) -> Result<Vec<(u64, String)>, StoreError>;
+}
+
+#[cfg(test)]
+mod cache_tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    use super::*;
+
+    /// A policy store whose set is always of generation `at`, counting its loads.
+    #[derive(Default)]
+    struct Counting {
+        at: AtomicU64,
+        loads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PolicyStore for Counting {
+        async fn policy_generation(&self) -> Result<u64, StoreError> {
+            Ok(self.at.load(Ordering::SeqCst))
+        }
+        async fn policy_set(&self) -> Result<PolicySet, StoreError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            Ok(PolicySet { generation: self.at.load(Ordering::SeqCst), policies: vec![] })
+        }
+        async fn get_policy(&self, _: &PolicyName) -> Result<Option<Policy>, StoreError> {
+            Ok(None)
+        }
+        async fn put_policy(&self, _: &Policy, _: AuditDraft) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn delete_policy(&self, _: &PolicyName, _: AuditDraft) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_set_is_reloaded_exactly_when_the_generation_moved() {
+        let (store, cache) = (Counting::default(), PolicyCache::default());
+        assert_eq!(cache.at(&store, 0).await.unwrap().generation, 0);
+        cache.at(&store, 0).await.unwrap();
+        assert_eq!(store.loads.load(Ordering::SeqCst), 1, "same generation: the cached set");
+        store.at.store(1, Ordering::SeqCst);
+        assert_eq!(cache.at(&store, 1).await.unwrap().generation, 1);
+        assert_eq!(store.loads.load(Ordering::SeqCst), 2, "moved: re-read");
+    }
+
+    #[tokio::test]
+    async fn a_set_is_labelled_with_the_generation_seen_before_it_was_read_never_a_later_one() {
+        let (store, cache) = (Counting::default(), PolicyCache::default());
+        // The read found generation 5 (a change landing meanwhile) after the check saw 4: labelled 4, so
+        // the next check that sees 5 reads the set again rather than trust a possibly partial view of it.
+        store.at.store(5, Ordering::SeqCst);
+        assert_eq!(cache.at(&store, 4).await.unwrap().generation, 4);
+        cache.at(&store, 5).await.unwrap();
+        assert_eq!(store.loads.load(Ordering::SeqCst), 2);
+    }
 }

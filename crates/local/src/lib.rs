@@ -231,6 +231,7 @@ impl LocalServer {
                 interactions_url: format!("{origin}/slack/interactions"),
                 origin: origin.clone(),
                 state_file: Some(config.data_dir.join(simulator::STATE_FILE)),
+                limits: simulator::SimLimits::default(),
             })
             .map_err(LocalError::Simulator)?;
             router = router.merge(sim.router());

@@ -20,12 +20,15 @@
 //! (one JSON line per message posted, updated or deleted since), so a restart loses nothing: an API call
 //! that changes a message answers only once its line is written. One writer thread appends the lines,
 //! many at a time, and nothing holds the state's lock while it writes; the journal is folded into the
-//! snapshot when the simulator starts. Development machinery: it must never be reachable from a deployed
-//! Lambda, and local mode should stay on the loopback.
+//! snapshot when the simulator starts and whenever it outgrows the snapshot.
+//!
+//! Memory and disk are bounded ([`SimLimits`], [`bounds`]): each channel keeps its newest messages (the
+//! latest state of each), each user their newest ephemerals, the page its newest response URLs. Development
+//! machinery: it must never be reachable from a deployed Lambda, and local mode should stay on the loopback.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -44,15 +47,18 @@ use countersign_slack::signature;
 
 use super::config::{SimChannel, SimGroup, SlackConfig};
 
+mod bounds;
 mod journal;
 mod page;
+
+pub use bounds::SimLimits;
 
 pub use countersign_slack::emulator::{Message as SimMessage, TRIGGER_TTL};
 pub use journal::journal_path;
 
 #[cfg(test)]
 use journal::{replay, Persisted};
-use journal::{Change, Journaled, Pending};
+use journal::{Change, Compaction, Journal, Journaled, Persisted as Store};
 #[cfg(test)]
 use page::{find_element, state_values};
 
@@ -109,6 +115,8 @@ pub struct SimSettings {
     pub origin: String,
     /// Where messages are kept across restarts; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
+    /// How much is kept, in memory and on disk.
+    pub limits: SimLimits,
 }
 
 /// The users and channels the page lists: configured ones first, then those the policies name.
@@ -195,7 +203,7 @@ struct Inner {
     http: reqwest::Client,
     /// To the journal's writer thread; `None` keeps messages in memory only. Sent to while holding the
     /// state's lock, so lines are written in the order the changes were made.
-    journal: Option<mpsc::Sender<Pending>>,
+    journal: Option<Journal>,
 }
 
 /// A running simulator; clone freely.
@@ -245,7 +253,14 @@ impl Simulator {
         for g in settings.groups.iter().rev() {
             ws.set_usergroup(g.id.as_str(), g.members.iter().map(|m| m.as_str().to_string()).collect());
         }
-        let journal = settings.state_file.as_deref().and_then(|path| journal::open(path, &mut ws.store));
+        let compaction = Compaction { min_bytes: settings.limits.compact_journal_bytes };
+        let journal = settings.state_file.as_deref().and_then(|path| journal::open(path, &mut ws.store, compaction));
+        // A snapshot kept under larger limits is cut down now, and on disk with the next snapshot.
+        if !bounds::trim_all(&mut ws.store, settings.limits.messages_per_channel).is_empty() {
+            if let Some(j) = &journal {
+                j.compact(&ws.store);
+            }
+        }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(CALLBACK_TIMEOUT)
@@ -277,13 +292,23 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// Sends a change to the journal; call it while still holding the state's lock, right after making
-    /// the change, so the journal keeps the changes' order. Await the answer with [`Self::changed`].
-    fn record(&self, change: Option<Change>) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        let (journal, change) = (self.0.journal.as_ref()?, change?);
-        let (done, written) = tokio::sync::oneshot::channel();
-        journal.send((change, done)).ok()?;
-        Some(written)
+    /// Sends changes to the journal (and, when it asked for one, the snapshot after them); call it while
+    /// still holding the state's lock, right after making the changes, so the journal keeps their order.
+    /// Await the answer with [`Self::changed`].
+    fn record(&self, store: &Store, changes: Vec<Change>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.0.journal.as_ref()?.send(changes, store)
+    }
+
+    /// After a message was posted or changed in `channel`: the change and what the channel's limit drops.
+    fn kept(&self, s: &mut SimState, channel: &str, ts: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let mut changes: Vec<Change> = s.ws.store.put(channel, ts).into_iter().collect();
+        changes.extend(bounds::trim_channel(&mut s.ws.store, channel, self.0.settings.limits.messages_per_channel));
+        self.record(&s.ws.store, changes)
+    }
+
+    /// After an ephemeral message appeared: each user keeps their newest.
+    fn trim_ephemerals(&self, s: &mut SimState) {
+        bounds::trim_ephemerals(&mut s.ws.ephemerals, self.0.settings.limits.ephemerals_per_user);
     }
 
     /// Marks a visible change and, when it changed kept messages, waits until its journal line is written.
@@ -385,9 +410,12 @@ async fn api(State(sim): State<Simulator>, Path(method): Path<String>, headers: 
         let (answer, effect) = s.ws.call(&method, authorization, json_body, body);
         match effect {
             Effect::None => (answer, false, None),
-            Effect::Shown => (answer, true, None),
+            Effect::Shown => {
+                sim.trim_ephemerals(&mut s);
+                (answer, true, None)
+            }
             Effect::Message { channel, ts } => {
-                let written = sim.record(s.ws.store.put(&channel, &ts));
+                let written = sim.kept(&mut s, &channel, &ts);
                 (answer, true, written)
             }
         }

@@ -212,6 +212,15 @@ impl RequestStore for EmbeddedStore {
         self.read(move |tx| get_request_tx(tx, &id)).await
     }
 
+    /// Both from one read transaction.
+    async fn get_request_and_generation(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Option<ApprovalRequest>, Option<u64>), StoreError> {
+        let id = id.to_string();
+        self.read(move |tx| Ok((get_request_tx(tx, &id)?, Some(crate::policies::generation_tx(tx)?)))).await
+    }
+
     async fn commit(&self, commit: Commit) -> Result<Vec<AuditEvent>, StoreError> {
         self.write(move |tx| commit_tx(tx, commit)).await
     }

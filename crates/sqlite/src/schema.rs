@@ -87,6 +87,15 @@ UPDATE requests SET action = json_extract(doc, '$.action'), environment = json_e
 CREATE INDEX requests_history ON requests (principal, created_at, id, action, environment);
 DROP INDEX requests_by_principal;
 "#,
+    r#"
+-- The policy set's generation: raised in the same transaction as every change of a policy, so a process
+-- that keeps the parsed set re-reads it only when this moved (another process may have run `policy apply`).
+CREATE TABLE policy_generation (
+    id         INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    generation INTEGER NOT NULL
+) STRICT;
+INSERT INTO policy_generation (id, generation) VALUES (1, 0);
+"#,
 ];
 
 /// Opens a connection with the settings every connection of the store uses.

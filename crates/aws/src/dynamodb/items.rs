@@ -151,7 +151,8 @@ pub fn idempotency_request_id(item: &Item) -> Result<RequestId, StoreError> {
 
 pub fn policy_item(p: &Policy) -> Result<Item, StoreError> {
     let mut item = Item::new();
-    item.insert(PK.into(), s(p.name.as_str()));
+    item.insert(PK.into(), s(POLICY_SET_PK));
+    item.insert(SK.into(), s(policy_sk(&p.name)));
     item.insert(DOC.into(), s(to_json("policy", p)?));
     item.insert(VERSION.into(), s(p.version()));
     Ok(item)
@@ -159,10 +160,18 @@ pub fn policy_item(p: &Policy) -> Result<Item, StoreError> {
 
 pub fn policy_from_item(item: &Item) -> Result<Policy, StoreError> {
     let p: Policy = doc(item, "policy")?;
-    if get_s(item, PK)? != p.name.as_str() {
+    if get_s(item, PK)? != POLICY_SET_PK || get_s(item, SK)? != policy_sk(&p.name) {
         return Err(corrupt(item, format_args!("holds policy {} under another key", p.name)));
     }
     Ok(p)
+}
+
+/// The generation on the generation item; 0 when there is no item yet (no policy was ever written).
+pub fn generation_from_item(item: Option<&Item>) -> Result<u64, StoreError> {
+    match item {
+        None => Ok(0),
+        Some(item) => get_u64(item, GENERATION),
+    }
 }
 
 // --- audit -----------------------------------------------------------------------------------------------
@@ -341,11 +350,12 @@ mod tests {
             Err(e) => panic!("fixture policy does not parse: {e:?}"),
         };
         let item = policy_item(&p).unwrap();
-        assert_eq!(text(&item, PK), "deploy-production");
+        assert_eq!(text(&item, PK), POLICY_SET_PK);
+        assert_eq!(text(&item, SK), "POLICY#deploy-production");
         assert_eq!(text(&item, VERSION), p.version());
         assert_eq!(policy_from_item(&item).unwrap(), p);
         let mut moved = item;
-        moved.insert(PK.into(), s("other"));
+        moved.insert(SK.into(), s("POLICY#other"));
         assert!(matches!(policy_from_item(&moved), Err(StoreError::Corrupt(_))));
     }
 }

@@ -9,8 +9,10 @@ use countersign_core::domain::{IdempotencyKey, PolicyName, RequestId, SlackUserI
 
 /// Partition key of every table (S).
 pub const PK: &str = "pk";
-/// Sort key of the requests table (S).
+/// Sort key of the requests and policies tables (S).
 pub const SK: &str = "sk";
+/// The policy set's generation (N), on the generation item.
+pub const GENERATION: &str = "generation";
 /// Sort key of the audit table: the record's position in the chain (N).
 pub const SEQ: &str = "seq";
 /// The domain value as JSON (S): request, vote, policy or audit event. The source of truth on read.
@@ -57,6 +59,11 @@ pub const IDEMPOTENCY_SK: &str = "IDEM";
 pub const COUNTER_SK: &str = "COUNT";
 pub const PENDING_GSI_PK: &str = "PENDING";
 pub const DUE_GSI_PK: &str = "DUE";
+/// The one partition of the policies table: every policy and the generation item, read by one `Query`.
+pub const POLICY_SET_PK: &str = "POLICIES";
+/// Sort key of the generation item, raised by one in the transaction of every policy change. It sorts
+/// before every `POLICY#` key.
+pub const GENERATION_SK: &str = "GENERATION";
 /// The one partition of the audit table: the chain is totally ordered by `seq`.
 pub const CHAIN_PK: &str = "CHAIN";
 
@@ -73,6 +80,11 @@ const TIME_KEY_MAX: i64 = 999_999_999_999_999;
 /// `REQ#{id}`: the partition holding a request and its votes.
 pub fn request_pk(id: &RequestId) -> String {
     format!("REQ#{id}")
+}
+
+/// `POLICY#{name}`: one policy in the policy-set partition.
+pub fn policy_sk(name: &PolicyName) -> String {
+    format!("POLICY#{name}")
 }
 
 /// `VOTE#{user}`: one vote per Slack user per request.
@@ -147,6 +159,7 @@ mod tests {
         let id = RequestId::parse("req_01JD0000000000000000000000").unwrap();
         assert_eq!(request_pk(&id), "REQ#req_01JD0000000000000000000000");
         assert_eq!(vote_sk(&SlackUserId::parse("U012AB3CD").unwrap()), "VOTE#U012AB3CD");
+        assert_eq!(policy_sk(&PolicyName::parse("deploy-production").unwrap()), "POLICY#deploy-production");
         let p = "arn:aws:iam::111122223333:role/github-deploy";
         assert_eq!(
             idempotency_pk(p, &IdempotencyKey::parse("k#1").unwrap()),

@@ -15,6 +15,7 @@ mod audit;
 mod error;
 mod items;
 mod policies;
+mod reads;
 mod requests;
 mod tables;
 
@@ -46,10 +47,11 @@ pub struct TableNames {
 }
 
 impl TableNames {
-    /// `{prefix}-policies`, `{prefix}-requests`, `{prefix}-audit`.
+    /// `{prefix}-policy-set`, `{prefix}-requests`, `{prefix}-audit`. (The policies table was
+    /// `{prefix}-policies` while it was keyed by name alone; see docs/dynamodb.md.)
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
-            policies: format!("{prefix}-policies"),
+            policies: format!("{prefix}-policy-set"),
             requests: format!("{prefix}-requests"),
             audit: format!("{prefix}-audit"),
         }
@@ -234,7 +236,7 @@ mod tests {
     #[test]
     fn table_names_follow_the_prefix() {
         let t = TableNames::with_prefix("countersign-prod");
-        assert_eq!(t.policies, "countersign-prod-policies");
+        assert_eq!(t.policies, "countersign-prod-policy-set");
         assert_eq!(t.requests, "countersign-prod-requests");
         assert_eq!(t.audit, "countersign-prod-audit");
     }

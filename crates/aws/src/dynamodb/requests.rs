@@ -6,9 +6,12 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use super::error::{build_error, from_sdk, CONDITION_FAILED};
 use super::items::{self, n, s, Item};
 use super::keys::*;
+use super::reads::Match;
 use super::{conditional_put, DynamoStore, TxOutcome};
 use countersign_core::domain::{ApprovalRequest, AuditDraft, AuditEvent, RequestId, Status, Timestamp};
-use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, RequestStore, SameKind, StoreError};
+use countersign_core::ports::{
+    Commit, Conflict, CreateOutcome, Guard, Outcome, RequestStore, SameKind, SameKindSummary, StoreError,
+};
 
 /// Index of a state item in a transaction, to read its cancellation reason.
 #[derive(Default)]
@@ -24,7 +27,7 @@ fn failed(codes: &[String], slot: Option<usize>) -> bool {
 }
 
 impl DynamoStore {
-    async fn get_item(&self, op: &'static str, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+    pub(super) async fn get_item(&self, op: &'static str, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -36,6 +39,96 @@ impl DynamoStore {
             .await
             .map_err(|e| from_sdk(op, e))?;
         Ok(out.item)
+    }
+
+    /// [`RequestStore::commit`] with, for a version-only commit, the status the request is asserted to
+    /// have now.
+    async fn commit_over(&self, commit: Commit, old_status: Option<Status>) -> Result<Vec<AuditEvent>, StoreError> {
+        let Commit { expected_version, request, vote, events, guard } = commit;
+        if request.version != expected_version.saturating_add(1) {
+            return Err(StoreError::Other(format!(
+                "commit must write version {} over version {expected_version}, not {}",
+                expected_version.saturating_add(1),
+                request.version
+            )));
+        }
+        if let Some(v) = &vote {
+            if v.request_id != request.id {
+                return Err(StoreError::Other("the vote belongs to another request".into()));
+            }
+        }
+
+        let mut values = Item::new();
+        values.insert(":expected".into(), n(expected_version));
+        let mut condition = String::from("#version = :expected");
+        let was_pending = match guard {
+            Guard::OpenAt(t) | Guard::ExpiredAt(t) => {
+                let cmp = if matches!(guard, Guard::OpenAt(_)) { ">" } else { "<=" };
+                condition.push_str(&format!(" AND #status = :pending AND #expires_at {cmp} :t"));
+                values.insert(":pending".into(), s(Status::Pending.as_str()));
+                values.insert(":t".into(), n(t.unix_millis()));
+                true
+            }
+            Guard::Approved => {
+                condition.push_str(" AND #status = :approved");
+                values.insert(":approved".into(), s(Status::Approved.as_str()));
+                false
+            }
+            Guard::VersionOnly => {
+                // Nothing asserts the old status, but the counter must know whether this commit leaves
+                // `pending`: the write is conditional on the status the caller asserts.
+                let old = old_status.unwrap_or(request.status);
+                if old.is_terminal() && request.status != old {
+                    return Err(StoreError::Other(format!(
+                        "request {} is {} and cannot become {}",
+                        request.id,
+                        old.as_str(),
+                        request.status.as_str()
+                    )));
+                }
+                condition.push_str(" AND #status = :old_status");
+                values.insert(":old_status".into(), s(old.as_str()));
+                old == Status::Pending
+            }
+        };
+
+        let mut tx = Vec::new();
+        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
+        tx.push(conditional_put(
+            &self.tables.requests,
+            items::request_item(&request)?,
+            Some(&condition),
+            &[("#version", VERSION), ("#status", STATUS), ("#expires_at", EXPIRES_AT)]
+                .into_iter()
+                .filter(|(k, _)| condition.contains(k))
+                .collect::<Vec<_>>(),
+            values,
+        )?);
+        if let Some(v) = &vote {
+            slots.vote = Some(tx.len());
+            tx.push(conditional_put(
+                &self.tables.requests,
+                items::vote_item(v, request.expires_at)?,
+                Some("attribute_not_exists(#pk)"),
+                &[("#pk", PK)],
+                Item::new(),
+            )?);
+        }
+        if was_pending && request.status.is_terminal() {
+            tx.push(self.counter_update(&request, -1, None)?);
+        }
+
+        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
+            TxOutcome::Committed(sealed) => return Ok(sealed),
+            TxOutcome::Refused(codes) => codes,
+        };
+        if failed(&codes, slots.vote) {
+            return Err(StoreError::Conflict(Conflict::DuplicateVote));
+        }
+        if failed(&codes, slots.request) {
+            return Err(StoreError::Conflict(Conflict::Stale));
+        }
+        Err(StoreError::Other(format!("commit was cancelled ({})", codes.join(", "))))
     }
 
     /// `ADD n :delta` on a pending counter, optionally conditional.
@@ -191,92 +284,32 @@ impl RequestStore for DynamoStore {
             .transpose()
     }
 
+    /// One `BatchGetItem` across the requests and policies tables.
+    async fn get_request_and_generation(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Option<ApprovalRequest>, Option<u64>), StoreError> {
+        let (request, generation) = self.request_and_generation(id).await?;
+        Ok((request, Some(generation)))
+    }
+
+    /// A version-only commit (notification bookkeeping) first assumes the status does not change, which
+    /// the condition asserts, so it needs no read. Only when that is refused does it read the status the
+    /// request has, to tell a lost race from a commit that does change the status.
     async fn commit(&self, commit: Commit) -> Result<Vec<AuditEvent>, StoreError> {
-        let Commit { expected_version, request, vote, events, guard } = commit;
-        if request.version != expected_version.saturating_add(1) {
-            return Err(StoreError::Other(format!(
-                "commit must write version {} over version {expected_version}, not {}",
-                expected_version.saturating_add(1),
-                request.version
-            )));
+        if commit.guard != Guard::VersionOnly {
+            return self.commit_over(commit, None).await;
         }
-        if let Some(v) = &vote {
-            if v.request_id != request.id {
-                return Err(StoreError::Other("the vote belongs to another request".into()));
-            }
+        let unchanged = commit.request.status;
+        match self.commit_over(commit.clone(), Some(unchanged)).await {
+            Err(StoreError::Conflict(Conflict::Stale)) => {}
+            other => return other,
         }
-
-        let mut values = Item::new();
-        values.insert(":expected".into(), n(expected_version));
-        let mut condition = String::from("#version = :expected");
-        let was_pending = match guard {
-            Guard::OpenAt(t) | Guard::ExpiredAt(t) => {
-                let cmp = if matches!(guard, Guard::OpenAt(_)) { ">" } else { "<=" };
-                condition.push_str(&format!(" AND #status = :pending AND #expires_at {cmp} :t"));
-                values.insert(":pending".into(), s(Status::Pending.as_str()));
-                values.insert(":t".into(), n(t.unix_millis()));
-                true
-            }
-            Guard::Approved => {
-                condition.push_str(" AND #status = :approved");
-                values.insert(":approved".into(), s(Status::Approved.as_str()));
-                false
-            }
-            Guard::VersionOnly => {
-                // Nothing asserts the old status, but the counter must know whether this commit leaves
-                // `pending`. Read it, and make the write conditional on it being still so.
-                let old = self.current_status(&request.id, expected_version).await?;
-                if old.is_terminal() && request.status != old {
-                    return Err(StoreError::Other(format!(
-                        "request {} is {} and cannot become {}",
-                        request.id,
-                        old.as_str(),
-                        request.status.as_str()
-                    )));
-                }
-                condition.push_str(" AND #status = :old_status");
-                values.insert(":old_status".into(), s(old.as_str()));
-                old == Status::Pending
-            }
-        };
-
-        let mut tx = Vec::new();
-        let mut slots = Slots { request: Some(tx.len()), ..Slots::default() };
-        tx.push(conditional_put(
-            &self.tables.requests,
-            items::request_item(&request)?,
-            Some(&condition),
-            &[("#version", VERSION), ("#status", STATUS), ("#expires_at", EXPIRES_AT)]
-                .into_iter()
-                .filter(|(k, _)| condition.contains(k))
-                .collect::<Vec<_>>(),
-            values,
-        )?);
-        if let Some(v) = &vote {
-            slots.vote = Some(tx.len());
-            tx.push(conditional_put(
-                &self.tables.requests,
-                items::vote_item(v, request.expires_at)?,
-                Some("attribute_not_exists(#pk)"),
-                &[("#pk", PK)],
-                Item::new(),
-            )?);
+        let old = self.current_status(&commit.request.id, commit.expected_version).await?;
+        if old == unchanged {
+            return Err(StoreError::Conflict(Conflict::Stale)); // it moved between the two
         }
-        if was_pending && request.status.is_terminal() {
-            tx.push(self.counter_update(&request, -1, None)?);
-        }
-
-        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
-            TxOutcome::Committed(sealed) => return Ok(sealed),
-            TxOutcome::Refused(codes) => codes,
-        };
-        if failed(&codes, slots.vote) {
-            return Err(StoreError::Conflict(Conflict::DuplicateVote));
-        }
-        if failed(&codes, slots.request) {
-            return Err(StoreError::Conflict(Conflict::Stale));
-        }
-        Err(StoreError::Other(format!("commit was cancelled ({})", codes.join(", "))))
+        self.commit_over(commit, Some(old)).await
     }
 
     async fn list_pending(&self, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
@@ -321,71 +354,43 @@ impl RequestStore for DynamoStore {
         .await
     }
 
-    /// Counted from the `by-principal` index on its keys and the `action`/`environment` copies (projected
-    /// alone, so no document is sent or parsed), then one consistent `GetItem` for the newest match. Falls
-    /// back to reading the documents when the window holds an item written before the copies existed.
+    /// Counted from the `by-principal` index (see [`DynamoStore::count_same_kind`]), then one consistent
+    /// `GetItem` for the newest match.
     async fn earlier_of_same_kind(
         &self,
         r: &ApprovalRequest,
         since: Timestamp,
         limit: usize,
     ) -> Result<SameKind, StoreError> {
-        let before = time_id_key(r.created_at, &r.id);
-        let (action, environment) = (r.action.as_str(), r.environment.as_str());
-        let mut values = Item::new();
-        values.insert(":pk".into(), s(r.requester.principal.as_str()));
-        values.insert(":since".into(), s(time_key(since)));
-        let (mut seen, mut count, mut newest) = (0usize, 0u32, None::<String>);
-        let mut start: Option<Item> = None;
-        while seen < limit {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.tables.requests)
-                .index_name(INDEX_BY_PRINCIPAL)
-                .key_condition_expression("#pk = :pk AND #sk >= :since")
-                .projection_expression("#id, #sk, #a, #e")
-                .expression_attribute_names("#pk", GSI1_PK)
-                .expression_attribute_names("#sk", GSI1_SK)
-                .expression_attribute_names("#id", PK)
-                .expression_attribute_names("#a", ACTION)
-                .expression_attribute_names("#e", ENVIRONMENT)
-                .set_expression_attribute_values(Some(values.clone()))
-                .scan_index_forward(false)
-                .limit(self.page_limit(limit - seen))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| from_sdk("Query(requests history)", e))?;
-            for item in page.items().iter().take(limit - seen) {
-                seen += 1;
-                let (Some(a), Some(e)) = (item.get(ACTION), item.get(ENVIRONMENT)) else {
-                    let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
-                    return Ok(SameKind::among(r, &candidates));
-                };
-                let same = a.as_s().is_ok_and(|a| a == action) && e.as_s().is_ok_and(|e| e == environment);
-                if same && items::get_s(item, GSI1_SK)? < before.as_str() {
-                    count = count.saturating_add(1);
-                    if newest.is_none() {
-                        newest = Some(items::get_s(item, PK)?.to_string());
-                    }
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
+        let Some((count, newest)) = self.count_same_kind(r, since, limit).await? else {
+            let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+            return Ok(SameKind::among(r, &candidates));
+        };
         let newest = match newest {
             None => None,
-            Some(pk) => Some(
-                self.get_item("GetItem(request)", pk.clone(), REQUEST_SK)
-                    .await?
-                    .map(|item| items::request_from_item(&item))
-                    .transpose()?
-                    .ok_or_else(|| StoreError::Other(format!("request {pk} vanished in a read")))?,
-            ),
+            Some(m) => Some(self.read_newest(&m.pk).await?),
         };
         Ok(SameKind { count, newest })
+    }
+
+    /// Counted like [`Self::earlier_of_same_kind`], with the newest match's status and expiry from the same
+    /// index entries: no document is read.
+    async fn same_kind_summary(
+        &self,
+        r: &ApprovalRequest,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<SameKindSummary, StoreError> {
+        let Some((count, newest)) = self.count_same_kind(r, since, limit).await? else {
+            let candidates = self.list_by_principal(&r.requester.principal, since, limit).await?;
+            let same = SameKind::among(r, &candidates);
+            return Ok(SameKindSummary { count: same.count, newest: same.newest.as_ref().map(Outcome::of) });
+        };
+        let newest = match newest {
+            None => None,
+            Some(Match { outcome: Some(o), .. }) => Some(o),
+            Some(m) => Some(Outcome::of(&self.read_newest(&m.pk).await?)),
+        };
+        Ok(SameKindSummary { count, newest })
     }
 }

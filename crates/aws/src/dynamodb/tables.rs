@@ -46,7 +46,14 @@ impl ScalarTypeName {
 fn shapes(t: &TableNames) -> [Shape; 3] {
     use ScalarTypeName::{N, S};
     [
-        Shape { name: t.policies.clone(), hash: PK, range: None, attributes: &[(PK, S)], indexes: &[], ttl: None },
+        Shape {
+            name: t.policies.clone(),
+            hash: PK,
+            range: Some(SK),
+            attributes: &[(PK, S), (SK, S)],
+            indexes: &[],
+            ttl: None,
+        },
         Shape {
             name: t.requests.clone(),
             hash: PK,

@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::request::NotificationState;
+use crate::domain::Policy;
 use crate::domain::{
     Actor, ApprovalRequest, AuditDraft, AuditKind, Environment, History, RequestId, SlackChannelId, Timestamp,
 };
 use crate::ports::{
-    Clock, Commit, Conflict, Guard, MessageContext, Notifier, NotifyError, PostedMessage, StoreError, Stores,
+    Clock, Commit, Conflict, Guard, MessageContext, Notifier, NotifyError, PolicySet, PostedMessage, StoreError, Stores,
 };
 
 /// Retries of a versioned bookkeeping write that lost a race.
@@ -44,6 +45,15 @@ enum Deliverer {
     Creator,
     /// Holds a lease claimed after creation (the relay): an earlier attempt may already be in Slack.
     Retry,
+}
+
+/// What the caller of a delivery already holds, so that it is not read again.
+#[derive(Default)]
+struct Known {
+    /// The request as the caller last read or wrote it.
+    request: Option<ApprovalRequest>,
+    /// The policy set the caller has just checked.
+    policies: Option<Arc<PolicySet>>,
 }
 
 /// What a delivery did in Slack.
@@ -78,7 +88,7 @@ impl Dispatcher {
     /// message re-rendered later (after a vote or cancel) still ignores requests that came after it.
     pub async fn history(&self, r: &ApprovalRequest) -> Result<History, StoreError> {
         let since = r.created_at.plus_seconds(-HISTORY_DAYS * 86_400);
-        let same = self.stores.requests.earlier_of_same_kind(r, since, 1000).await?;
+        let same = self.stores.requests.same_kind_summary(r, since, 1000).await?;
         Ok(History {
             same_kind_last_30_days: same.count,
             last_outcome: same.newest.map(|o| (o.effective_status(self.clock.now()), o.created_at)),
@@ -93,14 +103,39 @@ impl Dispatcher {
     /// someone else holds it (or a backoff is running), this leaves the post to them: whoever posts
     /// re-renders afterwards if the request changed meanwhile.
     pub async fn deliver(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
-        self.deliver_inner(id, Deliverer::Claiming).await
+        self.deliver_inner(id, Deliverer::Claiming, Known::default()).await
     }
 
-    /// [`Self::deliver`] by the creating call, which holds the first-post lease written with the request.
-    /// Its first post skips the search for an earlier one: there cannot be one, and the hot path stays
-    /// one Slack call.
-    pub async fn deliver_created(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
-        self.deliver_inner(id, Deliverer::Creator).await
+    /// [`Self::deliver`] right after this call wrote `written` (a vote, a cancel): starts from it instead of
+    /// reading it back (a write that came in between makes the bookkeeping write conflict, which re-reads),
+    /// and renders with `policies` when this call has just checked them.
+    pub async fn deliver_written(
+        &self,
+        written: ApprovalRequest,
+        policies: Option<Arc<PolicySet>>,
+    ) -> Result<Option<ApprovalRequest>, StoreError> {
+        let id = written.id;
+        self.deliver_inner(&id, Deliverer::Claiming, Known { request: Some(written), policies }).await
+    }
+
+    /// [`Self::deliver_written`] by the creating call, which holds the first-post lease written with the
+    /// request. Its first post skips the search for an earlier one: there cannot be one, and the hot path
+    /// stays one Slack call.
+    pub async fn deliver_created(
+        &self,
+        created: ApprovalRequest,
+        policies: Option<Arc<PolicySet>>,
+    ) -> Result<Option<ApprovalRequest>, StoreError> {
+        let id = created.id;
+        self.deliver_inner(&id, Deliverer::Creator, Known { request: Some(created), policies }).await
+    }
+
+    /// The request's policy as it is now, for its message: from the set this call has just checked, else read.
+    async fn policy_of(&self, r: &ApprovalRequest, known: Option<&PolicySet>) -> Result<Option<Policy>, StoreError> {
+        match known {
+            Some(set) => Ok(set.policies.iter().find(|p| p.name == r.policy.name).cloned()),
+            None => self.stores.policies.get_policy(&r.policy.name).await,
+        }
     }
 
     /// The first post, or the adoption of an earlier attempt's message when one may exist.
@@ -148,11 +183,20 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver_inner(&self, id: &RequestId, mut who: Deliverer) -> Result<Option<ApprovalRequest>, StoreError> {
+    async fn deliver_inner(
+        &self,
+        id: &RequestId,
+        mut who: Deliverer,
+        mut known: Known,
+    ) -> Result<Option<ApprovalRequest>, StoreError> {
         let mut latest = None;
         for _ in 0..4 {
-            let Some(r) = self.stores.requests.get_request(id).await? else {
-                return Ok(None);
+            let r = match known.request.take() {
+                Some(r) => r,
+                None => match self.stores.requests.get_request(id).await? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                },
             };
             let posted =
                 r.notification.ts.clone().map(|ts| PostedMessage { channel: r.notification.channel.to_string(), ts });
@@ -168,7 +212,7 @@ impl Dispatcher {
             }
             // Only the creator's post of the untouched request can be sure nothing was posted before.
             let may_follow_a_post = !(who == Deliverer::Creator && r.version == 1 && r.notification.attempts == 0);
-            let policy = self.stores.policies.get_policy(&r.policy.name).await?;
+            let policy = self.policy_of(&r, known.policies.as_deref()).await?;
             let history = self.history(&r).await?;
             let now = self.clock.now();
             let ctx = MessageContext {
@@ -192,7 +236,7 @@ impl Dispatcher {
                     };
                     let is_post = new_post.is_some();
                     let saved = self
-                        .save(id, |cur| {
+                        .save(id, Some(r.clone()), |cur| {
                             let n = &mut cur.notification;
                             if let Some(p) = &new_post {
                                 if n.ts.is_some() {
@@ -229,7 +273,10 @@ impl Dispatcher {
                         .await?;
                     latest = saved;
                     match &latest {
-                        Some(l) if l.notification.update_pending => continue,
+                        Some(l) if l.notification.update_pending => {
+                            known.request = latest.clone();
+                            continue;
+                        }
                         _ => return Ok(latest),
                     }
                 }
@@ -237,7 +284,7 @@ impl Dispatcher {
                     tracing::warn!(request_id = %id, retryable = e.retryable, error = %e, "slack delivery failed");
                     let is_post = posted.is_none();
                     let saved = self
-                        .save(id, |cur| {
+                        .save(id, Some(r.clone()), |cur| {
                             let n = &mut cur.notification;
                             if is_post && n.ts.is_some() {
                                 return None;
@@ -266,16 +313,22 @@ impl Dispatcher {
         Ok(latest)
     }
 
-    /// Re-reads the request, lets `f` change its notification bookkeeping (returning the audit records, or
-    /// `None` to write nothing), and writes it conditionally on the version, retrying lost races.
+    /// Lets `f` change the request's notification bookkeeping (returning the audit records, or `None` to
+    /// write nothing), and writes it conditionally on the version, retrying lost races. The first attempt
+    /// starts from `read` when given (the request as this call last read or wrote it); a lost race re-reads.
     async fn save(
         &self,
         id: &RequestId,
+        mut read: Option<ApprovalRequest>,
         f: impl Fn(&mut ApprovalRequest) -> Option<Vec<AuditDraft>>,
     ) -> Result<Option<ApprovalRequest>, StoreError> {
         for _ in 0..SAVE_ATTEMPTS {
-            let Some(cur) = self.stores.requests.get_request(id).await? else {
-                return Ok(None);
+            let cur = match read.take() {
+                Some(cur) => cur,
+                None => match self.stores.requests.get_request(id).await? {
+                    Some(cur) => cur,
+                    None => return Ok(None),
+                },
             };
             let mut next = cur.clone();
             let Some(events) = f(&mut next) else {
@@ -319,7 +372,7 @@ impl Dispatcher {
             guard: Guard::VersionOnly,
         };
         match self.stores.requests.commit(claim).await {
-            Ok(_) => self.deliver_inner(id, Deliverer::Retry).await.map(|_| ()),
+            Ok(_) => self.deliver_inner(id, Deliverer::Retry, Known::default()).await.map(|_| ()),
             Err(StoreError::Conflict(_)) => Ok(()), // someone else is on it
             Err(e) => Err(e),
         }

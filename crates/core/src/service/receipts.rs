@@ -105,7 +105,7 @@ impl RequestService {
                 tracing::error!(request_id = %r.id, error = %crate::error::error_chain(&e), "receipt not signed after redemption");
                 RequestError::SigningUnavailable(e)
             })?;
-            let after = self.dispatcher.deliver(&r.id).await.unwrap_or(None);
+            let after = self.dispatcher.deliver_written(t.request.clone(), None).await.unwrap_or(None);
             return Ok(Redeemed { request: self.show(after.unwrap_or(t.request)), receipt });
         }
         Err(RequestError::Unavailable(StoreError::Contention("this request")))

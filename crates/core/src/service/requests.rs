@@ -344,9 +344,9 @@ impl RequestService {
     async fn try_submit(&self, caller: &Caller, input: &NewRequest) -> Result<Submitted, RequestError> {
         let principal = self.identify(caller)?;
         let v = validate(input)?;
-        let policies = self.stores.policies.list_policies().await?;
+        let set = self.stores.current_policies().await?;
         let policy =
-            select(&policies, &principal, &v.action, &v.environment, v.resource.as_ref()).ok_or_else(|| {
+            select(&set.policies, &principal, &v.action, &v.environment, v.resource.as_ref()).ok_or_else(|| {
                 RequestError::NoMatchingPolicy(format!(
                     "no policy allows {} to request {} in {}{}",
                     principal.identity(),
@@ -432,7 +432,7 @@ impl RequestService {
         }
         // Durable first; the post happens after. A failed post leaves the request pending and queued.
         // This call holds the first-post lease written with the request (FIRST_POST_LEASE_SECONDS).
-        let after = self.dispatcher.deliver_created(&request.id).await.unwrap_or(None);
+        let after = self.dispatcher.deliver_created(request.clone(), Some(set.clone())).await.unwrap_or(None);
         Ok(Submitted { request: self.show(after.unwrap_or(request)), created: true })
     }
 
@@ -507,7 +507,7 @@ impl RequestService {
             };
             match self.stores.requests.commit(commit).await {
                 Ok(_) => {
-                    let after = self.dispatcher.deliver(&r.id).await.unwrap_or(None);
+                    let after = self.dispatcher.deliver_written(t.request.clone(), None).await.unwrap_or(None);
                     return Ok(self.show(after.unwrap_or(t.request)));
                 }
                 Err(StoreError::Conflict(Conflict::Stale)) => continue,

@@ -237,7 +237,9 @@ impl VoteService {
         request_id: &RequestId,
         clicked: Option<&(String, String)>,
     ) -> Result<Result<(ApprovalRequest, Governing), Rejection>, StoreError> {
-        let Some(r) = self.stores.requests.get_request(request_id).await? else {
+        // One read for the request and the policy generation; the set is re-read only when it moved.
+        let (r, set) = self.stores.request_and_policies(request_id).await?;
+        let Some(r) = r else {
             return Ok(Err(Rejection::UnknownRequest));
         };
         if let Some((channel, ts)) = clicked {
@@ -250,14 +252,13 @@ impl VoteService {
         let Ok(principal) = Principal::parse(&r.requester.arn) else {
             return Ok(Err(Rejection::NoPolicy));
         };
-        let policies = self.stores.policies.list_policies().await?;
-        let Some(policy) = select(&policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned()
-        else {
+        let policies = &set.policies;
+        let Some(policy) = select(policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
             return Ok(Err(Rejection::NoPolicy));
         };
         // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
         // for this principal are refused, before and regardless of any group lookup.
-        let owners = Owners::of(&policies, &principal);
+        let owners = Owners::of(policies, &principal);
         let in_group = if policy.needs_group_lookup(user, &owners) {
             match self.in_approver_group(&policy, user).await {
                 Ok(found) => found,
@@ -376,7 +377,10 @@ impl VoteService {
             match self.stores.requests.commit(commit).await {
                 Ok(_) => {
                     let budget = self.budget(self.update_budget);
-                    let updated = match tokio::time::timeout(budget, self.dispatcher.deliver(&v.request_id)).await {
+                    // Starts from the request as committed, with the policy set this call just checked.
+                    let fresh = self.stores.policy_cache.last();
+                    let deliver = self.dispatcher.deliver_written(t.request.clone(), fresh);
+                    let updated = match tokio::time::timeout(budget, deliver).await {
                         Ok(Ok(Some(after))) => after,
                         Ok(Ok(None)) | Err(_) => t.request,
                         Ok(Err(e)) => {

@@ -56,22 +56,23 @@ async fn response_url(
         if flag("delete_original") {
             let change = Change::Delete { channel: channel.clone(), ts: message_ts.clone() };
             s.ws.store.apply(change.clone());
-            sim.record(Some(change))
+            sim.record(&s.ws.store, vec![change])
         } else if flag("replace_original") {
             if let Some(m) = s.ws.message_mut(&channel, &message_ts) {
                 m.text = text;
                 m.blocks = blocks;
                 m.updates += 1;
             }
-            sim.record(s.ws.store.put(&channel, &message_ts))
+            sim.kept(&mut s, &channel, &message_ts)
         } else if body.get("response_type").and_then(Value::as_str) == Some("in_channel") {
             let ts = s.ws.next_ts();
             s.ws.push(&channel, SimMessage::new(ts.clone(), text, blocks));
-            sim.record(s.ws.store.put(&channel, &ts))
+            sim.kept(&mut s, &channel, &ts)
         } else {
             let ts = s.ws.next_ts();
             let id = s.ws.next_id();
             s.ws.ephemerals.push(Ephemeral { id, user, channel, ts, text, blocks });
+            sim.trim_ephemerals(&mut s);
             None
         }
     };
@@ -234,6 +235,12 @@ async fn click(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) ->
         s.ws.issue_trigger(trigger_id.clone(), c.user.clone());
         let response_id = random_token(16);
         s.responses.retain(|_, r| r.created.elapsed() <= RESPONSE_URL_TTL);
+        while s.responses.len() >= sim.0.settings.limits.response_urls.max(1) {
+            let Some(oldest) = s.responses.iter().min_by_key(|(_, r)| r.created).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            s.responses.remove(&oldest);
+        }
         s.responses.insert(
             response_id.clone(),
             ResponseUrl {

@@ -33,6 +33,7 @@ fn settings(state_file: Option<PathBuf>) -> SimSettings {
         interactions_url: "http://127.0.0.1:9/slack/interactions".into(),
         origin: "http://127.0.0.1:9".into(),
         state_file,
+        limits: SimLimits::default(),
     }
 }
 
@@ -282,4 +283,83 @@ async fn t34_users_info_says_what_dev_toml_says_about_each_user() {
     assert_eq!(info("xoxb-wrong", form, "user=U0ALICE01".into()).await["error"], "invalid_auth");
     let json = info(BOT, "application/json", r#"{"user":"U0ALICE01"}"#.into()).await;
     assert_eq!(json["error"], "user_not_found", "JSON arguments are not read: {json}");
+}
+
+#[tokio::test]
+async fn a_channel_keeps_its_newest_messages_and_drops_decided_ones_first() {
+    let mut s = settings(None);
+    s.limits.messages_per_channel = 5;
+    let sim = Simulator::new(s).unwrap();
+    let buttons = json!([{"type": "actions", "block_id": "countersign_actions", "elements": [
+        {"type": "button", "action_id": "countersign_approve", "text": {"type": "plain_text", "text": "Approve"}}
+    ]}]);
+    let pending =
+        call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "p", "blocks": buttons})).await;
+    let pending = pending["ts"].as_str().unwrap().to_string();
+    let first = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "m0"})).await;
+    let first = first["ts"].as_str().unwrap().to_string();
+    call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": "reply", "thread_ts": first})).await;
+    for i in 1..10 {
+        call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": format!("m{i}")})).await;
+    }
+    let kept = sim.messages("C0APPROVALS");
+    let texts: Vec<&str> = kept.iter().map(|m| m.text.as_deref().unwrap()).collect();
+    assert_eq!(texts, ["p", "m6", "m7", "m8", "m9"], "the message with buttons outlives older decided ones");
+    let r = call(&sim, "chat.update", json!({"channel": "C0APPROVALS", "ts": pending, "text": "decided"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(&sim, "chat.update", json!({"channel": "C0APPROVALS", "ts": first, "text": "x"})).await;
+    assert_eq!(r["error"], "message_not_found", "a dropped message is gone, with its replies");
+
+    // Ephemerals: each user keeps their newest.
+    for i in 0..25 {
+        let r = call(
+            &sim,
+            "chat.postEphemeral",
+            json!({"channel": "C0APPROVALS", "user": "U012AB3CD", "text": format!("e{i}")}),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let eph: Vec<String> = sim.lock().ws.ephemerals.iter().filter_map(|e| e.text.clone()).collect();
+    assert_eq!(eph.len(), SimLimits::default().ephemerals_per_user);
+    assert_eq!(eph.first().map(String::as_str), Some("e5"));
+    assert_eq!(eph.last().map(String::as_str), Some("e24"));
+}
+
+#[tokio::test]
+async fn the_journal_is_compacted_into_the_snapshot_while_running_and_a_reopen_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(STATE_FILE);
+    let journal = journal_path(&file);
+    let mut s = settings(Some(file.clone()));
+    s.limits.messages_per_channel = 10;
+    s.limits.compact_journal_bytes = 1;
+    let sim = Simulator::new(s.clone()).unwrap();
+    let mut changes = 0;
+    let mut longest = 0;
+    for i in 0..60 {
+        let r = call(&sim, "chat.postMessage", json!({"channel": "C0APPROVALS", "text": format!("m{i}")})).await;
+        let ts = r["ts"].as_str().unwrap().to_string();
+        let r = call(&sim, "chat.update", json!({"channel": "C0APPROVALS", "ts": ts, "text": format!("u{i}")})).await;
+        assert_eq!(r["ok"], true, "{r}");
+        changes += 2;
+        longest = longest.max(std::fs::read_to_string(&journal).unwrap().lines().count());
+    }
+    assert!(file.exists(), "compacted while running");
+    assert!(longest < changes / 2, "the journal never held every change: {longest} of {changes} lines");
+    let before = sim.messages("C0APPROVALS");
+    assert_eq!(before.len(), 10);
+    assert_eq!(before.last().unwrap().text.as_deref(), Some("u59"));
+    drop(sim);
+    let snapshot: Persisted = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(snapshot.channels["C0APPROVALS"].len() <= 11, "the snapshot holds what memory holds, not every change");
+    let again = Simulator::new(s).unwrap();
+    assert_eq!(again.messages("C0APPROVALS"), before);
+
+    // A snapshot kept under a larger limit is cut down at start-up, the newest kept.
+    drop(again);
+    let mut smaller = settings(Some(file.clone()));
+    smaller.limits.messages_per_channel = 3;
+    let third = Simulator::new(smaller).unwrap();
+    assert_eq!(third.messages("C0APPROVALS"), before[7..]);
 }

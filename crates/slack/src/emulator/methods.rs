@@ -162,23 +162,25 @@ impl Workspace {
             .into_response();
         }
         let p = &self.profile;
-        let messages = self
+        // Filtered and paged on the ts alone: only the page's messages are rendered (a long channel is not
+        // copied on every call).
+        let top_level: Vec<&Message> = self
             .store
             .channels
             .get(channel)
             .map_or(&[][..], Vec::as_slice)
             .iter()
             .filter(|m| m.thread_ts.is_none())
-            .map(|m| {
-                let mut o = json!({ "type": "message", "user": p.bot_user, "bot_id": p.bot_id, "app_id": m.app(p),
-                                    "ts": m.ts, "text": m.text, "blocks": m.blocks });
-                if let Some(md) = &m.metadata {
-                    o["metadata"] = md.clone();
-                }
-                o
-            })
             .collect();
-        history_answer(body, messages)
+        let render = |m: &Message| {
+            let mut o = json!({ "type": "message", "user": p.bot_user, "bot_id": p.bot_id, "app_id": m.app(p),
+                                "ts": m.ts, "text": m.text, "blocks": m.blocks });
+            if let Some(md) = &m.metadata {
+                o["metadata"] = md.clone();
+            }
+            o
+        };
+        history_page(body, top_level, |m| ts_micros(&m.ts).unwrap_or(0), render)
     }
 }
 
@@ -210,7 +212,19 @@ pub fn users_info_answer(
 
 /// `conversations.history` over `messages` (the channel's top-level messages as Slack message objects, in
 /// any order): Slack's filters and paging.
-pub fn history_answer(body: &Map<String, Value>, mut messages: Vec<Value>) -> Response {
+pub fn history_answer(body: &Map<String, Value>, messages: Vec<Value>) -> Response {
+    let at = |m: &Value| m.get("ts").and_then(Value::as_str).and_then(ts_micros).unwrap_or(0);
+    history_page(body, messages, at, |m| m)
+}
+
+/// Slack's filters and paging over `items` (any order), each placed by `at` (its ts in microseconds) and
+/// rendered as a Slack message object by `render` only when it is on the page.
+fn history_page<T>(
+    body: &Map<String, Value>,
+    mut items: Vec<T>,
+    at: impl Fn(&T) -> i64,
+    render: impl Fn(T) -> Value,
+) -> Response {
     let limit = match body.get("limit") {
         None => 100,
         Some(v) => match number(v) {
@@ -242,20 +256,20 @@ pub fn history_answer(body: &Map<String, Value>, mut messages: Vec<Value>) -> Re
     };
     let inclusive = flag(body.get("inclusive"));
     let with_metadata = flag(body.get("include_all_metadata"));
-    let at = |m: &Value| m.get("ts").and_then(Value::as_str).and_then(ts_micros).unwrap_or(0);
-    messages.retain(|m| {
+    items.retain(|m| {
         let t = at(m);
         oldest.is_none_or(|o| if inclusive { t >= o } else { t > o })
             && latest.is_none_or(|l| if inclusive { t <= l } else { t < l })
             && before.is_none_or(|b| t < b)
     });
-    messages.sort_by_key(|m| std::cmp::Reverse(at(m)));
-    let has_more = messages.len() as u64 > limit;
-    messages.truncate(usize::try_from(limit).unwrap_or(999));
-    let next_cursor = match messages.last() {
+    items.sort_by_key(|m| std::cmp::Reverse(at(m)));
+    let has_more = items.len() as u64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(999));
+    let next_cursor = match items.last() {
         Some(m) if has_more => hex::encode(format!("before:{}", at(m))),
         _ => String::new(),
     };
+    let mut messages: Vec<Value> = items.into_iter().map(render).collect();
     if !with_metadata {
         for m in &mut messages {
             if let Value::Object(o) = m {
