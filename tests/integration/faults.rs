@@ -12,8 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +28,8 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use countersign_testkit::emulator::PrivateEmulator;
+
 use countersign_testkit::app::{
     api_event, spawn_app, spawn_app_on, spawn_app_with_secrets, AppOptions, StoreKind, TestApp, DEPLOY_ARN, POLICIES,
     SIGNING_SECRET,
@@ -39,54 +39,9 @@ const APPROVE: &str = "countersign_approve";
 
 // ---- the emulator and the proxy ------------------------------------------------------------------------
 
-/// A serialized moto server of our own; killed when dropped.
-struct Emulator {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `None` (with a notice) when no Python with moto is found outside CI; a failure under `CI=true`.
-async fn start_emulator() -> Option<Emulator> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("COUNTERSIGN_TEST_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    if !python.exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but no Python for the emulator at {python:?}");
-        eprintln!("no Python with moto at {python:?} (set COUNTERSIGN_TEST_PYTHON): skipping a fault test");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&python)
-        .arg(root.join("scripts/moto_serial.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        // The test process's AWS_* settings (scripts/test exports them for the shared emulator) make this
-        // fresh emulator refuse our requests' signatures: start it with a clean environment.
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {python:?} scripts/moto_serial.py: {e}"));
-    let emu = Emulator { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http.get(format!("http://{}/moto-api/", emu.addr)).send().await.is_ok() {
-            return Some(emu);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the emulator did not start in 30 s");
+/// A serialized moto server of our own; `None` (with a notice) when no Python with moto is found outside CI.
+async fn start_emulator() -> Option<PrivateEmulator> {
+    PrivateEmulator::start("scripts/moto_serial.py", "a fault test").await
 }
 
 /// A TCP proxy on 127.0.0.1 to `upstream` that can be cut (live connections dropped mid-stream, new ones
@@ -251,7 +206,7 @@ async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
     let Some(emu) = start_emulator().await else { return };
     let proxy = Proxy::start(emu.addr).await;
     // Tables are made directly on the emulator; the app reaches it only through the proxy.
-    let direct = aws_sdk_dynamodb::Client::new(&patient_config(&format!("http://{}", emu.addr)).await);
+    let direct = aws_sdk_dynamodb::Client::new(&patient_config(&emu.url()).await);
     let tables = TableNames::with_prefix("cs-faults");
     create_tables(&direct, &tables).await.expect("create tables");
     let via_proxy = aws_sdk_dynamodb::Client::new(&fast_failing_config(&proxy.url()).await);
@@ -602,7 +557,7 @@ async fn relay_posts_when_the_channel_is_too_busy_to_search_to_the_end() {
 async fn secrets_manager_cut_request_api_still_posts_with_the_cached_token() {
     let Some(emu) = start_emulator().await else { return };
     let proxy = Proxy::start(emu.addr).await;
-    let direct = aws_sdk_secretsmanager::Client::new(&fast_failing_config(&format!("http://{}", emu.addr)).await);
+    let direct = aws_sdk_secretsmanager::Client::new(&fast_failing_config(&emu.url()).await);
     direct
         .create_secret()
         .name("countersign/slack")

@@ -9,14 +9,12 @@
 //! `cargo test --test integration op_counts -- --nocapture`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use countersign_aws::dynamodb::{create_tables, DynamoStore, TableNames};
 use countersign_core::ports::Stores;
+use countersign_testkit::emulator::PrivateEmulator;
 use serde_json::json;
 
 use countersign_testkit::app::{api_event, spawn_app_on, AppOptions, TestApp, DEPLOY_ARN};
@@ -28,55 +26,17 @@ const WRITES: &[&str] = &["TransactWriteItems", "PutItem", "UpdateItem", "Delete
 
 /// `benches/moto_counting.py` on a port of its own; killed when dropped.
 struct CountingEmulator {
-    child: Child,
+    /// Kept for its lifetime: the server stops when this is dropped.
+    _emu: PrivateEmulator,
     url: String,
-}
-
-impl Drop for CountingEmulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl CountingEmulator {
     async fn start() -> Option<Self> {
         // Only where the shared emulator runs (scripts/test, CI): the same rule as every DynamoDB test.
         countersign_testkit::stores::emulator_endpoint()?;
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let python = std::env::var("COUNTERSIGN_TEST_PYTHON")
-            .ok()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv/bin/python"));
-        if !python.exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but no Python for the emulator at {python:?}"
-            );
-            eprintln!("no Python with moto at {python:?} (set COUNTERSIGN_TEST_PYTHON): skipping the op counts");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&python)
-            .arg(root.join("benches/moto_counting.py"))
-            .args(["127.0.0.1", &port.to_string()])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {python:?} benches/moto_counting.py: {e}"));
-        let emu = Self { child, url: format!("http://127.0.0.1:{port}") };
-        let http = reqwest::Client::new();
-        for _ in 0..300 {
-            if http.get(format!("{}/moto-api/", emu.url)).send().await.is_ok() {
-                return Some(emu);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the counting emulator did not start in 30 s");
+        let emu = PrivateEmulator::start("benches/moto_counting.py", "the op counts").await?;
+        Some(Self { url: emu.url(), _emu: emu })
     }
 
     /// The tally so far, by operation (`GetItem`, …), and clears it when `reset`.

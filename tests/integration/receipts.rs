@@ -226,16 +226,7 @@ on_both_stores!(
 #[tokio::test]
 async fn t36_the_documented_pyjwt_snippet_verifies_a_real_receipt() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("COUNTERSIGN_TEST_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    if !python.exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but no Python at {python:?}");
-        eprintln!("no Python at {python:?} (set COUNTERSIGN_TEST_PYTHON): skipping the doc snippet");
-        return;
-    }
+    let Some(python) = countersign_testkit::emulator::test_python("the doc snippet") else { return };
     let doc = std::fs::read_to_string(root.join("docs/receipts.md")).expect("docs/receipts.md");
     let start = doc.find("```python\n# verify_receipt.py").expect("the snippet is in docs/receipts.md");
     let body = &doc[start + "```python\n".len()..];

@@ -92,6 +92,72 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// The Python the tests run (`COUNTERSIGN_TEST_PYTHON`, else the repository's `.venv`, which `scripts/test`
+/// creates). `None`, with a notice naming `skipping`, when it is missing outside CI; a failure under
+/// `CI=true`, where nothing may skip.
+pub fn test_python(skipping: &str) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var("COUNTERSIGN_TEST_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but no Python at {python:?}");
+    eprintln!("no Python at {python:?} (set COUNTERSIGN_TEST_PYTHON): skipping {skipping}");
+    None
+}
+
+/// A moto server of a test's own (not the shared one), on a free 127.0.0.1 port; killed when dropped.
+pub struct PrivateEmulator {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for PrivateEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PrivateEmulator {
+    /// Starts `script` (relative to the repository, e.g. `scripts/moto_serial.py`) and waits until it
+    /// answers. `None` where [`test_python`] is.
+    pub async fn start(script: &str, skipping: &str) -> Option<Self> {
+        let python = test_python(skipping)?;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(&python)
+            .arg(root.join(script))
+            .args(["127.0.0.1", &port.to_string()])
+            // The test process's AWS_* settings (scripts/test exports them for the shared emulator) make a
+            // fresh emulator refuse our requests' signatures: start it with a clean environment.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {python:?} {script}: {e}"));
+        let emu = Self { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)) };
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if http.get(format!("{}/moto-api/", emu.url())).send().await.is_ok() {
+                return Some(emu);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{script} did not start in 30 s");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
