@@ -1,6 +1,6 @@
 """scripts/moto_serial.py (one request at a time) plus a tally of DynamoDB and Secrets Manager operations, so
 the cost model counts what the code really sends: GET /bench/counts returns the tally as JSON
-({"DynamoDB_20120810.Query": 3, "TransactWriteItems.items": 12, ...}); POST /bench/counts/reset clears it.
+({"DynamoDB_20120810.Query": 3, "TransactWriteItems.items": 12, "BatchGetItem.items": 4, ...}); POST /bench/counts/reset clears it.
 
   python benches/moto_counting.py 127.0.0.1 PORT
 """
@@ -47,6 +47,12 @@ def counting(environ, start_response):
                 try:
                     items = json.loads(raw).get("TransactItems", [])
                     counts["TransactWriteItems.items"] += len(items)
+                except ValueError:
+                    pass
+            elif target.endswith("BatchGetItem"):
+                try:
+                    tables = json.loads(raw).get("RequestItems", {}).values()
+                    counts["BatchGetItem.items"] += sum(len(t.get("Keys", [])) for t in tables)
                 except ValueError:
                     pass
     with lock:

@@ -134,3 +134,46 @@ fn message_ts(t: &TestApp, id: &str) -> String {
         .map(|m| m.ts)
         .expect("the request's message was posted")
 }
+
+/// Cold start (issue 18, target 6): a Lambda reads the end of the audit chain at init
+/// (`DynamoStore::warm_chain_head`), so its first answer appends without a read. Another process appending
+/// meanwhile makes that head stale: the conditional put refuses the stale position, the head is read again,
+/// and the record lands after the other one, with the chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_chain_head_spares_the_first_append_its_read_and_a_stale_one_is_read_again() {
+    use countersign_core::domain::audit::verify_chain;
+    use countersign_core::ports::AuditLog;
+    let Some(emu) = CountingEmulator::start().await else { return };
+    let config = countersign_testkit::emulator::sdk_config(&emu.url).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let tables = TableNames::with_prefix("cs-warm");
+    create_tables(&client, &tables).await.expect("create tables");
+    let (lambda, other) = (DynamoStore::new(client.clone(), tables.clone()), DynamoStore::new(client, tables));
+    other.append(crate::conformance::drafts(1, "other-1")).await.unwrap();
+
+    lambda.warm_chain_head().await.unwrap();
+    emu.counts(true).await;
+    let first = lambda.append(crate::conformance::drafts(1, "lambda-1")).await.unwrap();
+    assert_eq!(first[0].seq, 2);
+    let counts = emu.counts(false).await;
+    emu.counts(true).await;
+    assert_eq!(counts.get("Query"), None, "the first append after a warm-up reads nothing: {counts:?}");
+    assert_eq!(counts.get("TransactWriteItems"), Some(&1), "{counts:?}");
+
+    // Warming again is a no-op once the process knows its head.
+    lambda.warm_chain_head().await.unwrap();
+    assert_eq!(emu.counts(false).await.get("Query"), None);
+
+    other.append(crate::conformance::drafts(1, "other-2")).await.unwrap();
+    emu.counts(true).await;
+    let after = lambda.append(crate::conformance::drafts(1, "lambda-2")).await.unwrap();
+    assert_eq!(after[0].seq, 4, "after the other process's record, not over it");
+    let counts = emu.counts(false).await;
+    emu.counts(true).await;
+    assert_eq!(counts.get("TransactWriteItems"), Some(&2), "the stale position is refused once: {counts:?}");
+    assert_eq!(counts.get("Query"), Some(&1), "then the head is read again: {counts:?}");
+
+    let chain = lambda.read_from(1, 100).await.unwrap();
+    assert_eq!(chain.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    verify_chain(&chain).expect("the chain links");
+}

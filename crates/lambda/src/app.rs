@@ -9,6 +9,8 @@ use axum::Router;
 
 use crate::config::LambdaConfig;
 use crate::http::slack::{SlackIdentity, SlackState};
+use crate::transport::{SdkHttpClient, TlsError};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use countersign_aws::dynamodb::{DynamoStore, TableNames};
 use countersign_aws::secrets::SecretsManagerSlackSecrets;
 use countersign_core::domain::Environment;
@@ -42,6 +44,15 @@ pub struct App {
     pub checkpoints: Option<Arc<dyn CheckpointSink>>,
 }
 
+/// Why a Lambda could not build its [`App`]: it then fails its init, and Lambda retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot build the Slack client: {0}")]
+    Slack(#[from] SlackError),
+}
+
 /// The parts an [`App`] is built from.
 pub struct Parts {
     pub stores: Stores,
@@ -65,6 +76,27 @@ pub fn slack_secrets(client: aws_sdk_secretsmanager::Client, cfg: &LambdaConfig)
         cfg.secret_cache_ttl,
     )
     .with_previous_grace(cfg.slack_secret_grace)
+}
+
+/// Starts the first event's reads at init, while the rest of init runs and the runtime polls for the event
+/// (docs/performance.md, "Cold start"): the end of the audit chain, which every function's first answer is
+/// appended after (refusals included), and the signing secret where callbacks are verified (request-api and
+/// the sweeper have none configured: no call). Each fills the cache its first use locks, so nothing is read
+/// twice; a failure is only logged, and the first use reads again and answers for it.
+fn warm_up(store: &Arc<DynamoStore>, secrets: &Arc<SecretsManagerSlackSecrets>) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.warm_chain_head().await {
+            tracing::warn!(error = %e, "cannot read the end of the audit chain at start; the first append will");
+        }
+    });
+    let secrets = secrets.clone();
+    tokio::spawn(async move {
+        match secrets.verification_secrets(false, SystemClock.now()).await {
+            Ok(_) | Err(countersign_core::ports::SecretError::NotConfigured) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the signing secret at start; the first callback will"),
+        }
+    });
 }
 
 /// The receipt signer of a function, from its configuration: the KMS key when it has one. Nothing is
@@ -111,11 +143,15 @@ impl App {
     }
 
     /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock.
-    pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, SlackError> {
-        // Both TLS stacks (the SDK's and Slack's) load the system's root certificates when they are built,
-        // about half of a cold start: build Slack's on a blocking thread meanwhile (docs/performance.md).
-        let slack_http = tokio::task::spawn_blocking(SlackClient::http_client);
-        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, StartError> {
+        // The system's root certificates are read and parsed once, for Slack's client and the SDK's: each
+        // parsing them on its own was about half of a cold start (crate::transport, docs/performance.md).
+        let tls = Arc::new(crate::transport::system_tls()?);
+        let slack_http = SlackClient::http_client_with_tls(rustls::ClientConfig::clone(&tls))?;
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(SharedHttpClient::new(SdkHttpClient::new(tls)))
+            .load()
+            .await;
         let tables = TableNames {
             policies: cfg.tables.policies.clone(),
             requests: cfg.tables.requests.clone(),
@@ -126,11 +162,7 @@ impl App {
             tracing::warn!("{w}");
         }
         let secrets = Arc::new(slack_secrets(aws_sdk_secretsmanager::Client::new(&aws), cfg));
-        // A join error means the thread panicked (never with panic = "abort"): build it here instead.
-        let slack_http = match slack_http.await {
-            Ok(built) => built?,
-            Err(_) => SlackClient::http_client()?,
-        };
+        warm_up(&store, &secrets);
         let parts = Parts {
             stores: Stores::from_one(store),
             clock: Arc::new(SystemClock),

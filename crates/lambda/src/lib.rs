@@ -4,5 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod roots;
 pub mod sweep;
 pub mod telemetry;
+pub mod transport;

@@ -240,14 +240,23 @@ impl SlackClient {
         Self::with_http(token, Self::http_client()?)
     }
 
-    /// The HTTP client [`Self::new`] uses. Building it loads the system's root certificates (a few ms, all
-    /// CPU), so a Lambda builds it on a blocking thread while the AWS SDK sets itself up.
+    /// The HTTP client [`Self::new`] uses. Building it loads and parses the system's root certificates (a few
+    /// ms, all CPU): a Lambda instead builds it with [`Self::http_client_with_tls`] and the one TLS
+    /// configuration the process shares with the AWS SDK (docs/performance.md, "Cold start").
     pub fn http_client() -> Result<reqwest::Client, SlackError> {
+        Self::http_client_builder().build().map_err(network)
+    }
+
+    /// [`Self::http_client`] with a TLS configuration built elsewhere: a `rustls::ClientConfig` of the
+    /// rustls version reqwest uses (anything else fails here, never later).
+    pub fn http_client_with_tls(tls: impl std::any::Any) -> Result<reqwest::Client, SlackError> {
+        Self::http_client_builder().tls_backend_preconfigured(tls).build().map_err(network)
+    }
+
+    fn http_client_builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("countersign/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(network)
     }
 
     /// [`Self::new`] with an HTTP client from [`Self::http_client`].

@@ -102,6 +102,18 @@ impl DynamoStore {
         Self { client, tables, page_size: DEFAULT_PAGE_SIZE, head: Arc::default() }
     }
 
+    /// Reads the end of the audit chain into this process's [`ChainHead`] unless an append already knows it:
+    /// a Lambda starts this at init, so its first (audited) answer does not wait for the read. It holds the
+    /// lock every append takes, so an append that comes meanwhile waits for it instead of reading again; a
+    /// stale head costs what it always costs, one cancelled transaction and a re-read.
+    pub async fn warm_chain_head(&self) -> Result<(), StoreError> {
+        let mut head = self.head.lock().await;
+        if matches!(*head, ChainHead::Unknown) {
+            *head = ChainHead::Known(self.last_link().await?);
+        }
+        Ok(())
+    }
+
     /// Items per Query page (default 100). Small pages exercise pagination in tests.
     #[must_use]
     pub fn with_page_size(mut self, page_size: u16) -> Self {
