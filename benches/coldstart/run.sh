@@ -38,7 +38,8 @@ done
 
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   PORT=$(py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-  py scripts/moto_serial.py 127.0.0.1 "$PORT" >"$OUT/moto-coldstart.log" 2>&1 &
+  # The interpreter itself in the background (not the `py` function, whose subshell would be what $! kills).
+  "$PY" scripts/moto_serial.py 127.0.0.1 "$PORT" >"$OUT/moto-coldstart.log" 2>&1 &
   MOTO_PID=$!
   trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
   export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
