@@ -219,4 +219,97 @@ mod tests {
         let e = connector.call(request).await.unwrap_err();
         assert!(e.is_io(), "{e:?}");
     }
+
+    /// The SDK as the Lambdas build it (`App::from_lambda_config`): this client, the emulator's endpoint.
+    /// `None` without an emulator, except under `CI=true`, where nothing may skip.
+    async fn lambda_sdk_config() -> Option<aws_config::SdkConfig> {
+        let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
+            assert!(std::env::var("CI").is_err(), "CI=true: AWS_ENDPOINT_URL (the emulator) must be set");
+            eprintln!("skipping: no AWS_ENDPOINT_URL (run through scripts/test)");
+            return None;
+        };
+        let http = SdkHttpClient::new(Arc::new(system_tls().unwrap()));
+        Some(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(aws_smithy_runtime_api::client::http::SharedHttpClient::new(http))
+                .endpoint_url(endpoint)
+                .region(aws_config::Region::new("us-east-1"))
+                .load()
+                .await,
+        )
+    }
+
+    #[tokio::test]
+    async fn dynamodb_s3_and_secrets_manager_work_through_the_lambdas_http_client_bodies_streamed_both_ways() {
+        let Some(cfg) = lambda_sdk_config().await else { return };
+        let tag = format!("cs-transport-{}", std::process::id());
+        // S3: a 3 MiB object sent from a file (a streaming body, not bytes in memory) and read back.
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build());
+        s3.create_bucket().bucket(&tag).send().await.unwrap();
+        let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &data).unwrap();
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(file.path()).await.unwrap();
+        s3.put_object().bucket(&tag).key("big").body(body).send().await.unwrap();
+        let got = s3.get_object().bucket(&tag).key("big").send().await.unwrap();
+        let got = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(got.len(), data.len());
+        assert!(got[..] == data[..], "the object comes back byte for byte");
+        // DynamoDB and Secrets Manager, as the request API and the Slack handler call them.
+        let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+        let tables = ddb.list_tables().send().await.unwrap();
+        assert!(tables.table_names().iter().all(|t| !t.is_empty()));
+        let sm = aws_sdk_secretsmanager::Client::new(&cfg);
+        sm.create_secret().name(&tag).secret_string("{\"signing_secret\":\"s\"}").send().await.unwrap();
+        let v = sm.get_secret_value().secret_id(&tag).send().await.unwrap();
+        assert_eq!(v.secret_string(), Some("{\"signing_secret\":\"s\"}"));
+    }
+
+    #[tokio::test]
+    async fn the_sdk_retries_a_500_and_a_dropped_connection_through_the_lambdas_http_client() {
+        // A loopback DynamoDB: the first connection is dropped unanswered, the second gets a 500, the third
+        // the answer. The SDK's standard retry policy (3 attempts) must get through.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for attempt in 0..3 {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&seen).contains("\r\n\r\n{}") {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let (status, body) = match attempt {
+                    0 => continue, // dropped: the socket closes without an answer
+                    1 => (
+                        "500 Internal Server Error",
+                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"x"}"#,
+                    ),
+                    _ => ("200 OK", r#"{"TableNames":["retried"]}"#),
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(answer.as_bytes()).await.unwrap();
+                sock.shutdown().await.ok();
+            }
+        });
+        let http = SdkHttpClient::new(Arc::new(system_tls().unwrap()));
+        let cfg = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(aws_smithy_runtime_api::client::http::SharedHttpClient::new(http))
+            .endpoint_url(format!("http://{addr}"))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("a", "b", None, None, "test"))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_initial_backoff(Duration::from_millis(1)))
+            .load()
+            .await;
+        let out = aws_sdk_dynamodb::Client::new(&cfg).list_tables().send().await.expect("retried to success");
+        assert_eq!(out.table_names(), ["retried".to_string()]);
+        server.await.unwrap();
+    }
 }
