@@ -1,5 +1,6 @@
 //! Profiling aid (not shipped): what one TLS trust-store set-up costs, step by step.
-//! `cargo run --release -p countersign-lambda --example tls_cost -- STEP` (STEP: reqwest, load, parse, shared).
+//! `cargo run --release -p countersign-lambda --example tls_cost -- STEP` (STEP: reqwest, load, fast, bundle, parse, shared;
+//! `bundle` reads Debian's bundle path).
 
 use std::time::Instant;
 
