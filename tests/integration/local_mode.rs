@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use countersign_testkit::app::POLICIES;
 
-pub(crate) const KEY_ID: &str = "AKIALOCALTEST0000001";
+pub(crate) const KEY_ID: &str = "ASIALOCALTEST0000001";
 pub(crate) const SECRET: &str = "dev/Secret+Key0123456789abcdefghijklmnop";
 pub(crate) const ARN: &str = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42";
 pub(crate) const SIGNING_SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -84,7 +84,11 @@ pub(crate) fn data_dir() -> tempfile::TempDir {
 
 impl Dev {
     async fn start(dir: &Path) -> Self {
-        let config = DevConfig::parse(&config_text(dir)).expect("test config is valid");
+        Self::start_with(&config_text(dir)).await
+    }
+
+    async fn start_with(config: &str) -> Self {
+        let config = DevConfig::parse(config).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -354,6 +358,46 @@ async fn unsigned_tampered_stale_wrong_region_service_key_or_secret_requests_are
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let audit = store.read_from(1, 1000).await.unwrap();
     assert!(audit.iter().all(|e| e.kind == AuditKind::PolicyChanged), "only the policy load was audited");
+}
+
+/// Row 40 through local mode's SigV4 verifier: the key a request was signed with reaches the policy's
+/// `credentials: temporary` rule, so the ASIA… session key passes and an IAM user's AKIA… key is refused.
+#[tokio::test]
+async fn t40_local_mode_hands_the_signing_key_to_the_credentials_rule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let user = "arn:aws:iam::111122223333:user/ci-legacy";
+    let policies = format!(
+        "version: 1\npolicies:\n  - name: deploy-production\n    principals: [{ARN_ROLE}, {user}]\n    actions: [deploy]\n\
+         \x20   environments: [production]\n    approvers: {{users: [{ALICE}]}}\n    required_approvals: 1\n\
+         \x20   channel: {CHANNEL}\n    max_ttl: 1h\n    credentials: temporary\n",
+        ARN_ROLE = "arn:aws:iam::111122223333:role/github-deploy"
+    );
+    std::fs::write(dir.path().join("policies.yaml"), policies).expect("write policies");
+    let long_term = "AKIALOCALTEST0000WXYZ";
+    let config = format!(
+        "{}\n[[identities]]\naccess_key_id = \"{long_term}\"\nsecret_access_key = \"{SECRET}\"\narn = \"{user}\"\n",
+        config_text(dir.path())
+    );
+    let dev = Dev::start_with(&config).await;
+    let body = json!({"action": "deploy", "environment": "production", "reason": "release 42"});
+    let (status, j) = dev.call("POST", "/v1/requests", Some(&body)).await;
+    assert_eq!(status, 201, "the session key is temporary: {j}");
+    let (status, j, _) = dev
+        .call_signed_as(
+            "POST",
+            "/v1/requests",
+            Some(&body),
+            long_term,
+            SECRET,
+            "us-east-1",
+            "execute-api",
+            SystemTime::now(),
+        )
+        .await;
+    assert_eq!(status, 403, "{j}");
+    assert_eq!(j["error"]["code"], "long_term_credentials", "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("…WXYZ"), "{j}");
+    dev.stop().await;
 }
 
 #[tokio::test]

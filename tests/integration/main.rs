@@ -36,6 +36,8 @@
 //!   security posture, and one end-to-end flow.
 //! - `op_counts`: DynamoDB round trips per approval (issue 18), from the emulator's own tally: no Scan, at
 //!   most 6 reads and 6 writes for a create and two votes.
+//! - `credentials`: threat row 40: `credentials: temporary` refuses long-term IAM user keys (`AKIA…`) with
+//!   `403 long_term_credentials`, audited by the key's last 4 characters; votes re-check it.
 //! - `voter_eligibility`: threat row 34: only active, full members of our workspaces vote (`users.info` at
 //!   vote time, fail closed).
 
@@ -47,6 +49,7 @@ mod checkpoints_dynamo;
 mod checkpoints_s3;
 mod cli;
 mod conformance;
+mod credentials;
 mod dynamodb_store;
 mod faults;
 mod fuzz_regressions;

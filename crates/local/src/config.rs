@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use countersign_core::domain::principal::valid_account;
-use countersign_core::domain::{Environment, Principal, SlackChannelId, SlackGroupId, SlackUserId};
+use countersign_core::domain::{CredentialType, Environment, Principal, SlackChannelId, SlackGroupId, SlackUserId};
 use countersign_core::ports::SecretString;
 
 use super::sigv4::DevIdentity;
@@ -343,6 +343,19 @@ fn identities(raw: Vec<RawIdentity>) -> Result<Vec<DevIdentity>, ConfigError> {
             return Err(err(format!("{key}.secret_access_key"), "must be 1 to 128 printable characters, no spaces"));
         }
         let p = Principal::parse(&r.arn).map_err(|e| err(format!("{key}.arn"), e.to_string()))?;
+        // AWS signs a role session only with temporary (ASIA…) keys: an AKIA… key on one would make local mode
+        // answer what AWS never could (row 40: `credentials: temporary` policies tell the two apart).
+        if p.session.is_some() && CredentialType::of(Some(k)) == CredentialType::LongTerm {
+            return Err(err(
+                format!("{key}.access_key_id"),
+                format!(
+                    "{}… is a long-term IAM user key, but {} is a role session, which AWS signs only with \
+                     temporary keys: start the key with ASIA (configs written before 2026-12 used AKIALOCAL…)",
+                    &k[..4],
+                    r.arn
+                ),
+            ));
+        }
         let uid = unique_id(&p);
         let caller = match &p.session {
             Some(session) => format!("{uid}:{session}"),
@@ -485,14 +498,16 @@ name = "db-approvals"
 id = "C0DEPLOYS"
 name = "deploys"
 
-# Stand-ins for IAM principals: a request signed with this key is made by this ARN.
+# Stand-ins for IAM principals: a request signed with this key is made by this ARN. ASIA… keys stand for
+# temporary STS credentials (a role session always has one); an AKIA… key stands for an IAM user's long-term
+# key, which policies with `credentials: temporary` refuse.
 [[identities]]
-access_key_id = "AKIALOCAL{key1}"
+access_key_id = "ASIALOCAL{key1}"
 secret_access_key = "{secret1}"
 arn = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"
 
 [[identities]]
-access_key_id = "AKIALOCAL{key2}"
+access_key_id = "ASIALOCAL{key2}"
 secret_access_key = "{secret2}"
 arn = "arn:aws:sts::111122223333:assumed-role/secret-rotator/rotation-7"
 "#
@@ -549,7 +564,7 @@ signing_secret = "s3cr3t"
 team_id = "T0LOCAL01"
 app_id = "A0LOCAL01"
 [[identities]]
-access_key_id = "AKIALOCALDEV0000001"
+access_key_id = "ASIALOCALDEV0000001"
 secret_access_key = "abc"
 arn = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"
 "#,
@@ -582,6 +597,10 @@ arn = "arn:aws:sts::111122223333:assumed-role/github-deploy/run-42"
             (
                 "[[identities]]\naccess_key_id = \"AKIAAAAAAAAAAAAAAAAA\"\nsecret_access_key = \"x\"\narn = \"arn:aws:iam::111122223333:root\"",
                 "identities[0].arn",
+            ),
+            (
+                "[[identities]]\naccess_key_id = \"AKIALOCAL00000000001\"\nsecret_access_key = \"x\"\narn = \"arn:aws:sts::111122223333:assumed-role/github-deploy/run-1\"",
+                "identities[0].access_key_id",
             ),
         ] {
             assert_eq!(DevConfig::parse(src).unwrap_err().key, key, "{src}");

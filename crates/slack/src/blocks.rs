@@ -21,7 +21,10 @@
 
 use serde_json::{json, Value};
 
-use countersign_core::domain::{ApprovalRequest, RequestId, SlackGroupId, SlackUserId, Status, Timestamp};
+use countersign_core::domain::credentials::key_suffix;
+use countersign_core::domain::{
+    ApprovalRequest, CredentialType, RequestId, SlackGroupId, SlackUserId, Status, Timestamp,
+};
 
 pub const ACTIONS_BLOCK_ID: &str = "countersign_actions";
 pub const APPROVE_ACTION_ID: &str = "countersign_approve";
@@ -317,12 +320,15 @@ fn verified_section(r: &ApprovalRequest) -> Value {
     let q = &r.requester;
     let (kind, name) = principal_kind_and_name(&q.principal);
     let session = q.session.as_deref().map_or_else(|| "—".to_string(), |s| format!("`{}`", safe(s, 200)));
+    // Row 40: the credential type sits next to the key, and a long-term key is flagged.
     let key = q.access_key_id.as_deref().map_or_else(
         || "—".to_string(),
         |k| {
-            let chars: Vec<char> = k.chars().collect();
-            let last4: String = chars[chars.len().saturating_sub(4)..].iter().collect();
-            format!("`…{}`", escape_mrkdwn(&last4))
+            let kind = match CredentialType::of(Some(k)) {
+                CredentialType::LongTerm => format!(":warning: *{}*", CredentialType::LongTerm.describe()),
+                other => other.describe().to_string(),
+            };
+            format!("`…{}` {kind}", escape_mrkdwn(&key_suffix(k)))
         },
     );
     json!({

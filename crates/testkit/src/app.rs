@@ -305,6 +305,15 @@ impl TestApp {
         self.call_api(api_event("POST", "/v1/requests", Some(&body.to_string()), Some(caller))).await
     }
 
+    /// POST /v1/requests as `caller`, signed with the access key `access_key` (`requestContext.identity.accessKey`).
+    pub async fn create_with_key(&self, caller: &str, access_key: &str, body: &Value) -> Answer {
+        let mut req = api_event("POST", "/v1/requests", Some(&body.to_string()), Some(caller));
+        if let Some(lambda_http::request::RequestContext::ApiGatewayV1(ctx)) = req.extensions_mut().get_mut() {
+            ctx.identity.access_key = Some(access_key.to_string());
+        }
+        self.call_api(req).await
+    }
+
     /// A Slack interactivity callback carrying `payload`, signed now with the test signing secret.
     pub fn signed_callback(&self, payload: &Value) -> Request<Body> {
         let form = format!("payload={}", urlencode(&payload.to_string()));

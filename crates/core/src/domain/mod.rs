@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod credentials;
 pub mod ids;
 pub mod policy;
 pub mod principal;
@@ -15,6 +16,7 @@ pub mod time;
 pub mod voter;
 
 pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};
+pub use credentials::{check_credentials, CredentialRule, CredentialType, LongTermCredentials};
 pub use ids::*;
 pub use policy::Policy;
 pub use principal::{Principal, PrincipalError};

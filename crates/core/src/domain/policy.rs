@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::credentials::CredentialRule;
 use super::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
 use super::principal::{stems_overlap, Principal, PrincipalPattern};
 
@@ -159,6 +160,9 @@ pub struct Policy {
     /// Redemption must come from the session that created the request, not only the same principal.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bind_session: bool,
+    /// Row 40: `temporary` refuses requests signed with a long-term IAM user key ([`super::credentials::check_credentials`]).
+    #[serde(default, skip_serializing_if = "CredentialRule::is_any")]
+    pub credentials: CredentialRule,
 }
 
 fn default_use_within() -> u64 {

@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::domain::policy::select;
 use crate::domain::request::{Notification, NotificationState, PolicyRef, Requester};
 use crate::domain::{
-    Action, Actor, ApprovalRequest, ArtifactDigest, AuditDraft, AuditKind, Environment, IdempotencyKey, Principal,
-    PrincipalError, RedeemRefusal, RequestId, Resource, SlackChannelId, Status, TransitionError,
+    check_credentials, Action, Actor, ApprovalRequest, ArtifactDigest, AuditDraft, AuditKind, Environment,
+    IdempotencyKey, LongTermCredentials, Principal, PrincipalError, RedeemRefusal, RequestId, Resource, SlackChannelId,
+    Status, TransitionError,
 };
 use crate::ports::{Clock, Commit, Conflict, CreateOutcome, Guard, Notifier, SignError, StoreError, Stores};
 
@@ -64,6 +65,9 @@ pub enum RequestError {
     AccountNotAllowed(String),
     #[error("{0}")]
     NoMatchingPolicy(String),
+    /// Row 40: a matching policy says `credentials: temporary` and the call was signed otherwise.
+    #[error("{0}")]
+    LongTermCredentials(#[from] LongTermCredentials),
     #[error("policy {policy:?} requires a reason")]
     ReasonRequired { policy: String },
     #[error("{principal} already has {max} pending request(s) under policy {policy:?}")]
@@ -102,6 +106,7 @@ impl RequestError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::AccountNotAllowed(_) => "account_not_allowed",
             Self::NoMatchingPolicy(_) => "no_matching_policy",
+            Self::LongTermCredentials(_) => "long_term_credentials",
             Self::ReasonRequired { .. } => "reason_required",
             Self::TooManyPending { .. } => "too_many_pending",
             Self::NotFound => "not_found",
@@ -292,6 +297,13 @@ impl RequestService {
         if let Some(id) = request {
             d = d.with("request", truncate(id, 64));
         }
+        if let RequestError::LongTermCredentials(l) = &e {
+            // The key id's last 4 characters only (row 40), as the message names it.
+            d = d.with("credential", l.credential.as_str());
+            if let Some(k) = &l.key_suffix {
+                d = d.with("access_key_last4", k.as_str());
+            }
+        }
         match self.stores.audit.append(vec![d]).await {
             Ok(_) => e,
             Err(se) => RequestError::Unavailable(se),
@@ -355,6 +367,14 @@ impl RequestService {
                     v.resource.as_ref().map(|r| format!(" on {r}")).unwrap_or_default()
                 ))
             })?;
+        check_credentials(
+            &set.policies,
+            &principal,
+            &v.action,
+            &v.environment,
+            v.resource.as_ref(),
+            caller.access_key.as_deref(),
+        )?;
         if policy.require_reason && v.reason.is_none() {
             return Err(RequestError::ReasonRequired { policy: policy.name.to_string() });
         }

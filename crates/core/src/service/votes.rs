@@ -9,8 +9,8 @@ use crate::domain::policy::{select, Owners};
 use crate::domain::request::{Governing, PolicyRef};
 use crate::domain::voter::eligibility;
 use crate::domain::{
-    Actor, ApprovalRequest, AuditDraft, AuditKind, Ineligible, Policy, Principal, RequestId, SlackUserId,
-    SlackWorkspaces, TransitionError,
+    check_credentials, Actor, ApprovalRequest, AuditDraft, AuditKind, Ineligible, Policy, Principal, RequestId,
+    SlackUserId, SlackWorkspaces, TransitionError,
 };
 use crate::ports::{Clock, Commit, Conflict, Guard, StoreError, Stores};
 
@@ -42,6 +42,9 @@ pub enum Rejection {
     UnknownRequest,
     WrongMessage,
     NoPolicy,
+    /// Row 40: a policy now matching the request requires temporary credentials, and it was not signed
+    /// with them (the policy changed after the request was made).
+    LongTermCredentials(String),
     NotApprover(String),
     AlreadyDecided(&'static str),
     /// Row 34: the voter's account may not vote (deactivated, bot, guest, another workspace).
@@ -56,6 +59,7 @@ impl Rejection {
             Self::UnknownRequest => "This request does not exist.".into(),
             Self::WrongMessage => "This message is not the one Countersign posted for this request.".into(),
             Self::NoPolicy => "No policy governs this request any more, so nobody can approve it.".into(),
+            Self::LongTermCredentials(why) => format!("Nobody can approve this request any more: {why}."),
             Self::NotApprover(why) => format!("Your vote was not counted: {why}."),
             Self::AlreadyDecided(s) => format!("This request is already {s}; your vote was not counted."),
             Self::Ineligible(i) => format!("Your vote was not counted: {}.", i.describe()),
@@ -68,6 +72,7 @@ impl Rejection {
             Self::UnknownRequest => "unknown_request",
             Self::WrongMessage => "wrong_message",
             Self::NoPolicy => "no_matching_policy",
+            Self::LongTermCredentials(_) => "long_term_credentials",
             Self::NotApprover(_) => "not_approver",
             Self::AlreadyDecided(_) => "already_decided",
             Self::Ineligible(_) => "voter_ineligible",
@@ -256,6 +261,10 @@ impl VoteService {
         let Some(policy) = select(policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
             return Ok(Err(Rejection::NoPolicy));
         };
+        let key = r.requester.access_key_id.as_deref();
+        if let Err(e) = check_credentials(policies, &principal, &r.action, &r.environment, r.resource.as_ref(), key) {
+            return Ok(Err(Rejection::LongTermCredentials(e.to_string())));
+        }
         // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
         // for this principal are refused, before and regardless of any group lookup.
         let owners = Owners::of(policies, &principal);

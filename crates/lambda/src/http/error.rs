@@ -37,6 +37,7 @@ impl From<RequestError> for ApiError {
             RequestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             RequestError::AccountNotAllowed(_)
             | RequestError::NoMatchingPolicy(_)
+            | RequestError::LongTermCredentials(_)
             | RequestError::SessionMismatch(_) => StatusCode::FORBIDDEN,
             RequestError::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotFound => StatusCode::NOT_FOUND,

@@ -581,6 +581,27 @@ fn progress_line_counts_approvals_and_mentions_voters() {
 }
 
 #[test]
+fn t40_the_message_shows_the_credential_type_and_flags_a_long_term_key() {
+    let field = |key: Option<&str>| {
+        let mut r = request(1);
+        r.requester.access_key_id = key.map(str::to_string);
+        let msg = render(&r, &first_time(), false, T0);
+        let fields = blocks_of(&msg)
+            .iter()
+            .find(|b| b["text"]["text"].as_str().is_some_and(|t| t.contains("Verified by AWS IAM")))
+            .map(|b| b["fields"].clone())
+            .unwrap();
+        let f = fields.as_array().unwrap().iter().find(|f| f["text"].as_str().unwrap().starts_with("*Access key*"));
+        f.unwrap()["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(field(Some("ASIAEXAMPLE00001234")), "*Access key*\n`…1234` temporary (STS session)");
+    let long = field(Some("AKIAEXAMPLE0000WXYZ"));
+    assert_eq!(long, "*Access key*\n`…WXYZ` :warning: *long-term IAM user key*");
+    assert!(!long.contains("AKIA"), "never more of the key than its last 4");
+    assert_eq!(field(None), "*Access key*\n—");
+}
+
+#[test]
 fn verified_facts_are_separate_from_stated_ones_and_key_is_masked() {
     let msg = render(&request(1), &first_time(), false, T0);
     let blocks = blocks_of(&msg);

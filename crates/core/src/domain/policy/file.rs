@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::*;
+use crate::domain::credentials::CredentialRule;
 use crate::domain::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
 use crate::domain::principal::PrincipalPattern;
 
@@ -51,6 +52,7 @@ struct RawPolicy {
     use_within: Option<RawTtl>,
     #[serde(default)]
     bind_session: bool,
+    credentials: Option<String>,
 }
 
 /// `max_ttl` as written: a duration string (`1h`), a number of seconds, or something else that validation
@@ -588,6 +590,14 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     if !(1..=MAX_PENDING_LIMIT).contains(&max_pending) {
         err("max_pending", format!("must be 1 to {MAX_PENDING_LIMIT}, got {max_pending}"));
     }
+    let credentials = match rp.credentials.as_deref().map(CredentialRule::parse) {
+        None => Some(CredentialRule::Any),
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            err("credentials", e);
+            None
+        }
+    };
     if rp.description.chars().count() > 500 {
         err("description", "must be at most 500 characters".into());
     }
@@ -607,5 +617,6 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         max_pending,
         use_within: use_within?,
         bind_session: rp.bind_session,
+        credentials: credentials?,
     })
 }
