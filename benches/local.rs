@@ -286,7 +286,7 @@ async fn run(o: Opts) {
     let dir = o.keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
-    let key = format!("AKIA{}", ulid::Ulid::new());
+    let key = format!("ASIA{}", ulid::Ulid::new());
     let secret = ulid::Ulid::new().to_string().to_lowercase() + &ulid::Ulid::new().to_string();
     let signing = ulid::Ulid::new().to_string().to_lowercase();
     let config = write_config(&dir, port, &key, &secret, &signing);
