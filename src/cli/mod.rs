@@ -236,6 +236,10 @@ pub struct RequestArgs {
     pub ttl: Option<u64>,
     #[command(flatten)]
     pub artifact: receipt::ArtifactArgs,
+    /// Emergency: approved at once, without a vote, where the policy has a break_glass section. Needs a
+    /// --reason of at least 20 characters; announced loudly, limited per day, and reviewed afterwards.
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, Args)]

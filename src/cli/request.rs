@@ -68,6 +68,9 @@ fn body(r: &RequestArgs) -> Result<Value, CliError> {
     if let Some(t) = r.ttl {
         b["ttl_seconds"] = json!(t);
     }
+    if r.break_glass {
+        b["break_glass"] = json!(true);
+    }
     if let Some(a) = r.artifact.digest()? {
         b["artifact"] = json!(a.as_str());
     }
@@ -93,6 +96,10 @@ pub fn describe(v: &RequestView) -> String {
         None => format!("{} {}", v.action, v.environment),
     };
     match v.status.as_str() {
+        "approved" if v.break_glass => {
+            let review = v.review.as_ref().map_or("pending", |r| r.status.as_str());
+            format!("{} approved by BREAK-GLASS: {what}, review {review} (policy {})", v.id, v.policy.name)
+        }
         "approved" => format!("{} approved: {what}, {}{}", v.id, approvals(v), who_approved(v)),
         "denied" => match &v.denial {
             Some(d) => format!("{} denied by {}: {what}: {}", v.id, d.user_id, d.reason),
@@ -399,6 +406,7 @@ mod tests {
             idempotency_key: None,
             ttl: Some(600),
             artifact: Default::default(),
+            break_glass: false,
         };
         let (a, b) = (body(&r).unwrap(), body(&r).unwrap());
         assert_ne!(a["idempotency_key"], b["idempotency_key"]);

@@ -218,6 +218,45 @@ async function main() {
     ok(await msg2.locator('.mention', { hasText: '@channel' }).count() === 0, 'no @channel mention was rendered');
     ok(await msg2.locator('button').count() === 0, 'the final message has no buttons');
     await shot(msg2, 'denied.png');
+
+    console.log('# break-glass (row 41)');
+    const bg = await api('POST', '/v1/requests', {
+      action: 'deploy', environment: 'production', resource: 'service/payments', break_glass: true,
+      reason: 'INC-4711: payments are down, rolling back now',
+    });
+    ok(bg.status === 201 && bg.json.status === 'approved' && bg.json.break_glass === true,
+      `a break-glass is approved at once (${bg.status})`);
+    ok(bg.json.review && bg.json.review.status === 'pending', 'its review is pending');
+    const id3 = bg.json.id;
+    await actAs(page, ALICE);
+    const msg3 = messageOf(page, id3);
+    await msg3.waitFor();
+    const text3 = await msg3.innerText();
+    ok(text3.includes('BREAK-GLASS') && text3.includes('approved at once'), 'the message carries the break-glass banner');
+    ok(await msg3.locator('.mention', { hasText: '@security' }).count() >= 1, 'the banner mentions who is notified');
+    ok(await msg3.locator('button[data-action-id="countersign_approve"]').count() === 0, 'there is nothing to vote on');
+    ok(await msg3.locator('button[data-action-id="countersign_review_ok"]').count() === 1, 'it has the Review action');
+    await shot(msg3, 'break-glass.png');
+    await actAs(page, OLIVIA);
+    await msg3.locator('button[data-action-id="countersign_review_ok"]').click();
+    await page.locator('.message.ephemeral', { hasText: 'Your review was not recorded' }).waitFor();
+    ok(true, "the owner's review is refused with a reply only they see");
+    await actAs(page, ALICE);
+    await msg3.locator('button[data-action-id="countersign_review_ok"]').click();
+    await page.waitForFunction((rid) => {
+      const m = [...document.querySelectorAll('.message:not(.ephemeral)')].find((n) => n.innerText.includes(rid));
+      return m && m.querySelectorAll('button[data-action-id]').length === 0;
+    }, id3);
+    ok((await msg3.innerText()).includes('Reviewed — OK by'), 'once reviewed, the message says by whom');
+    ok(await msg3.locator('button[data-action-id]').count() === 0, 'and the Review action is gone');
+    const reviewed = await api('GET', `/v1/requests/${id3}`);
+    ok(reviewed.json.review.status === 'ok' && reviewed.json.review.by === ALICE, 'the API shows the review, by alice');
+    await page.goto(`${BASE}/slack/?as=${ALICE}&channel=C0BREAKGLASS`);
+    await messageOf(page, id3).filter({ hasText: 'Reviewed — OK by' }).waitFor();
+    ok(true, 'the copy in the break-glass channel shows the review too');
+    await shot(messageOf(page, id3), 'break-glass-reviewed.png');
+    await page.goto(`${BASE}/slack/?as=${ALICE}&channel=${CHANNEL}`);
+    await messageOf(page, id).waitFor();
     await shot(page.locator('#app'), 'simulator.png');
     ok(pageErrors.length === 0, `the page logged no errors (${pageErrors.join('; ')})`);
   } finally {

@@ -43,6 +43,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod break_glass;
 mod checkpoints;
 mod checkpoints_cli;
 mod checkpoints_dynamo;

@@ -184,6 +184,7 @@ async fn t36_request_api_wiring_signs_receipts_with_the_configured_kms_key() {
         approvals: Vec::new(),
         decided_at: None,
         audit: ChainPoint { seq: 7, hash: "00".repeat(32) },
+        break_glass: false,
     };
     let jws = receipts.issue(&claims).await.unwrap();
     let jwks = receipts.keys().await.unwrap();

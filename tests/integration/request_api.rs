@@ -334,12 +334,15 @@ async fn request_object_has_every_contract_field(kind: StoreKind) {
         "usable_until",
         "redeemed_at",
         "redeemed_by",
+        "break_glass",
+        "review",
     ]
     .into();
     assert_eq!(keys, want, "exactly the contract's fields (no version, body hash or access key)");
     let j = &a.json;
     assert!(RequestId::parse(j["id"].as_str().unwrap()).is_ok());
     assert_eq!(j["status"], "pending");
+    assert_eq!((j["break_glass"].as_bool(), j["review"].is_null()), (Some(false), true));
     assert_eq!((j["action"].as_str(), j["environment"].as_str()), (Some("deploy"), Some("production")));
     assert_eq!(j["resource"], "service/payments");
     assert_eq!(j["reason"], "Release 2026.11.25");

@@ -76,6 +76,8 @@ pub enum CreateOutcome {
     Existing(ApprovalRequest),
     /// The principal already has `max_pending` pending requests under this policy.
     TooManyPending,
+    /// A break-glass over its `max_per_day` for this principal and UTC day ([`ApprovalRequest::break_glass_day`]).
+    BreakGlassLimit,
 }
 
 /// Every policy, as one read of the policy set saw it, and the set's generation.
@@ -109,8 +111,8 @@ pub trait PolicyStore: Send + Sync {
 #[async_trait]
 pub trait RequestStore: Send + Sync {
     /// Writes a new request (version 1) with its audit records. Atomically: refuses a second request for
-    /// the same (principal, idempotency key) and enforces `max_pending` per (principal, policy) for pending
-    /// requests.
+    /// the same (principal, idempotency key), enforces `max_pending` per (principal, policy) for pending
+    /// requests, and for a break-glass counts it against `break_glass.max_per_day` per (principal, UTC day).
     async fn create_request(
         &self,
         request: &ApprovalRequest,

@@ -61,5 +61,6 @@ pub fn sample_request_for(arn: &str, policy: &str, required: u32, now: Timestamp
         redeemed_at: None,
         redeemed_by: None,
         unused_at: None,
+        break_glass: None,
     }
 }

@@ -498,6 +498,10 @@ name = "db-approvals"
 id = "C0DEPLOYS"
 name = "deploys"
 
+[[slack.channels]]
+id = "C0BREAKGLASS"
+name = "break-glass"
+
 # Stand-ins for IAM principals: a request signed with this key is made by this ARN. ASIA… keys stand for
 # temporary STS credentials (a role session always has one); an AKIA… key stands for an IAM user's long-term
 # key, which policies with `credentials: temporary` refuse.

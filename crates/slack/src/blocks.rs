@@ -26,6 +26,8 @@ use countersign_core::domain::{
     ApprovalRequest, CredentialType, RequestId, SlackGroupId, SlackUserId, Status, Timestamp,
 };
 
+pub mod break_glass;
+
 pub const ACTIONS_BLOCK_ID: &str = "countersign_actions";
 pub const APPROVE_ACTION_ID: &str = "countersign_approve";
 pub const DENY_ACTION_ID: &str = "countersign_deny";
@@ -203,7 +205,9 @@ fn is_auto_approved(r: &ApprovalRequest) -> bool {
 
 fn fallback_text(r: &ApprovalRequest, status: Status) -> String {
     let what = format!("{} → {}", r.action, r.environment);
-    let lead = if is_auto_approved(r) {
+    let lead = if r.break_glass.is_some() {
+        "BREAK-GLASS (approved at once, review needed)"
+    } else if is_auto_approved(r) {
         "Approved automatically by policy"
     } else {
         match status {
@@ -226,7 +230,9 @@ fn approvals_by(r: &ApprovalRequest) -> String {
 fn status_section(r: &ApprovalRequest, status: Status) -> Value {
     let have = r.approvals.len();
     let need = r.required_approvals;
-    let text = if is_auto_approved(r) {
+    let text = if r.break_glass.is_some() {
+        break_glass::status_text(r, &use_line(r))
+    } else if is_auto_approved(r) {
         format!(
             ":robot_face: *Approved automatically by policy* `{}`: it requires no approvals. \
              Shown for the record; nothing to do.{}",
@@ -441,23 +447,27 @@ fn actions_block(r: &ApprovalRequest, sensitive: bool) -> Value {
 pub fn request_message(view: &MessageView<'_>) -> Value {
     let r = view.request;
     let status = r.effective_status(view.now);
-    let mut blocks = vec![
-        json!({
-            "type": "header",
-            "text": plain(&format!("{} → {}", r.action, r.environment), limits::HEADER_TEXT),
-        }),
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": plain(&format!("{} → {}", r.action, r.environment), limits::HEADER_TEXT),
+    })];
+    blocks.extend(r.break_glass.as_ref().map(break_glass::banner));
+    blocks.extend([
         status_section(r, status),
         history_context(view.history),
         json!({ "type": "divider" }),
         verified_section(r),
         json!({ "type": "divider" }),
-    ];
+    ]);
     blocks.extend(artifact_context(r));
     blocks.extend(stated_blocks(r));
     blocks.push(json!({ "type": "divider" }));
     blocks.push(policy_section(view));
     if status == Status::Pending && !is_auto_approved(r) {
         blocks.push(actions_block(r, view.sensitive));
+    }
+    if let Some(b) = &r.break_glass {
+        blocks.extend(break_glass::review_blocks(r, b));
     }
     blocks.push(json!({
         "type": "context",

@@ -2,14 +2,15 @@
 //!
 //! Call only after `signature::verify` accepted the exact bytes. The body must be
 //! `application/x-www-form-urlencoded` with exactly one field, `payload`, holding JSON; anything else is
-//! refused. Only two shapes are accepted: a click on our Approve/Deny buttons (`block_actions`, exactly one
-//! action, allow-listed `action_id` and `block_id`, value = a request id) and the submission of our deny
-//! modal (`view_submission`). Sizes are bounded; nothing here panics on any input.
+//! refused. Only two shapes are accepted: a click on our Approve/Deny or break-glass Review buttons
+//! (`block_actions`, exactly one action, allow-listed `action_id` and its own `block_id`, value = a request
+//! id) and the submission of our deny or flag modal (`view_submission`). Sizes are bounded; nothing here panics on any input.
 //!
 //! Errors never echo payload content (it may be large or hostile); they name the rule that failed.
 
 use serde::Deserialize;
 
+use super::blocks::break_glass::{FLAG_MODAL_CALLBACK_ID, REVIEW_BLOCK_ID, REVIEW_FLAG_ACTION_ID, REVIEW_OK_ACTION_ID};
 use super::blocks::{
     ACTIONS_BLOCK_ID, APPROVE_ACTION_ID, DENY_ACTION_ID, DENY_MODAL_CALLBACK_ID, DENY_REASON_ACTION_ID,
     DENY_REASON_BLOCK_ID, DENY_REASON_MAX_CHARS,
@@ -60,6 +61,10 @@ pub enum InteractionError {
 pub enum ButtonAction {
     Approve,
     Deny,
+    /// Row 41: "Reviewed — OK" on a break-glass.
+    ReviewOk,
+    /// Row 41: "Flag as misuse" on a break-glass (opens the flag modal).
+    ReviewFlag,
 }
 
 impl ButtonAction {
@@ -67,8 +72,26 @@ impl ButtonAction {
         match self {
             Self::Approve => APPROVE_ACTION_ID,
             Self::Deny => DENY_ACTION_ID,
+            Self::ReviewOk => REVIEW_OK_ACTION_ID,
+            Self::ReviewFlag => REVIEW_FLAG_ACTION_ID,
         }
     }
+
+    /// The actions block this button must come from.
+    pub fn block_id(self) -> &'static str {
+        match self {
+            Self::Approve | Self::Deny => ACTIONS_BLOCK_ID,
+            Self::ReviewOk | Self::ReviewFlag => REVIEW_BLOCK_ID,
+        }
+    }
+}
+
+/// Which modal was submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modal {
+    Deny,
+    /// Row 41: the break-glass flag modal.
+    Flag,
 }
 
 /// A click on Approve or Deny in one of our messages.
@@ -81,7 +104,7 @@ pub struct BlockActions {
     /// The clicker's own workspace (differs from `team_id` for Slack Connect users).
     pub user_team_id: Option<String>,
     pub action_id: ButtonAction,
-    /// Always [`ACTIONS_BLOCK_ID`]; kept for the audit record.
+    /// [`ButtonAction::block_id`]; kept for the audit record.
     pub block_id: String,
     /// The button value: the request id.
     pub value: RequestId,
@@ -99,8 +122,9 @@ pub struct ViewSubmission {
     pub api_app_id: String,
     pub user_id: SlackUserId,
     pub user_team_id: Option<String>,
-    /// Always [`DENY_MODAL_CALLBACK_ID`].
+    /// [`DENY_MODAL_CALLBACK_ID`] or [`FLAG_MODAL_CALLBACK_ID`].
     pub callback_id: String,
+    pub modal: Modal,
     /// From `private_metadata`.
     pub request_id: RequestId,
     /// Trimmed, 1 to 500 characters.
@@ -317,9 +341,11 @@ fn block_actions(mut w: Wire) -> Result<BlockActions, InteractionError> {
     let action_id = match action.action_id.as_deref() {
         Some(APPROVE_ACTION_ID) => ButtonAction::Approve,
         Some(DENY_ACTION_ID) => ButtonAction::Deny,
+        Some(REVIEW_OK_ACTION_ID) => ButtonAction::ReviewOk,
+        Some(REVIEW_FLAG_ACTION_ID) => ButtonAction::ReviewFlag,
         _ => return Err(InteractionError::UnknownAction),
     };
-    if action.block_id.as_deref() != Some(ACTIONS_BLOCK_ID) {
+    if action.block_id.as_deref() != Some(action_id.block_id()) {
         return Err(InteractionError::UnknownBlock);
     }
     let value = action.value.as_deref().and_then(|v| RequestId::parse(v).ok()).ok_or(InteractionError::BadRequestId)?;
@@ -357,7 +383,7 @@ fn block_actions(mut w: Wire) -> Result<BlockActions, InteractionError> {
         user_id: who.user_id,
         user_team_id: who.user_team_id,
         action_id,
-        block_id: ACTIONS_BLOCK_ID.to_string(),
+        block_id: action_id.block_id().to_string(),
         value,
         channel_id,
         message_ts,
@@ -372,9 +398,11 @@ fn view_submission(mut w: Wire) -> Result<ViewSubmission, InteractionError> {
     if view.kind.as_deref() != Some("modal") {
         return Err(InteractionError::Field("view.type"));
     }
-    if view.callback_id.as_deref() != Some(DENY_MODAL_CALLBACK_ID) {
-        return Err(InteractionError::UnknownCallback);
-    }
+    let (modal, callback_id) = match view.callback_id.as_deref() {
+        Some(DENY_MODAL_CALLBACK_ID) => (Modal::Deny, DENY_MODAL_CALLBACK_ID),
+        Some(FLAG_MODAL_CALLBACK_ID) => (Modal::Flag, FLAG_MODAL_CALLBACK_ID),
+        _ => return Err(InteractionError::UnknownCallback),
+    };
     let request_id = view
         .private_metadata
         .as_deref()
@@ -401,7 +429,8 @@ fn view_submission(mut w: Wire) -> Result<ViewSubmission, InteractionError> {
         api_app_id: who.api_app_id,
         user_id: who.user_id,
         user_team_id: who.user_team_id,
-        callback_id: DENY_MODAL_CALLBACK_ID.to_string(),
+        callback_id: callback_id.to_string(),
+        modal,
         request_id,
         reason: reason.to_string(),
     })

@@ -17,7 +17,10 @@ use tokio::sync::Mutex;
 use countersign_core::domain::{ApprovalRequest, SlackAccount, SlackChannelId, SlackGroupId, SlackUserId, Timestamp};
 use countersign_core::ports::{Clock, MessageContext, NotifyError, PostedMessage, SlackSecrets, SystemClock};
 
-use super::blocks::{self, MessageView};
+use countersign_core::domain::break_glass::ReviewStatus;
+use countersign_core::domain::Policy;
+
+use super::blocks::{self, break_glass, MessageView};
 use super::client::{BotToken, SlackClient, SlackError, TokenProvider};
 
 /// How long a user group's member list is trusted.
@@ -112,6 +115,13 @@ pub fn render(ctx: &MessageContext<'_>) -> serde_json::Value {
     msg
 }
 
+/// The policy's approvers as mentions (for the review reminder of a break-glass).
+fn approver_mentions(p: &Policy) -> String {
+    let users = p.approvers.users.iter().map(|u| format!("<@{u}>"));
+    let groups = p.approvers.groups.iter().map(|g| format!("<!subteam^{g}>"));
+    users.chain(groups).collect::<Vec<_>>().join(" ")
+}
+
 /// `{"event_type": "countersign_request", "event_payload": {"request_id": "req_…"}}`: only the id, which
 /// channel members already see in the buttons.
 pub fn metadata(request: &ApprovalRequest) -> serde_json::Value {
@@ -204,12 +214,30 @@ impl countersign_core::ports::Notifier for SlackNotifier {
 
     async fn remind(&self, ctx: &MessageContext<'_>, posted: &PostedMessage) -> Result<(), NotifyError> {
         let r = ctx.request;
-        let missing = r.required_approvals.saturating_sub(u32::try_from(r.approvals.len()).unwrap_or(u32::MAX));
-        let text = format!(
-            ":hourglass_flowing_sand: Still waiting: {missing} more approval(s) needed before this request expires {}.",
-            blocks::date_token(r.expires_at)
-        );
-        let msg = json!({"text": text, "thread_ts": posted.ts});
+        // A break-glass is reminded of its review, and escalated when it is overdue (row 41).
+        let msg = match r.break_glass.as_ref() {
+            Some(b) if b.review.status == ReviewStatus::Overdue => {
+                let mut m = break_glass::escalation(r, b, None);
+                m["thread_ts"] = json!(posted.ts);
+                m["reply_broadcast"] = json!(true);
+                m
+            }
+            Some(b) => {
+                let approvers = ctx.policy.map(approver_mentions).unwrap_or_default();
+                let mut m = break_glass::reminder(r, b, &approvers);
+                m["thread_ts"] = json!(posted.ts);
+                m
+            }
+            None => {
+                let missing = r.required_approvals.saturating_sub(u32::try_from(r.approvals.len()).unwrap_or(u32::MAX));
+                let text = format!(
+                    ":hourglass_flowing_sand: Still waiting: {missing} more approval(s) needed before this request \
+                     expires {}.",
+                    blocks::date_token(r.expires_at)
+                );
+                json!({"text": text, "thread_ts": posted.ts})
+            }
+        };
         self.client.post_message(&channel(posted)?, &msg).await.map(|_| ()).map_err(|e| notify_error(&e))
     }
 

@@ -74,6 +74,27 @@ fn create_request_tx(
             return Ok(CreateOutcome::TooManyPending);
         }
     }
+    if let Some(b) = &request.break_glass {
+        // The writer's transaction is the only one: the read and the increment cannot interleave with another.
+        let day = request.break_glass_day();
+        let uses: i64 = tx
+            .prepare_cached("SELECT uses FROM break_glass_uses WHERE principal = ?1 AND day = ?2")
+            .sql()?
+            .query_row(params![row.principal, day], |r| r.get(0))
+            .optional()
+            .sql()?
+            .unwrap_or(0);
+        if uses >= i64::from(b.max_per_day) {
+            return Ok(CreateOutcome::BreakGlassLimit);
+        }
+        tx.prepare_cached(
+            "INSERT INTO break_glass_uses (principal, day, uses) VALUES (?1, ?2, 1)
+             ON CONFLICT (principal, day) DO UPDATE SET uses = uses + 1",
+        )
+        .sql()?
+        .execute(params![row.principal, day])
+        .sql()?;
+    }
     let taken: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1)")
         .sql()?

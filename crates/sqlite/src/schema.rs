@@ -96,6 +96,15 @@ CREATE TABLE policy_generation (
 ) STRICT;
 INSERT INTO policy_generation (id, generation) VALUES (1, 0);
 "#,
+    r#"
+-- Break-glass uses per principal and UTC day (row 41), counted in the transaction that creates each one.
+CREATE TABLE break_glass_uses (
+    principal TEXT NOT NULL,
+    day       TEXT NOT NULL,
+    uses      INTEGER NOT NULL,
+    PRIMARY KEY (principal, day)
+) STRICT;
+"#,
 ];
 
 /// Opens a connection with the settings every connection of the store uses.

@@ -486,7 +486,7 @@ impl NowTs for ManualClock {
     }
 }
 
-async fn answer(resp: axum::response::Response) -> Answer {
+pub async fn answer(resp: axum::response::Response) -> Answer {
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body reads");

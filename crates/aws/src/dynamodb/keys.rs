@@ -103,6 +103,11 @@ pub fn pending_counter_pk(principal: &str, policy: &PolicyName) -> String {
     format!("PENDING#{principal}#{policy}")
 }
 
+/// `BREAKGLASS#{principal}#{YYYY-MM-DD}`: the break-glass uses of one principal on one UTC day (row 41).
+pub fn break_glass_counter_pk(principal: &str, day: &str) -> String {
+    format!("BREAKGLASS#{principal}#{day}")
+}
+
 /// A time as a fixed-width decimal string, so that string order is time order. Clamped to
 /// `[0, 10^15)` milliseconds.
 pub fn time_key(t: Timestamp) -> String {

@@ -19,6 +19,7 @@ struct Slots {
     request: Option<usize>,
     idempotency: Option<usize>,
     counter: Option<usize>,
+    break_glass: Option<usize>,
     vote: Option<usize>,
 }
 
@@ -154,6 +155,26 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(u).build())
     }
 
+    /// Counts a break-glass against its `max_per_day` (row 41): refused in the transaction once the
+    /// principal's count for the UTC day reached it. The item outlives the day by a week (TTL), for audit.
+    fn break_glass_counter(&self, r: &ApprovalRequest, max: u32) -> Result<TransactWriteItem, StoreError> {
+        let gc = r.created_at.unix_seconds() + 8 * 86_400;
+        let u = Update::builder()
+            .table_name(&self.tables.requests)
+            .key(PK, s(break_glass_counter_pk(&r.requester.principal, &r.break_glass_day())))
+            .key(SK, s(COUNTER_SK))
+            .update_expression("ADD #n :one SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#n) OR #n < :max")
+            .expression_attribute_names("#n", COUNT)
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(gc))
+            .expression_attribute_values(":max", n(max))
+            .build()
+            .map_err(|e| build_error("break-glass counter update", e))?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
     /// Requests from one index, in key order (or reverse), following `LastEvaluatedKey` until `limit`.
     async fn query_requests(
         &self,
@@ -245,6 +266,10 @@ impl RequestStore for DynamoStore {
             slots.counter = Some(tx.len());
             tx.push(self.counter_update(request, 1, Some(max_pending))?);
         }
+        if let Some(b) = &request.break_glass {
+            slots.break_glass = Some(tx.len());
+            tx.push(self.break_glass_counter(request, b.max_per_day)?);
+        }
 
         let codes = match self.transact_with_audit("TransactWriteItems(create request)", tx, &events).await? {
             TxOutcome::Committed(_) => return Ok(CreateOutcome::Created),
@@ -270,6 +295,9 @@ impl RequestStore for DynamoStore {
         }
         if failed(&codes, slots.counter) {
             return Ok(CreateOutcome::TooManyPending);
+        }
+        if failed(&codes, slots.break_glass) {
+            return Ok(CreateOutcome::BreakGlassLimit);
         }
         if failed(&codes, slots.request) {
             return Err(StoreError::Other(format!("request {} already exists", request.id)));

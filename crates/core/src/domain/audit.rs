@@ -37,6 +37,12 @@ pub enum AuditKind {
     RequestRedeemed,
     #[serde(rename = "request.unused")]
     RequestUnused,
+    #[serde(rename = "request.break_glass")]
+    RequestBreakGlass,
+    #[serde(rename = "request.reviewed")]
+    RequestReviewed,
+    #[serde(rename = "request.review_overdue")]
+    RequestReviewOverdue,
     #[serde(rename = "vote.approve")]
     VoteApprove,
     #[serde(rename = "vote.deny")]
@@ -73,6 +79,9 @@ impl AuditKind {
             Self::RequestExpired => "request.expired",
             Self::RequestRedeemed => "request.redeemed",
             Self::RequestUnused => "request.unused",
+            Self::RequestBreakGlass => "request.break_glass",
+            Self::RequestReviewed => "request.reviewed",
+            Self::RequestReviewOverdue => "request.review_overdue",
             Self::VoteApprove => "vote.approve",
             Self::VoteDeny => "vote.deny",
             Self::VoteDuplicate => "vote.duplicate",

@@ -4,6 +4,7 @@
 //! `tests/integration/layering.rs` keeps it so.
 
 pub mod audit;
+pub mod break_glass;
 pub mod checkpoint;
 pub mod credentials;
 pub mod ids;

@@ -163,6 +163,9 @@ pub struct Policy {
     /// Row 40: `temporary` refuses requests signed with a long-term IAM user key ([`super::credentials::check_credentials`]).
     #[serde(default, skip_serializing_if = "CredentialRule::is_any")]
     pub credentials: CredentialRule,
+    /// Row 41: lets its principals break the glass ([`super::break_glass`]); `None` refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<super::break_glass::BreakGlassPolicy>,
 }
 
 fn default_use_within() -> u64 {

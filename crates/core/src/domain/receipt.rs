@@ -79,6 +79,10 @@ pub struct ReceiptClaims {
     pub approvals: Vec<ApprovalClaim>,
     pub decided_at: Option<Timestamp>,
     pub audit: ChainPoint,
+    /// Row 41: the approval was a break-glass (approved at once, reviewed afterwards). Receipts issued
+    /// before it existed read as `false`.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// SHA-256 (lowercase hex) of the details' canonical JSON: one object, keys sorted by code point, no
@@ -115,6 +119,7 @@ impl ReceiptClaims {
             approvals: r.approvals.iter().map(|a| ApprovalClaim { user_id: a.user_id.to_string(), at: a.at }).collect(),
             decided_at: r.decided_at,
             audit: ChainPoint { seq: redeemed.seq, hash: redeemed.hash.clone() },
+            break_glass: r.break_glass.is_some(),
         }
     }
 }

@@ -241,6 +241,9 @@ pub struct ApprovalRequest {
     /// When the sweeper found the approval unused past `usable_until` (`request.unused`).
     #[serde(default)]
     pub unused_at: Option<Timestamp>,
+    /// Set on a break-glass (row 41): approved at once, announced, and owing a review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<super::break_glass::BreakGlass>,
 }
 
 fn default_use_within() -> u64 {
@@ -277,10 +280,7 @@ impl ApprovalRequest {
     pub fn notification_due_at(&self) -> Option<Timestamp> {
         let n = &self.notification;
         let message = self.message_owed().then(|| n.next_attempt_at.unwrap_or(self.created_at));
-        match (message, self.awaiting_use()) {
-            (Some(m), Some(u)) => Some(m.min(u)),
-            (m, u) => m.or(u),
-        }
+        [message, self.awaiting_use(), self.review_step_at()].into_iter().flatten().min()
     }
 
     /// Does the Slack message still need posting or bringing up to date?
@@ -396,8 +396,13 @@ impl ApprovalRequest {
         if let Some(a) = &self.artifact {
             created = created.with("artifact", a.as_str());
         }
+        if self.break_glass.is_some() {
+            created = created.with("break_glass", "true");
+        }
         let mut events = vec![created];
-        if self.status == Status::Approved {
+        if let Some(b) = &self.break_glass {
+            events.push(self.break_glass_event(b));
+        } else if self.status == Status::Approved {
             events.push(self.draft(self.created_at, AuditKind::RequestAutoApproved, Actor::system("policy")));
         }
         events

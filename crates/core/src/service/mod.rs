@@ -1,6 +1,7 @@
 //! Use cases. Services combine the pure domain with the ports; they never see AWS, HTTP, Lambda or Slack
 //! JSON types (a test in tests/integration keeps it so).
 
+pub mod break_glass;
 pub mod checkpoints;
 pub mod notify;
 pub mod policies;

@@ -316,7 +316,7 @@ impl Dispatcher {
     /// Lets `f` change the request's notification bookkeeping (returning the audit records, or `None` to
     /// write nothing), and writes it conditionally on the version, retrying lost races. The first attempt
     /// starts from `read` when given (the request as this call last read or wrote it); a lost race re-reads.
-    async fn save(
+    pub(super) async fn save(
         &self,
         id: &RequestId,
         mut read: Option<ApprovalRequest>,

@@ -52,6 +52,9 @@ pub struct NewRequest {
     /// Left out of the body hash when absent, so retries of bodies sent before it existed still match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// Row 41: approve at once, announce, and review afterwards (the policy must allow it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// Why a call was refused. Each maps to one HTTP status and stable code in the HTTP layer.
@@ -70,6 +73,13 @@ pub enum RequestError {
     LongTermCredentials(#[from] LongTermCredentials),
     #[error("policy {policy:?} requires a reason")]
     ReasonRequired { policy: String },
+    /// Row 41: a break-glass must say why, at some length.
+    #[error("a break-glass request needs a reason of at least {min} characters")]
+    BreakGlassReason { min: usize },
+    #[error("{0}")]
+    BreakGlassNotAllowed(String),
+    #[error("{principal} already broke the glass {max} time(s) today (UTC) under policy {policy:?}")]
+    BreakGlassLimit { principal: String, policy: String, max: u32 },
     #[error("{principal} already has {max} pending request(s) under policy {policy:?}")]
     TooManyPending { principal: String, policy: String, max: u32 },
     #[error("no such request")]
@@ -107,7 +117,9 @@ impl RequestError {
             Self::AccountNotAllowed(_) => "account_not_allowed",
             Self::NoMatchingPolicy(_) => "no_matching_policy",
             Self::LongTermCredentials(_) => "long_term_credentials",
-            Self::ReasonRequired { .. } => "reason_required",
+            Self::ReasonRequired { .. } | Self::BreakGlassReason { .. } => "reason_required",
+            Self::BreakGlassNotAllowed(_) => "break_glass_not_allowed",
+            Self::BreakGlassLimit { .. } => "break_glass_limit",
             Self::TooManyPending { .. } => "too_many_pending",
             Self::NotFound => "not_found",
             Self::IdempotencyConflict => "idempotency_conflict",
@@ -131,7 +143,8 @@ impl RequestError {
     pub fn field(&self) -> Option<&'static str> {
         match self {
             Self::Invalid { field, .. } => *field,
-            Self::ReasonRequired { .. } => Some("reason"),
+            Self::ReasonRequired { .. } | Self::BreakGlassReason { .. } => Some("reason"),
+            Self::BreakGlassNotAllowed(_) => Some("break_glass"),
             Self::ArtifactMismatch(_) => Some("artifact"),
             _ => None,
         }
@@ -297,6 +310,9 @@ impl RequestService {
         if let Some(id) = request {
             d = d.with("request", truncate(id, 64));
         }
+        if let RequestError::BreakGlassLimit { max, .. } = &e {
+            d = d.with("break_glass", "true").with("max_per_day", max.to_string());
+        }
         if let RequestError::LongTermCredentials(l) = &e {
             // The key id's last 4 characters only (row 40), as the message names it.
             d = d.with("credential", l.credential.as_str());
@@ -375,6 +391,7 @@ impl RequestService {
             v.resource.as_ref(),
             caller.access_key.as_deref(),
         )?;
+        let break_glass = if input.break_glass { Some(break_glass_terms(policy, v.reason.as_deref())?) } else { None };
         if policy.require_reason && v.reason.is_none() {
             return Err(RequestError::ReasonRequired { policy: policy.name.to_string() });
         }
@@ -389,7 +406,7 @@ impl RequestService {
             }
         };
         let now = self.now();
-        let auto = policy.required_approvals == 0;
+        let auto = policy.required_approvals == 0 || break_glass.is_some();
         let channel = SlackChannelId::parse(policy.channel.as_str())
             .map_err(|e| RequestError::Invalid { field: None, message: e.to_string() })?;
         let request = ApprovalRequest {
@@ -427,6 +444,7 @@ impl RequestService {
             redeemed_at: None,
             redeemed_by: None,
             unused_at: None,
+            break_glass: break_glass.map(|b| crate::domain::break_glass::BreakGlass::new(b, now)),
         };
         let mut request = request;
         if auto {
@@ -449,10 +467,22 @@ impl RequestService {
                     max: policy.max_pending,
                 })
             }
+            CreateOutcome::BreakGlassLimit => {
+                return Err(RequestError::BreakGlassLimit {
+                    principal: principal.identity(),
+                    policy: policy.name.to_string(),
+                    max: request.break_glass.as_ref().map_or(0, |b| b.max_per_day),
+                })
+            }
         }
         // Durable first; the post happens after. A failed post leaves the request pending and queued.
         // This call holds the first-post lease written with the request (FIRST_POST_LEASE_SECONDS).
-        let after = self.dispatcher.deliver_created(request.clone(), Some(set.clone())).await.unwrap_or(None);
+        let mut after = self.dispatcher.deliver_created(request.clone(), Some(set.clone())).await.unwrap_or(None);
+        if request.break_glass.is_some() {
+            // Row 41: announced in the break-glass channel too, under the lease written with the request.
+            let posted = after.clone().unwrap_or_else(|| request.clone());
+            after = self.dispatcher.deliver_alert(&posted, true).await.unwrap_or(Some(posted));
+        }
         Ok(Submitted { request: self.show(after.unwrap_or(request)), created: true })
     }
 
@@ -545,6 +575,24 @@ impl RequestService {
     pub fn notifier(&self) -> &Arc<dyn Notifier> {
         &self.dispatcher.notifier
     }
+}
+
+/// Row 41: the break-glass terms of the winning policy, when it allows one and the reason is long enough.
+fn break_glass_terms<'p>(
+    policy: &'p crate::domain::Policy,
+    reason: Option<&str>,
+) -> Result<&'p crate::domain::break_glass::BreakGlassPolicy, RequestError> {
+    use crate::domain::break_glass::MIN_REASON_CHARS;
+    let Some(terms) = &policy.break_glass else {
+        return Err(RequestError::BreakGlassNotAllowed(format!(
+            "policy {:?} does not allow break-glass (it has no break_glass section)",
+            policy.name.as_str()
+        )));
+    };
+    if reason.map_or(0, |r| r.chars().count()) < MIN_REASON_CHARS {
+        return Err(RequestError::BreakGlassReason { min: MIN_REASON_CHARS });
+    }
+    Ok(terms)
 }
 
 fn truncate(s: &str, n: usize) -> String {

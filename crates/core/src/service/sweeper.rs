@@ -20,6 +20,8 @@ pub struct SweepReport {
     pub reminded: usize,
     /// Approvals marked unused past `usable_until` (`request.unused`).
     pub unused: usize,
+    /// Break-glass review steps taken (announcements, reminders, overdue marks, escalations; row 41).
+    pub review_steps: usize,
     /// The chain head of the checkpoint this run wrote, if it wrote one.
     pub checkpoint: Option<u64>,
     /// True when this run ended with a checkpoint owed: the head may have moved past the newest checkpoint
@@ -84,6 +86,15 @@ impl Sweeper {
                     }
                     Err(e) => {
                         tracing::warn!(request_id = %r.id, error = %e, "unused mark failed; will retry");
+                        rep.errors += 1;
+                    }
+                }
+            }
+            if r.break_glass.is_some() {
+                match self.review_step(&r, now).await {
+                    Ok(step) => rep.review_steps += usize::from(step.is_some()),
+                    Err(e) => {
+                        tracing::warn!(request_id = %r.id, error = %e, "break-glass review step failed; will retry");
                         rep.errors += 1;
                     }
                 }

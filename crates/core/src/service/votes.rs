@@ -51,6 +51,10 @@ pub enum Rejection {
     Ineligible(Ineligible),
     /// A dependency (Slack group lookup, `users.info`) failed: nothing was recorded; try again.
     TryAgain(String),
+    /// A Review click on a request that is not a break-glass (row 41).
+    NotBreakGlass,
+    /// The break-glass was already reviewed (`ok` or `flagged`).
+    AlreadyReviewed(&'static str),
 }
 
 impl Rejection {
@@ -64,6 +68,17 @@ impl Rejection {
             Self::AlreadyDecided(s) => format!("This request is already {s}; your vote was not counted."),
             Self::Ineligible(i) => format!("Your vote was not counted: {}.", i.describe()),
             Self::TryAgain(why) => format!("Could not check your approver rights ({why}); please try again."),
+            Self::NotBreakGlass => "This request is not a break-glass: there is nothing to review.".into(),
+            Self::AlreadyReviewed(s) => format!("This break-glass was already reviewed ({s}); yours was not recorded."),
+        }
+    }
+
+    /// [`Self::message`] as a break-glass reviewer reads it.
+    pub fn review_message(&self) -> String {
+        match self {
+            Self::NotApprover(why) => format!("Your review was not recorded: {why}."),
+            Self::Ineligible(i) => format!("Your review was not recorded: {}.", i.describe()),
+            other => other.message(),
         }
     }
 
@@ -77,6 +92,8 @@ impl Rejection {
             Self::AlreadyDecided(_) => "already_decided",
             Self::Ineligible(_) => "voter_ineligible",
             Self::TryAgain(_) => "try_again",
+            Self::NotBreakGlass => "not_break_glass",
+            Self::AlreadyReviewed(_) => "already_reviewed",
         }
     }
 }
@@ -122,7 +139,7 @@ impl VoteService {
         }
     }
 
-    async fn audit(
+    pub(super) async fn audit(
         &self,
         user: &SlackUserId,
         request_id: Option<RequestId>,
@@ -217,7 +234,7 @@ impl VoteService {
     /// Row 34: asks Slack's directory (`users.info`, cached ≤ 60 s) whether `user` is an active full member
     /// of our workspaces, within the caller's deadline. A lookup that fails or runs out of time refuses the
     /// vote (fail closed) with "try again"; it never counts.
-    async fn eligible(&self, user: &SlackUserId) -> Result<(), Rejection> {
+    pub(super) async fn eligible(&self, user: &SlackUserId) -> Result<(), Rejection> {
         let lookup = self.dispatcher.notifier.user_account(user);
         let account = match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, lookup).await.unwrap_or_else(|_| {
@@ -258,27 +275,16 @@ impl VoteService {
             return Ok(Err(Rejection::NoPolicy));
         };
         let policies = &set.policies;
-        let Some(policy) = select(policies, &principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
-            return Ok(Err(Rejection::NoPolicy));
-        };
         let key = r.requester.access_key_id.as_deref();
         if let Err(e) = check_credentials(policies, &principal, &r.action, &r.environment, r.resource.as_ref(), key) {
-            return Ok(Err(Rejection::LongTermCredentials(e.to_string())));
-        }
-        // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
-        // for this principal are refused, before and regardless of any group lookup.
-        let owners = Owners::of(policies, &principal);
-        let in_group = if policy.needs_group_lookup(user, &owners) {
-            match self.in_approver_group(&policy, user).await {
-                Ok(found) => found,
-                Err(why) => return Ok(Err(Rejection::TryAgain(why))),
+            if select(policies, &principal, &r.action, &r.environment, r.resource.as_ref()).is_some() {
+                return Ok(Err(Rejection::LongTermCredentials(e.to_string())));
             }
-        } else {
-            false
-        };
-        if let Err(e) = policy.approver_check(user, &owners, in_group) {
-            return Ok(Err(Rejection::NotApprover(e.to_string())));
         }
+        let (policy, owners) = match self.rights(user, &r, &principal, policies).await {
+            Ok(found) => found,
+            Err(why) => return Ok(Err(why)),
+        };
         if r.status.is_terminal() {
             return Ok(Err(Rejection::AlreadyDecided(r.status.as_str())));
         }
@@ -313,6 +319,30 @@ impl VoteService {
         }
         let governing = Governing::of(&policy).discounting(discounted);
         Ok(Ok((r, governing)))
+    }
+
+    /// The policy that governs `r` now and its principal's owners, if `user` is one of that policy's
+    /// approvers and not an owner (rows 30, 31). Votes and break-glass reviews both ask this.
+    pub(super) async fn rights(
+        &self,
+        user: &SlackUserId,
+        r: &ApprovalRequest,
+        principal: &Principal,
+        policies: &[Policy],
+    ) -> Result<(Policy, Owners), Rejection> {
+        let Some(policy) = select(policies, principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
+            return Err(Rejection::NoPolicy);
+        };
+        // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
+        // for this principal are refused, before and regardless of any group lookup.
+        let owners = Owners::of(policies, principal);
+        let in_group = if policy.needs_group_lookup(user, &owners) {
+            self.in_approver_group(&policy, user).await.map_err(Rejection::TryAgain)?
+        } else {
+            false
+        };
+        policy.approver_check(user, &owners, in_group).map_err(|e| Rejection::NotApprover(e.to_string()))?;
+        Ok((policy, owners))
     }
 
     /// Whether `user` is in one of `policy`'s approver groups, within the caller's deadline; `Err` when

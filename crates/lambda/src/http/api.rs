@@ -72,6 +72,21 @@ pub struct RequestView {
     pub usable_until: Option<String>,
     pub redeemed_at: Option<String>,
     pub redeemed_by: Option<String>,
+    /// Row 41: approved at once under the policy's `break_glass` section, owing a review.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// The review a break-glass owes; `null` for any other request.
+    #[serde(default)]
+    pub review: Option<ReviewView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReviewView {
+    /// `pending`, `ok`, `flagged` or `overdue`.
+    pub status: String,
+    pub by: Option<String>,
+    pub at: Option<String>,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -142,6 +157,13 @@ impl From<&ApprovalRequest> for RequestView {
             usable_until: r.usable_until.map(|t| t.to_rfc3339()),
             redeemed_at: r.redeemed_at.map(|t| t.to_rfc3339()),
             redeemed_by: r.redeemed_by.clone(),
+            break_glass: r.break_glass.is_some(),
+            review: r.break_glass.as_ref().map(|b| ReviewView {
+                status: b.review.status.as_str().to_string(),
+                by: b.review.by.as_ref().map(ToString::to_string),
+                at: b.review.at.map(|t| t.to_rfc3339()),
+                reason: b.review.reason.clone(),
+            }),
         }
     }
 }
@@ -150,8 +172,17 @@ fn view(status: StatusCode, r: &ApprovalRequest) -> Response {
     (status, Json(RequestView::from(r))).into_response()
 }
 
-const FIELDS: &[&str] =
-    &["action", "environment", "resource", "reason", "details", "idempotency_key", "ttl_seconds", "artifact"];
+const FIELDS: &[&str] = &[
+    "action",
+    "environment",
+    "resource",
+    "reason",
+    "details",
+    "idempotency_key",
+    "ttl_seconds",
+    "artifact",
+    "break_glass",
+];
 
 /// Refuses the first field of `obj` not in `known`, naming it (at most 64 characters of it).
 fn refuse_unknown_fields(obj: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
@@ -214,6 +245,11 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
         idempotency_key: string("idempotency_key", false)?,
         ttl_seconds,
         artifact: string("artifact", false)?,
+        break_glass: match obj.get("break_glass") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::invalid(Some("break_glass"), "break_glass must be true or false")),
+        },
     })
 }
 

@@ -33,13 +33,16 @@ impl ApiError {
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         let status = match &e {
-            RequestError::Invalid { .. } | RequestError::ReasonRequired { .. } => StatusCode::BAD_REQUEST,
+            RequestError::Invalid { .. }
+            | RequestError::ReasonRequired { .. }
+            | RequestError::BreakGlassReason { .. } => StatusCode::BAD_REQUEST,
             RequestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             RequestError::AccountNotAllowed(_)
             | RequestError::NoMatchingPolicy(_)
             | RequestError::LongTermCredentials(_)
+            | RequestError::BreakGlassNotAllowed(_)
             | RequestError::SessionMismatch(_) => StatusCode::FORBIDDEN,
-            RequestError::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::TooManyPending { .. } | RequestError::BreakGlassLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotFound => StatusCode::NOT_FOUND,
             RequestError::IdempotencyConflict
             | RequestError::AlreadyDecided(_)

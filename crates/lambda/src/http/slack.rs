@@ -27,14 +27,16 @@ use http_body_util::LengthLimitError;
 use lambda_http::request::RequestContext;
 use serde_json::json;
 
+use countersign_core::domain::break_glass::Verdict;
 use countersign_core::domain::SlackWorkspaces;
 use countersign_core::error::error_chain;
 use countersign_core::ports::{Clock, SecretError, SlackSecrets};
+use countersign_core::service::break_glass::ReviewRequest;
 use countersign_core::service::refusals::{RefusalCode, RefusedCallback};
 use countersign_core::service::votes::{Decision, Rejection, VoteOutcome, VoteRequest, VoteService};
 use countersign_slack::blocks;
 use countersign_slack::client::SlackClient;
-use countersign_slack::interaction::{self, ButtonAction, Interaction};
+use countersign_slack::interaction::{self, ButtonAction, Interaction, Modal};
 use countersign_slack::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// Time from the callback's arrival after which no more Slack calls are made for it, leaving Slack's 3 s
@@ -278,6 +280,42 @@ async fn interactions(State(state): State<SlackState>, req: Request) -> Response
                         Err(e) => store_failure(&e),
                     }
                 }
+                ButtonAction::ReviewOk => {
+                    let v = ReviewRequest {
+                        user: a.user_id.clone(),
+                        request_id: a.value,
+                        clicked: Some(clicked),
+                        verdict: Verdict::Ok,
+                    };
+                    match state.votes.review(v).await {
+                        Ok(VoteOutcome::Recorded(_) | VoteOutcome::Duplicate(_)) => StatusCode::OK.into_response(),
+                        Ok(VoteOutcome::Rejected(why)) => {
+                            reply(&state, deadline, &a.response_url, &why.review_message()).await;
+                            StatusCode::OK.into_response()
+                        }
+                        Err(e) => store_failure(&e),
+                    }
+                }
+                ButtonAction::ReviewFlag => {
+                    // Rights are checked when the flag is submitted (the modal carries only the id).
+                    let view = blocks::break_glass::flag_modal(&a.value);
+                    let budget = within(state.reply_budget, deadline);
+                    match tokio::time::timeout(budget, state.client.open_view(&a.trigger_id, &view)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not open the flag dialog");
+                            reply(
+                                &state,
+                                deadline,
+                                &a.response_url,
+                                "Could not open the flag dialog; please try again.",
+                            )
+                            .await;
+                        }
+                        Err(_) => tracing::warn!("opening the flag dialog timed out"),
+                    }
+                    StatusCode::OK.into_response()
+                }
                 ButtonAction::Deny => match state.votes.authorize(&a.user_id, &a.value, Some(&clicked)).await {
                     Ok(Ok((request, _))) => {
                         let view = blocks::deny_modal(&request.id, &request);
@@ -305,6 +343,21 @@ async fn interactions(State(state): State<SlackState>, req: Request) -> Response
                     }
                     Err(e) => store_failure(&e),
                 },
+            }
+        }
+        Interaction::ViewSubmission(v) if v.modal == Modal::Flag => {
+            let review = ReviewRequest {
+                user: v.user_id.clone(),
+                request_id: v.request_id,
+                clicked: None,
+                verdict: Verdict::Flag { reason: v.reason.clone() },
+            };
+            match state.votes.review(review).await {
+                Ok(VoteOutcome::Recorded(_) | VoteOutcome::Duplicate(_)) => {
+                    Json(json!({"response_action": "clear"})).into_response()
+                }
+                Ok(VoteOutcome::Rejected(why)) => modal_error(&why.review_message()),
+                Err(e) => store_failure(&e),
             }
         }
         Interaction::ViewSubmission(v) => {

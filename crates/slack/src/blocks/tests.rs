@@ -704,3 +704,65 @@ fn t35_message_shows_the_bound_artifact_and_who_used_the_approval() {
     r.unused_at = Some(T0.plus_seconds(900));
     assert!(text(&r).contains("Approved but not used in time"), "{}", text(&r));
 }
+
+// --- break-glass (row 41) -------------------------------------------------------------------------------
+
+fn break_glass_request() -> ApprovalRequest {
+    use countersign_core::domain::break_glass::{BreakGlass, BreakGlassPolicy, Notify};
+    let mut r = request(2);
+    r.status = Status::Approved;
+    r.decided_at = Some(T0);
+    r.usable_until = Some(T0.plus_seconds(900));
+    let policy = BreakGlassPolicy {
+        channel: countersign_core::domain::SlackChannelId::parse("C0BREAKGL").unwrap(),
+        notify: Notify { users: vec![u("USECLEAD1")], groups: vec![SlackGroupId::parse("S0SECOPS1").unwrap()] },
+        max_per_day: 3,
+        review_within: 24 * 3600,
+    };
+    r.break_glass = Some(BreakGlass::new(&policy, T0));
+    r
+}
+
+#[test]
+fn t41_golden_break_glass_shows_the_banner_and_the_review_action_and_no_vote_buttons() {
+    let r = break_glass_request();
+    let msg = render(&r, &first_time(), false, T0.plus_seconds(1));
+    assert_within_limits(&msg);
+    let text = serde_json::to_string(&msg).unwrap();
+    assert!(text.contains("BREAK-GLASS") && text.contains("<@USECLEAD1>") && text.contains("<!subteam^S0SECOPS1>"));
+    let ids: Vec<&str> = actions(&msg)
+        .iter()
+        .flat_map(|a| a["elements"].as_array().unwrap())
+        .map(|e| e["action_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["countersign_review_ok", "countersign_review_flag"]);
+    for a in actions(&msg) {
+        for e in a["elements"].as_array().unwrap() {
+            assert_eq!(e["value"], r.id.to_string(), "the button carries the request id only");
+        }
+    }
+    golden("break_glass_review_pending", &msg);
+}
+
+#[test]
+fn t41_golden_a_flagged_break_glass_shows_who_flagged_it_and_why_without_buttons() {
+    use countersign_core::domain::break_glass::Verdict;
+    let r = break_glass_request();
+    let flag = Verdict::Flag { reason: "No incident open <!channel>".into() };
+    let r = r.review(&u("UALICE01"), &flag, T0.plus_seconds(3600)).unwrap().request;
+    let msg = render(&r, &first_time(), false, T0.plus_seconds(3601));
+    assert_within_limits(&msg);
+    assert!(actions(&msg).is_empty());
+    let text = serde_json::to_string(&msg).unwrap();
+    assert!(text.contains("Flagged as misuse") && text.contains("&lt;!channel&gt;"), "{text}");
+    golden("break_glass_flagged", &msg);
+}
+
+#[test]
+fn t41_flag_modal_carries_only_the_request_id_and_is_within_limits() {
+    let id = request(1).id;
+    let v = break_glass::flag_modal(&id);
+    assert!(modal_limit_violations(&v).is_empty());
+    assert_eq!(v["private_metadata"], id.to_string());
+    assert_eq!(v["callback_id"], "countersign_review_flag_modal");
+}

@@ -98,6 +98,7 @@ fn parses_the_deny_modal_submission_fixture() {
             user_id: SlackUserId::parse("UBOB0001").unwrap(),
             user_team_id: Some("T0CSIGN01".into()),
             callback_id: "countersign_deny_modal".into(),
+            modal: Modal::Deny,
             request_id: RequestId::parse(RID).unwrap(),
             reason: "Change freeze until Monday; see <#C0INCIDENT|incident>".into(),
         }

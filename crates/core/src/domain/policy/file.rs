@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::*;
+use crate::domain::break_glass::BreakGlassPolicy;
 use crate::domain::credentials::CredentialRule;
 use crate::domain::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
 use crate::domain::principal::PrincipalPattern;
@@ -53,6 +54,16 @@ struct RawPolicy {
     #[serde(default)]
     bind_session: bool,
     credentials: Option<String>,
+    break_glass: Option<RawBreakGlass>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    channel: String,
+    notify: Option<RawApprovers>,
+    max_per_day: Option<u32>,
+    review_within: Option<RawTtl>,
 }
 
 /// `max_ttl` as written: a duration string (`1h`), a number of seconds, or something else that validation
@@ -586,6 +597,14 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         None => Some(DEFAULT_USE_WITHIN_SECONDS),
         Some(raw) => duration("use_within", raw, MIN_USE_WITHIN_SECONDS..=MAX_USE_WITHIN_SECONDS, "1m and 24h"),
     };
+    let review_within = {
+        use crate::domain::break_glass::MIN_REVIEW_WITHIN_SECONDS as MIN;
+        use crate::domain::break_glass::{DEFAULT_REVIEW_WITHIN_SECONDS, MAX_REVIEW_WITHIN_SECONDS as MAX};
+        match rp.break_glass.as_ref().and_then(|b| b.review_within.as_ref()) {
+            None => Some(DEFAULT_REVIEW_WITHIN_SECONDS),
+            Some(r) => duration("break_glass.review_within", r, MIN..=MAX, "5m and 7d"),
+        }
+    };
     let max_pending = rp.max_pending.unwrap_or(DEFAULT_MAX_PENDING);
     if !(1..=MAX_PENDING_LIMIT).contains(&max_pending) {
         err("max_pending", format!("must be 1 to {MAX_PENDING_LIMIT}, got {max_pending}"));
@@ -596,6 +615,23 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         Some(Err(e)) => {
             err("credentials", e);
             None
+        }
+    };
+    let break_glass = match &rp.break_glass {
+        None => Some(None),
+        Some(raw) => {
+            let same_channel = raw.channel == rp.channel;
+            let (policy, mut problems) = break_glass_of(raw, review_within, same_channel);
+            if same_channel {
+                problems.push((
+                    "break_glass.channel",
+                    "must differ from channel: every break-glass is posted to both".to_string(),
+                ));
+            }
+            for (field, problem) in problems {
+                err(field, problem);
+            }
+            policy.map(Some)
         }
     };
     if rp.description.chars().count() > 500 {
@@ -618,5 +654,43 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         use_within: use_within?,
         bind_session: rp.bind_session,
         credentials: credentials?,
+        break_glass: break_glass?,
     })
+}
+
+/// A policy's `break_glass` section, validated (row 41), with `review_within` already read (`None`: it was
+/// refused). Returns the section when nothing is wrong, and every problem found.
+fn break_glass_of(
+    raw: &RawBreakGlass,
+    review_within: Option<u64>,
+    same_channel: bool,
+) -> (Option<BreakGlassPolicy>, Vec<(&'static str, String)>) {
+    use crate::domain::break_glass::{Notify, DEFAULT_MAX_PER_DAY, MAX_MAX_PER_DAY};
+    let mut problems = Vec::new();
+    let channel =
+        SlackChannelId::parse(&raw.channel).map_err(|e| problems.push(("break_glass.channel", e.to_string()))).ok();
+    let (raw_users, raw_groups) = raw.notify.as_ref().map_or((&[][..], &[][..]), |n| (&n.users[..], &n.groups[..]));
+    let users: Vec<SlackUserId> = raw_users
+        .iter()
+        .filter_map(|u| {
+            SlackUserId::parse(u).map_err(|e| problems.push(("break_glass.notify.users", format!("{u:?}: {e}")))).ok()
+        })
+        .collect();
+    let groups: Vec<SlackGroupId> = raw_groups
+        .iter()
+        .filter_map(|g| {
+            SlackGroupId::parse(g).map_err(|e| problems.push(("break_glass.notify.groups", format!("{g:?}: {e}")))).ok()
+        })
+        .collect();
+    let max_per_day = raw.max_per_day.unwrap_or(DEFAULT_MAX_PER_DAY);
+    if !(1..=MAX_MAX_PER_DAY).contains(&max_per_day) {
+        problems.push(("break_glass.max_per_day", format!("must be 1 to {MAX_MAX_PER_DAY}, got {max_per_day}")));
+    }
+    let policy = match (channel, review_within) {
+        (Some(channel), Some(review_within)) if problems.is_empty() && !same_channel => {
+            Some(BreakGlassPolicy { channel, notify: Notify { users, groups }, max_per_day, review_within })
+        }
+        _ => None,
+    };
+    (policy, problems)
 }

@@ -473,3 +473,39 @@ fn use_within_and_bind_session_default_out_of_the_version_and_show_in_the_diff()
     let e = parse_policies(&format!("{base}    use_within: 25h\n")).unwrap_err().to_string();
     assert!(e.contains("use_within") && e.contains("between 1m and 24h"), "{e}");
 }
+
+#[test]
+fn break_glass_section_takes_its_defaults_and_leaves_other_policies_versions_alone() {
+    let plain = parse_policies(GOOD).unwrap().remove(0);
+    let with = parse_policies(&format!("{GOOD}    break_glass: {{channel: C0BREAKGLASS}}\n")).unwrap().remove(0);
+    let b = with.break_glass.as_ref().unwrap();
+    assert_eq!((b.max_per_day, b.review_within), (3, 24 * 3600));
+    assert!(b.notify.users.is_empty() && b.notify.groups.is_empty());
+    assert!(plain.break_glass.is_none());
+    assert!(!serde_json::to_string(&plain).unwrap().contains("break_glass"), "no section, no field: same version");
+    assert_ne!(plain.version(), with.version());
+    let full = "    break_glass:\n      channel: C0BREAKGLASS\n      notify: {users: [U0SEC0001], groups: [S0SECURITY]}\n      max_per_day: 1\n      review_within: 2h\n";
+    let p = parse_policies(&format!("{GOOD}{full}")).unwrap().remove(0);
+    let b = p.break_glass.unwrap();
+    assert_eq!(
+        (b.max_per_day, b.review_within, b.notify.mentions().as_str()),
+        (1, 7200, "<@U0SEC0001> <!subteam^S0SECURITY>")
+    );
+}
+
+#[test]
+fn break_glass_section_errors_name_the_field() {
+    for (section, field) in [
+        ("{channel: general}", "break_glass.channel"),
+        ("{channel: C0APPROVALS}", "break_glass.channel"),
+        ("{channel: C0BG, max_per_day: 0}", "break_glass.max_per_day"),
+        ("{channel: C0BG, max_per_day: 21}", "break_glass.max_per_day"),
+        ("{channel: C0BG, review_within: 1m}", "break_glass.review_within"),
+        ("{channel: C0BG, review_within: 8d}", "break_glass.review_within"),
+        ("{channel: C0BG, notify: {users: [alice]}}", "break_glass.notify.users"),
+        ("{channel: C0BG, notify: {groups: [sre]}}", "break_glass.notify.groups"),
+        ("{channel: C0BG, approve: true}", "approve"),
+    ] {
+        assert_error(&format!("{GOOD}    break_glass: {section}\n"), field);
+    }
+}
