@@ -183,7 +183,7 @@ impl ApiClient {
         body: Option<&[u8]>,
         long_poll: Duration,
     ) -> Result<Attempt, CliError> {
-        let headers = self.signed_headers(method, url, body).await?;
+        let headers = self.signed_headers(method, url, body, Signing::Proper).await?;
         let mut req = self.http.request(method.clone(), url).headers(headers).timeout(long_poll + ANSWER_MARGIN);
         if let Some(b) = body {
             req = req.body(b.to_vec());
@@ -229,19 +229,73 @@ impl ApiClient {
         Err(CliError::new(exit::FAILED, format!("{method} {url}: unexpected {status}")))
     }
 
+    /// One call exactly as `how` says to sign it, never retried: its status and the API's error code, for
+    /// `countersign drill` (which expects most of them to be refused).
+    pub async fn probe(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        how: Signing,
+    ) -> Result<Probed, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url).timeout(ANSWER_MARGIN);
+        req = match how {
+            Signing::None if body.is_some() => req.header(CONTENT_TYPE, "application/json"),
+            Signing::None => req,
+            how => req.headers(self.signed_headers(&method, &url, body, how).await?),
+        };
+        if let Some(b) = body {
+            req = req.body(b.to_vec());
+        }
+        let resp = req.send().await.map_err(|e| CliError::failed(&format!("{method} {path}"), &e))?;
+        let status = resp.status().as_u16();
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(':').next().unwrap_or(v).to_string());
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let json: Option<Value> =
+            if bytes.len() <= MAX_ANSWER_BYTES { serde_json::from_slice(&bytes).ok() } else { None };
+        let code = if (200..300).contains(&status) { None } else { Some(error_of(json.as_ref(), error_type).0) };
+        Ok(Probed { status, code, body: json })
+    }
+
     /// The SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token`) plus `content-type`.
-    async fn signed_headers(&self, method: &Method, url: &str, body: Option<&[u8]>) -> Result<HeaderMap, CliError> {
-        let creds = self
+    async fn signed_headers(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&[u8]>,
+        how: Signing,
+    ) -> Result<HeaderMap, CliError> {
+        let mut creds = self
             .credentials
             .provide_credentials()
             .await
             .map_err(|e| CliError::failed("cannot load AWS credentials", &e))?;
+        let mut time = SystemTime::now();
+        match how {
+            Signing::WrongSecret => {
+                let wrong = format!("{}x", creds.secret_access_key());
+                creds = aws_credential_types::Credentials::new(
+                    creds.access_key_id(),
+                    wrong,
+                    creds.session_token().map(str::to_string),
+                    None,
+                    "countersign-drill",
+                );
+            }
+            Signing::Age(age) => time -= age,
+            Signing::Proper | Signing::None => {}
+        }
         let identity = creds.into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
             .name(SIGNING_SERVICE)
-            .time(SystemTime::now())
+            .time(time)
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| CliError::failed("cannot sign the request", &e))?
@@ -274,6 +328,27 @@ impl ApiClient {
         }
         Ok(headers)
     }
+}
+
+/// How [`ApiClient::probe`] signs a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    Proper,
+    /// No SigV4 headers at all.
+    None,
+    /// Signed with the right access key id and a wrong secret.
+    WrongSecret,
+    /// Signed correctly, as of this long ago (`X-Amz-Date` in the past).
+    Age(Duration),
+}
+
+/// What a probe got back.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    pub status: u16,
+    /// The API's error code (or API Gateway's `x-amzn-ErrorType`) when not 2xx.
+    pub code: Option<String>,
+    pub body: Option<Value>,
 }
 
 enum Attempt {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod audit;
 pub mod dev;
+pub mod drill;
 pub mod policy;
 pub mod receipt;
 pub mod report;
@@ -146,6 +147,8 @@ pub enum Command {
     /// Create the storage (DynamoDB tables or the embedded database).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Test your process: reviewer drills (row 42), and how reviewers did on them (`drill results`).
+    Drill(drill::DrillArgs),
     /// Run the whole product on this machine: request API (SigV4), Slack interactions, a Slack simulator in
     /// the browser, the embedded store and the sweeper, on one HTTP server (default 127.0.0.1:8787).
     Dev(dev::DevArgs),
@@ -477,6 +480,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             output,
         }) => receipt::verify(&file, &jwks, &artifact, action, environment, principal, output),
         Command::Cancel { id, api } => request::cancel(&id, &api).await,
+        Command::Drill(a) => drill::drill(&a).await,
         Command::Whoami { aws, output } => request::whoami(&aws, &output).await,
         Command::Audit(AuditCommand::Export { range, request, principal, format, out, checkpoints, store }) => {
             let filter = audit::Filter { request, principal };

@@ -942,3 +942,67 @@ async fn t37_audit_report_counts_match_the_store_and_the_html_is_self_contained(
     assert!(html.contains("<svg") && html.contains("staging-auto"), "{html}");
     assert!(!html.contains("src=") && !html.contains("href="), "no external assets: {html}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t42_drill_reviewers_sends_the_named_scenario_and_drill_results_counts_it() {
+    let (t, path) = local_app().await;
+    let drills = POLICIES.replace("    max_pending: 3\n", "    max_pending: 3\n    drills: true\n");
+    t.apply_policies(&drills).await;
+    let api = stand_in(&t, DEPLOY_ARN).await;
+    let args = ["drill", "--reviewers", "--action", "deploy", "--env", "production"];
+    let mut send = with_endpoint(&api, &args);
+    send.extend(["--scenario", "unknown-commit-at-3am", "--output", "json"]);
+    let ran = run_cli(&send).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let v: Value = serde_json::from_str(ran.stdout.trim()).unwrap();
+    assert_eq!(v["scenario"], "unknown-commit-at-3am", "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let r = t.request(&id).await;
+    assert_eq!(r.drill.as_ref().map(|d| d.scenario.as_str()), Some("unknown-commit-at-3am"));
+    assert_eq!(r.details.get("branch").map(String::as_str), Some("fix-tmp"), "the scenario's details were sent");
+    // Alice approves it (one of the two approvals it needs): she approved a drill.
+    let (channel, ts) = (r.notification.channel.to_string(), r.notification.ts.clone().unwrap());
+    let click = t.click("UALICE0001", "countersign_approve", &id, &channel, &ts);
+    assert_eq!(t.call_slack(t.signed_callback(&click)).await.status, 200);
+    let ran = run_cli(&[
+        "drill",
+        "results",
+        "--store",
+        "local",
+        "--data-dir",
+        path.to_str().unwrap(),
+        "--since",
+        "2026-01-01",
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let v: Value = serde_json::from_str(ran.stdout.trim()).unwrap();
+    assert_eq!(
+        (v["drills"].as_u64(), v["failed"].as_u64(), v["undecided"].as_u64()),
+        (Some(1), Some(0), Some(1)),
+        "{v}"
+    );
+    let alice = v["reviewers"].as_array().unwrap().iter().find(|r| r["user"] == "UALICE0001").cloned().unwrap();
+    assert_eq!(alice["approved"], 1, "{v}");
+    let ran = run_cli(&[
+        "drill",
+        "results",
+        "--store",
+        "local",
+        "--data-dir",
+        path.to_str().unwrap(),
+        "--since",
+        "2026-01-01",
+    ])
+    .await;
+    assert!(ran.stdout.contains("approved a drill") && ran.stdout.contains("UALICE0001"), "{ran:?}");
+    // An unknown scenario and a missing --env are usage errors.
+    let mut unknown = with_endpoint(&api, &args);
+    unknown.extend(["--scenario", "nope"]);
+    let ran = run_cli(&unknown).await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(ran.stderr.contains("unknown-commit-at-3am"), "the known scenarios are listed: {ran:?}");
+    assert_eq!(run_cli(&with_endpoint(&api, &["drill", "--reviewers", "--action", "deploy"])).await.code, 2);
+}

@@ -30,7 +30,7 @@ const OWNER: &str = "U0OWNER001";
 pub(crate) const CHANNEL: &str = "C0APPROVALS";
 
 /// A running `countersign dev`; [`Dev::stop`] shuts it down gracefully.
-struct Dev {
+pub(crate) struct Dev {
     addr: SocketAddr,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -83,7 +83,7 @@ pub(crate) fn data_dir() -> tempfile::TempDir {
 }
 
 impl Dev {
-    async fn start(dir: &Path) -> Self {
+    pub(crate) async fn start(dir: &Path) -> Self {
         Self::start_with(&config_text(dir)).await
     }
 
@@ -108,7 +108,7 @@ impl Dev {
         panic!("countersign dev did not become healthy");
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -116,7 +116,7 @@ impl Dev {
         done.expect("server stops within 10 s").expect("server task").expect("server ran without error");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -716,7 +716,7 @@ async fn stopping_with_a_long_poll_in_flight_takes_at_most_the_grace_period() {
 }
 
 /// Runs the real `countersign` binary against this local-mode server as the dev identity.
-fn cli(dev: &Dev, args: &[&str]) -> tokio::process::Child {
+pub(crate) fn cli(dev: &Dev, args: &[&str]) -> tokio::process::Child {
     // Flags go before any `--`, after which everything belongs to the command `run` runs.
     let (head, tail) = match args.iter().position(|a| *a == "--") {
         Some(i) => args.split_at(i),

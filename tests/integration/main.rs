@@ -51,6 +51,8 @@ mod checkpoints_s3;
 mod cli;
 mod conformance;
 mod credentials;
+mod drill_battery;
+mod drills;
 mod dynamodb_store;
 mod faults;
 mod fuzz_regressions;

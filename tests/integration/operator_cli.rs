@@ -41,7 +41,7 @@ fn policy_validate_reports_every_problem_with_policy_field_and_line_and_exits_1(
     let out = text(&o);
     assert!(out.contains("policy \"deploy-production\", field max_ttl"), "{out}");
     assert!(out.contains("policy \"rotate-secrets\", field channel"), "{out}");
-    assert!(out.contains("line 8:") && out.contains("line 34:"), "{out}");
+    assert!(out.contains("line 8:") && out.contains("line 36:"), "{out}");
 }
 
 #[test]

@@ -62,5 +62,6 @@ pub fn sample_request_for(arn: &str, policy: &str, required: u32, now: Timestamp
         redeemed_by: None,
         unused_at: None,
         break_glass: None,
+        drill: None,
     }
 }

@@ -27,6 +27,7 @@ use countersign_core::domain::{
 };
 
 pub mod break_glass;
+pub mod drill;
 
 pub const ACTIONS_BLOCK_ID: &str = "countersign_actions";
 pub const APPROVE_ACTION_ID: &str = "countersign_approve";
@@ -452,6 +453,7 @@ pub fn request_message(view: &MessageView<'_>) -> Value {
         "text": plain(&format!("{} → {}", r.action, r.environment), limits::HEADER_TEXT),
     })];
     blocks.extend(r.break_glass.as_ref().map(break_glass::banner));
+    blocks.extend(drill::reveal(r, status));
     blocks.extend([
         status_section(r, status),
         history_context(view.history),

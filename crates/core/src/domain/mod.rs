@@ -7,6 +7,7 @@ pub mod audit;
 pub mod break_glass;
 pub mod checkpoint;
 pub mod credentials;
+pub mod drill;
 pub mod ids;
 pub mod policy;
 pub mod principal;

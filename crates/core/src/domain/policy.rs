@@ -12,6 +12,7 @@ use super::principal::{stems_overlap, Principal, PrincipalPattern};
 
 mod file;
 mod overlap;
+pub(crate) use file::yaml_options;
 pub use file::{parse_policies, PolicyError, PolicyErrors};
 pub use overlap::{shadowing, CommonRequest, Shadowing};
 
@@ -166,6 +167,9 @@ pub struct Policy {
     /// Row 41: lets its principals break the glass ([`super::break_glass`]); `None` refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<super::break_glass::BreakGlassPolicy>,
+    /// Row 42: the principals this policy matches may start reviewer drills under it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drills: bool,
 }
 
 fn default_use_within() -> u64 {

@@ -244,6 +244,9 @@ pub struct ApprovalRequest {
     /// Set on a break-glass (row 41): approved at once, announced, and owing a review.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<super::break_glass::BreakGlass>,
+    /// Set on a reviewer drill (row 42): never redeemable, revealed once over. Not in the API's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<super::drill::Drill>,
 }
 
 fn default_use_within() -> u64 {
@@ -398,6 +401,9 @@ impl ApprovalRequest {
         }
         if self.break_glass.is_some() {
             created = created.with("break_glass", "true");
+        }
+        if let Some(d) = &self.drill {
+            created = created.with("drill", "true").with("scenario", &d.scenario);
         }
         let mut events = vec![created];
         if let Some(b) = &self.break_glass {

@@ -55,6 +55,16 @@ pub struct NewRequest {
     /// Row 41: approve at once, announce, and review afterwards (the policy must allow it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// Row 42: a reviewer drill (the policy must say `drills: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<NewDrill>,
+}
+
+/// The `drill` object of a request body, before validation.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NewDrill {
+    pub scenario: String,
+    pub signs: Vec<String>,
 }
 
 /// Why a call was refused. Each maps to one HTTP status and stable code in the HTTP layer.
@@ -78,6 +88,11 @@ pub enum RequestError {
     BreakGlassReason { min: usize },
     #[error("{0}")]
     BreakGlassNotAllowed(String),
+    #[error("{0}")]
+    DrillsNotAllowed(String),
+    /// Row 42: redemption of a reviewer drill.
+    #[error("{0}")]
+    Drill(String),
     #[error("{principal} already broke the glass {max} time(s) today (UTC) under policy {policy:?}")]
     BreakGlassLimit { principal: String, policy: String, max: u32 },
     #[error("{principal} already has {max} pending request(s) under policy {policy:?}")]
@@ -120,6 +135,8 @@ impl RequestError {
             Self::ReasonRequired { .. } | Self::BreakGlassReason { .. } => "reason_required",
             Self::BreakGlassNotAllowed(_) => "break_glass_not_allowed",
             Self::BreakGlassLimit { .. } => "break_glass_limit",
+            Self::DrillsNotAllowed(_) => "drills_not_allowed",
+            Self::Drill(_) => "drill",
             Self::TooManyPending { .. } => "too_many_pending",
             Self::NotFound => "not_found",
             Self::IdempotencyConflict => "idempotency_conflict",
@@ -145,6 +162,7 @@ impl RequestError {
             Self::Invalid { field, .. } => *field,
             Self::ReasonRequired { .. } | Self::BreakGlassReason { .. } => Some("reason"),
             Self::BreakGlassNotAllowed(_) => Some("break_glass"),
+            Self::DrillsNotAllowed(_) => Some("drill"),
             Self::ArtifactMismatch(_) => Some("artifact"),
             _ => None,
         }
@@ -155,6 +173,7 @@ impl From<RedeemRefusal> for RequestError {
     fn from(e: RedeemRefusal) -> Self {
         let message = e.to_string();
         match e {
+            RedeemRefusal::Drill => Self::Drill(message),
             RedeemRefusal::SessionMismatch { .. } => Self::SessionMismatch(message),
             RedeemRefusal::NotApproved(_) => Self::NotApproved(message),
             RedeemRefusal::AlreadyRedeemed { .. } => Self::AlreadyRedeemed(message),
@@ -206,6 +225,7 @@ struct Validated {
     details: BTreeMap<String, String>,
     idempotency_key: Option<IdempotencyKey>,
     artifact: Option<ArtifactDigest>,
+    drill: Option<crate::domain::drill::Drill>,
 }
 
 fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
@@ -258,7 +278,21 @@ fn validate(input: &NewRequest) -> Result<Validated, RequestError> {
         .map_err(|e| invalid("idempotency_key", e.problem))?;
     let artifact =
         input.artifact.as_deref().map(ArtifactDigest::parse).transpose().map_err(|e| invalid("artifact", e.problem))?;
-    Ok(Validated { action, environment, resource, reason, details: input.details.clone(), idempotency_key, artifact })
+    let drill = match &input.drill {
+        None => None,
+        Some(_) if input.break_glass => return Err(invalid("drill", "a drill cannot also be a break-glass")),
+        Some(d) => Some(crate::domain::drill::Drill::parse(&d.scenario, &d.signs).map_err(|e| invalid("drill", e))?),
+    };
+    Ok(Validated {
+        action,
+        environment,
+        resource,
+        reason,
+        details: input.details.clone(),
+        idempotency_key,
+        artifact,
+        drill,
+    })
 }
 
 /// How a message names one detail: `details.ticket`, or `details["two words"]` when the key is not a
@@ -391,6 +425,12 @@ impl RequestService {
             v.resource.as_ref(),
             caller.access_key.as_deref(),
         )?;
+        if v.drill.is_some() && !policy.drills {
+            return Err(RequestError::DrillsNotAllowed(format!(
+                "policy {:?} does not allow reviewer drills (it does not say drills: true)",
+                policy.name.as_str()
+            )));
+        }
         let break_glass = if input.break_glass { Some(break_glass_terms(policy, v.reason.as_deref())?) } else { None };
         if policy.require_reason && v.reason.is_none() {
             return Err(RequestError::ReasonRequired { policy: policy.name.to_string() });
@@ -445,6 +485,7 @@ impl RequestService {
             redeemed_by: None,
             unused_at: None,
             break_glass: break_glass.map(|b| crate::domain::break_glass::BreakGlass::new(b, now)),
+            drill: v.drill,
         };
         let mut request = request;
         if auto {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use countersign_core::domain::request::NotificationState;
 use countersign_core::domain::ApprovalRequest;
 use countersign_core::service::receipts::RedeemInput;
-use countersign_core::service::requests::{Caller, NewRequest, RequestError, RequestService};
+use countersign_core::service::requests::{Caller, NewDrill, NewRequest, RequestError, RequestService};
 
 use super::error::ApiError;
 use super::identity::Identity;
@@ -182,6 +182,7 @@ const FIELDS: &[&str] = &[
     "ttl_seconds",
     "artifact",
     "break_glass",
+    "drill",
 ];
 
 /// Refuses the first field of `obj` not in `known`, naming it (at most 64 characters of it).
@@ -250,7 +251,30 @@ pub fn parse_body(bytes: &[u8]) -> Result<NewRequest, ApiError> {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(ApiError::invalid(Some("break_glass"), "break_glass must be true or false")),
         },
+        drill: parse_drill(obj.get("drill"))?,
     })
+}
+
+/// `"drill": {"scenario": "…", "signs": ["…", …]}` (row 42), every other shape refused naming the field.
+fn parse_drill(v: Option<&Value>) -> Result<Option<NewDrill>, ApiError> {
+    let bad = |m: &str| ApiError::invalid(Some("drill"), format!("drill: {m}"));
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(bad("must be an object {\"scenario\": …, \"signs\": […]}")),
+    };
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "scenario" | "signs")) {
+        return Err(bad(&format!("unknown field {:?}", k.chars().take(64).collect::<String>())));
+    }
+    let scenario = obj.get("scenario").and_then(Value::as_str).ok_or_else(|| bad("scenario must be a string"))?;
+    let signs = match obj.get("signs") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad("signs must be strings")))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(bad("signs must be an array of strings")),
+    };
+    Ok(Some(NewDrill { scenario: scenario.to_string(), signs }))
 }
 
 /// The redeem body: `{"artifact": "sha256:…"}`, `{}` or empty. Anything else is refused, naming the field.

@@ -41,6 +41,7 @@ impl From<RequestError> for ApiError {
             | RequestError::NoMatchingPolicy(_)
             | RequestError::LongTermCredentials(_)
             | RequestError::BreakGlassNotAllowed(_)
+            | RequestError::DrillsNotAllowed(_)
             | RequestError::SessionMismatch(_) => StatusCode::FORBIDDEN,
             RequestError::TooManyPending { .. } | RequestError::BreakGlassLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::NotFound => StatusCode::NOT_FOUND,
@@ -49,7 +50,8 @@ impl From<RequestError> for ApiError {
             | RequestError::NotApproved(_)
             | RequestError::AlreadyRedeemed(_)
             | RequestError::ApprovalExpired(_)
-            | RequestError::ArtifactMismatch(_) => StatusCode::CONFLICT,
+            | RequestError::ArtifactMismatch(_)
+            | RequestError::Drill(_) => StatusCode::CONFLICT,
             RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::Unavailable(_) | RequestError::SigningUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

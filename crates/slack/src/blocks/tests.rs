@@ -766,3 +766,24 @@ fn t41_flag_modal_carries_only_the_request_id_and_is_within_limits() {
     assert_eq!(v["private_metadata"], id.to_string());
     assert_eq!(v["callback_id"], "countersign_review_flag_modal");
 }
+
+#[test]
+fn t42_a_drill_is_revealed_only_once_it_is_over_and_its_signs_stay_plain_text() {
+    use countersign_core::domain::drill::Drill;
+    let mut r = request(1);
+    r.drill = Some(Drill::parse("unknown-commit", &["The commit is not on main <!channel> *bold*".into()]).unwrap());
+    let pending = serde_json::to_string(&render(&r, &first_time(), false, T0)).unwrap();
+    assert!(!pending.to_lowercase().contains("drill"), "a pending drill looks like any request: {pending}");
+    let denied = r.deny(&u("UBOB0001"), "no", &Governing::as_stored(&r), T0).unwrap().request;
+    let msg = render(&denied, &first_time(), false, T0);
+    assert_within_limits(&msg);
+    let signs =
+        blocks_of(&msg).iter().find(|b| b["text"]["text"].as_str().is_some_and(|t| t.contains("not on main"))).unwrap();
+    assert_eq!(signs["text"]["type"], "plain_text", "the sender's signs cannot format or mention");
+    assert!(signs["text"]["text"].as_str().unwrap().contains("&lt;!channel&gt;"));
+    let text = serde_json::to_string(&msg).unwrap();
+    assert!(text.contains("This was a drill") && text.contains("well caught"), "{text}");
+    let expired = r.expire(r.expires_at).unwrap().request;
+    let text = serde_json::to_string(&render(&expired, &first_time(), false, r.expires_at)).unwrap();
+    assert!(text.contains("This was a drill") && text.contains("before it expired"), "{text}");
+}

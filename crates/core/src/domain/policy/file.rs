@@ -55,6 +55,8 @@ struct RawPolicy {
     bind_session: bool,
     credentials: Option<String>,
     break_glass: Option<RawBreakGlass>,
+    #[serde(default)]
+    drills: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,7 +257,7 @@ pub fn parse_policies(src: &str) -> Result<Vec<Policy>, PolicyErrors> {
 /// `channel: #approvals`, a comment, is reported as a bad channel id); no `<<` merge keys (a policy must say
 /// its own `required_approvals` where the reviewer reads it). Stricter than serde_yaml: application tags
 /// (`!disabled`) are refused rather than silently dropped, since they mean nothing here.
-fn yaml_options() -> serde_saphyr::Options {
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
     const MAX_NODES: usize = 100 * MAX_POLICIES;
     const MAX_REPLAYED_EVENTS: usize = 20 * MAX_POLICIES;
     serde_saphyr::options! {
@@ -655,6 +657,7 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
         bind_session: rp.bind_session,
         credentials: credentials?,
         break_glass: break_glass?,
+        drills: rp.drills,
     })
 }
 

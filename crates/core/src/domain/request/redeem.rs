@@ -11,6 +11,9 @@ use crate::domain::time::Timestamp;
 /// Why a redemption was refused. Checked in this order; each maps to one stable API code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedeemRefusal {
+    /// Row 42: a reviewer drill is never redeemed, whatever its status.
+    #[error("this request is a reviewer drill: it can never be redeemed")]
+    Drill,
     /// `bind_session`: the caller is the requesting principal, in another session.
     #[error("this request can only be redeemed by the session that created it ({expected})")]
     SessionMismatch { expected: String },
@@ -43,6 +46,9 @@ impl ApprovalRequest {
         artifact: Option<&ArtifactDigest>,
         now: Timestamp,
     ) -> Result<Transition, RedeemRefusal> {
+        if self.drill.is_some() {
+            return Err(RedeemRefusal::Drill);
+        }
         if self.bind_session && by.session != self.requester.session {
             return Err(RedeemRefusal::SessionMismatch { expected: self.requester.arn.clone() });
         }
