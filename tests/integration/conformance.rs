@@ -740,6 +740,36 @@ pub async fn t25_chain_verification_names_a_moved_record<S: Store>(sut: Sut<S>) 
     assert_eq!(verify_chain(&all_audit(&*sut.store).await), Err(ChainBreak::OutOfOrder { seq: 2, after: 4 }));
 }
 
+/// Issue 19: an event-worthy change and its outbox entry are one write. The entry holds the sealed record
+/// and the request as that write left it; a vote that decides nothing and a commit that fails write none.
+pub async fn an_event_worthy_change_writes_its_outbox_entry_in_the_same_commit<S: Store>(sut: Sut<S>) {
+    let s = &*sut.store;
+    let r = deploy_request(2, T0);
+    create(s, &r).await;
+    let created = s.for_request(&r.id).await.unwrap();
+    let due = s.due(100).await.unwrap();
+    assert_eq!(due.len(), 1, "request.created only");
+    assert_eq!((&due[0].record, &due[0].request), (&created[0], &r));
+    let now = T0.plus_seconds(1);
+    let t = r.approve(&user(1), &Governing::as_stored(&r), now).unwrap();
+    s.commit(commit_of(&r, t, Guard::OpenAt(now))).await.unwrap();
+    assert_eq!(s.due(100).await.unwrap().len(), 1, "a vote alone is not an event");
+    let once = get(s, &r.id).await;
+    let t = once.approve(&user(2), &Governing::as_stored(&once), now).unwrap();
+    let stale = commit_of(&once, t.clone(), Guard::ExpiredAt(now)); // its guard fails: not expired
+    assert_eq!(conflict(s.commit(stale).await), Conflict::Stale);
+    assert_eq!(s.due(100).await.unwrap().len(), 1, "a failed commit writes no entry");
+    let sealed = s.commit(commit_of(&once, t.clone(), Guard::OpenAt(now))).await.unwrap();
+    let due = s.due(100).await.unwrap();
+    let approved = sealed.iter().find(|e| e.kind == AuditKind::RequestApproved).unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!((&due[1].record, &due[1].request), (approved, &t.request), "the request as committed");
+    assert!(due[0].seq() < due[1].seq(), "in chain order");
+    s.delete(&[due[0].seq(), 999_999]).await.unwrap();
+    let left: Vec<u64> = s.due(100).await.unwrap().iter().map(|e| e.seq()).collect();
+    assert_eq!(left, [approved.seq]);
+}
+
 /// Instantiates every contract test for one store: `conformance!(module, path::to::sut_fn, { extra })`.
 /// The sut function returns `None` when the store's backend is not available (and is not required).
 macro_rules! conformance {
@@ -767,6 +797,7 @@ macro_rules! conformance {
             t25_chain_verification_names_an_edited_record,
             t25_chain_verification_names_a_deleted_record,
             t25_chain_verification_names_a_moved_record,
+            an_event_worthy_change_writes_its_outbox_entry_in_the_same_commit,
         ]);
     };
     (@tests $store:ident, $sut:path, { $($extra:item)* }, [$($test:ident),* $(,)?]) => {

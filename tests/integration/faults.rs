@@ -293,6 +293,13 @@ async fn dynamodb_cut_mid_run_loses_nothing_and_half_writes_nothing() {
     // A 503 whose write landed before the connection dropped is the one ambiguity a network cut leaves; the
     // client's retry with the same idempotency key resolves it. Every stored request is a complete one.
     assert_eq!(stored.len(), created_events.len(), "requests and request.created records differ in number");
+    // Issue 19: the decision events owed are exactly the event-worthy records of the chain, each with the
+    // request it was written with: no change without its outbox entry, no entry without its change.
+    let owed = t.app.stores.outbox.due(usize::MAX).await.expect("the outbox reads");
+    let eventful: Vec<&countersign_core::domain::AuditEvent> =
+        audit.iter().filter(|e| countersign_core::domain::events::event_of(e.kind).is_some()).collect();
+    assert_eq!(owed.iter().map(|e| &e.record).collect::<Vec<_>>(), eventful, "outbox entries = eventful records");
+    assert!(owed.iter().all(|e| e.record.request_id == Some(e.request.id)));
     // Each 503 is retried as the CLI does (`--retries 4`, honouring Retry-After), CONCURRENCY at a time.
     let mut retries = tokio::task::JoinSet::new();
     for &i in &unavailable {

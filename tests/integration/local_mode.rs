@@ -87,7 +87,7 @@ impl Dev {
         Self::start_with(&config_text(dir)).await
     }
 
-    async fn start_with(config: &str) -> Self {
+    pub(crate) async fn start_with(config: &str) -> Self {
         let config = DevConfig::parse(config).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -136,21 +136,21 @@ impl Dev {
         send_signed(&self.http, method, &self.url(path), body, (key, secret, region, service), time).await
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let (s, j, _) = self
             .call_signed_as(method, path, body, KEY_ID, SECRET, "us-east-1", "execute-api", SystemTime::now())
             .await;
         (s, j)
     }
 
-    async fn create(&self, reason: &str) -> String {
+    pub(crate) async fn create(&self, reason: &str) -> String {
         let body = json!({"action": "deploy", "environment": "production", "reason": reason});
         let (status, j) = self.call("POST", "/v1/requests", Some(&body)).await;
         assert_eq!(status, 201, "{j}");
         j["id"].as_str().expect("id").to_string()
     }
 
-    async fn status_of(&self, id: &str) -> Value {
+    pub(crate) async fn status_of(&self, id: &str) -> Value {
         let (status, j) = self.call("GET", &format!("/v1/requests/{id}?wait=0"), None).await;
         assert_eq!(status, 200, "{j}");
         j
@@ -180,7 +180,7 @@ impl Dev {
         r.json().await.unwrap()
     }
 
-    async fn click(&self, user: &str, id: &str, action: &str) -> Value {
+    pub(crate) async fn click(&self, user: &str, id: &str, action: &str) -> Value {
         let ts = self.message_for(id).await["ts"].as_str().unwrap().to_string();
         self.sim_post(
             "/slack/sim/click",

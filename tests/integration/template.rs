@@ -638,6 +638,10 @@ fn template_function_roles_grant_exactly_the_documented_actions() {
                     ("s3:GetObjectVersion", "CheckpointBucket/checkpoints/*"),
                     ("s3:ListBucket", "CheckpointBucket"),
                     ("s3:ListBucketVersions", "CheckpointBucket"),
+                    // Issue 19: publish decision events, and delete the outbox items once published
+                    // (only those: `events_only_the_sweeper_publishes_…`).
+                    ("events:PutEvents", "EventBus"),
+                    ("dynamodb:DeleteItem", "RequestsTable"),
                 ],
             ),
         ),
@@ -1411,4 +1415,55 @@ fn t37_checkpoints_are_written_once_even_by_the_sweeper() {
     assert_eq!(strings(get(once, &["Action"])), ["s3:PutObject"]);
     assert_eq!(strings(get(once, &["Resource"])), ["CheckpointBucket/*"]);
     assert_eq!(get(once, &["Condition"]).and_then(|c| c.as_mapping()).map(|m| m.len()), Some(1), "no other condition");
+}
+
+// --- decision events (issue 19) ---------------------------------------------------------------------------
+
+#[test]
+fn events_only_the_sweeper_publishes_on_a_bus_of_its_own_and_deletes_only_outbox_items() {
+    assert_eq!(text(resource("EventBus"), &["Type"]), Some("AWS::Events::EventBus"));
+    let (sweeper_id, sweeper) = function_by_binary("sweeper");
+    for (fid, f) in functions() {
+        let bus = get(f, &["Properties", "Environment", "Variables", "COUNTERSIGN_EVENT_BUS"]);
+        let publishes = allowed_pairs(&role_of(f)).iter().any(|(a, _)| a.starts_with("events:"));
+        if fid == sweeper_id {
+            assert_eq!(bus.map(describe).as_deref(), Some("EventBus"), "{fid}");
+            assert!(publishes, "{fid}");
+        } else {
+            assert!(bus.is_none() && !publishes, "{fid}: only the sweeper publishes");
+        }
+    }
+    // The bus policy denies PutEvents to every other principal, so no one else can forge `source: countersign`.
+    let policy = resource("EventBusPolicy");
+    assert_eq!(describe(&policy["Properties"]["EventBusName"]), "EventBus");
+    let stmt = &policy["Properties"]["Statement"];
+    assert_eq!(text(stmt, &["Effect"]), Some("Deny"));
+    assert_eq!(text(stmt, &["Principal"]), Some("*"));
+    assert_eq!(strings(get(stmt, &["Action"])), ["events:PutEvents"]);
+    let except = get(stmt, &["Condition", "ArnNotEquals", "aws:PrincipalArn"]).expect("ArnNotEquals aws:PrincipalArn");
+    assert_eq!(describe(except), role_of(sweeper));
+    // DeleteItem on the requests table is the relay's, and is limited to the outbox partition.
+    let deletes: Vec<&Value> = role_statements(&role_of(sweeper))
+        .into_iter()
+        .filter(|s| is_allow(s) && strings(get(s, &["Action"])).contains(&"dynamodb:DeleteItem".to_string()))
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    let leading = get(deletes[0], &["Condition", "ForAllValues:StringEquals", "dynamodb:LeadingKeys"]);
+    assert_eq!(strings(leading), [countersign_aws::dynamodb::keys::OUTBOX_PK]);
+}
+
+#[test]
+fn events_the_example_webhook_rule_is_parameter_gated_and_an_owed_run_streak_alarms() {
+    for id in ["EventsWebhookConnection", "EventsWebhookDestination", "EventsWebhookRule", "EventsWebhookRole"] {
+        assert_eq!(text(resource(id), &["Condition"]), Some("HasEventsWebhook"), "{id}");
+    }
+    let rule = &resource("EventsWebhookRule")["Properties"];
+    assert_eq!(describe(&rule["EventBusName"]), "EventBus");
+    assert_eq!(strings(get(rule, &["EventPattern", "source"])), ["countersign"]);
+    let alarms = of_type("AWS::CloudWatch::Alarm");
+    let (_, alarm) = alarms
+        .iter()
+        .find(|(_, a)| text(a, &["Properties", "MetricName"]) == Some(countersign_lambda::sweep::EVENTS_OWED))
+        .expect("an alarm on the metric the sweeper publishes");
+    assert_eq!(describe(&alarm["Properties"]["Dimensions"][0]["Value"]), function_by_binary("sweeper").0);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::events::{DecisionEvent, OutboxEntry};
 use crate::domain::receipt::Jwk;
 use crate::domain::{ApprovalRequest, AuditDraft, AuditEvent, Policy, PolicyName, RequestId, Status, Timestamp, Vote};
 
@@ -246,14 +247,16 @@ pub struct Stores {
     pub policies: Arc<dyn PolicyStore>,
     pub requests: Arc<dyn RequestStore>,
     pub audit: Arc<dyn AuditLog>,
+    /// The decision events owed (issue 19), written by the request store's own writes.
+    pub outbox: Arc<dyn EventOutbox>,
     /// This process's parsed policy set (shared by every clone of these stores).
     pub policy_cache: Arc<PolicyCache>,
 }
 
 impl Stores {
-    /// One adapter that implements all three ports.
-    pub fn from_one<S: PolicyStore + RequestStore + AuditLog + 'static>(s: Arc<S>) -> Self {
-        Self { policies: s.clone(), requests: s.clone(), audit: s, policy_cache: Arc::default() }
+    /// One adapter that implements all four ports.
+    pub fn from_one<S: PolicyStore + RequestStore + AuditLog + EventOutbox + 'static>(s: Arc<S>) -> Self {
+        Self { policies: s.clone(), requests: s.clone(), audit: s.clone(), outbox: s, policy_cache: Arc::default() }
     }
 
     /// The policy set as of now: holds every policy change committed before this call (a strongly
@@ -503,6 +506,36 @@ pub trait CheckpointSink: Send + Sync {
     /// Every checkpoint's JWS, oldest first (for `audit verify --checkpoints`).
     async fn all(&self) -> Result<Vec<(u64, String)>, StoreError>;
 }
+
+/// The event outbox (issue 19): entries the stores write in the same atomic write as each event-worthy
+/// change ([`crate::domain::events::event_of`]), read and deleted by the sweeper's relay once published.
+#[async_trait]
+pub trait EventOutbox: Send + Sync {
+    /// The oldest `limit` entries, in `seq` order (strongly consistent: every committed entry is seen).
+    async fn due(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Deletes the entries of these `seq`s (absent ones are no error: a concurrent relay deleted them).
+    async fn delete(&self, seqs: &[u64]) -> Result<(), StoreError>;
+}
+
+/// A failed publication, of one event or of the whole call. Never carries payloads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PublishError {
+    /// The service's error code (`ThrottlingException`, `InternalFailure`) or a transport cause.
+    pub code: String,
+    pub message: String,
+}
+
+/// Where decision events go: EventBridge in AWS, `events.jsonl` (and a webhook) in local mode.
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// At most [`MAX_EVENTS_PER_PUBLISH`] events, in `seq` order. `Err`: nothing is known to be published.
+    /// `Ok`: one result per event, in order (an event may be refused while others are accepted).
+    async fn publish(&self, events: &[DecisionEvent]) -> Result<Vec<Result<(), PublishError>>, PublishError>;
+}
+
+/// EventBridge's limit on entries per `PutEvents`.
+pub const MAX_EVENTS_PER_PUBLISH: usize = 10;
 
 #[cfg(test)]
 mod cache_tests {

@@ -14,8 +14,11 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use countersign_aws::dynamodb::{DynamoStore, TableNames};
 use countersign_aws::secrets::SecretsManagerSlackSecrets;
 use countersign_core::domain::Environment;
-use countersign_core::ports::{CheckpointSink, Clock, Notifier, Signer, SlackSecrets, Stores, SystemClock};
+use countersign_core::ports::{
+    CheckpointSink, Clock, EventPublisher, Notifier, Signer, SlackSecrets, Stores, SystemClock,
+};
 use countersign_core::service::checkpoints::Checkpointer;
+use countersign_core::service::events::EventRelay;
 use countersign_core::service::notify::Dispatcher;
 use countersign_core::service::receipts::{NoReceiptKey, Receipts};
 use countersign_core::service::refusals::RefusalBudget;
@@ -42,6 +45,8 @@ pub struct App {
     pub receipts: Receipts,
     /// Where the sweeper writes audit checkpoints (issue 17); `None`: it writes none.
     pub checkpoints: Option<Arc<dyn CheckpointSink>>,
+    /// Where the sweeper publishes decision events (issue 19); `None`: it deletes the outbox unpublished.
+    pub events: Option<Arc<dyn EventPublisher>>,
 }
 
 /// Why a Lambda could not build its [`App`]: it then fails its init, and Lambda retries it.
@@ -139,6 +144,7 @@ impl App {
             refusals: Arc::new(RefusalBudget::default()),
             receipts: p.receipts,
             checkpoints: None,
+            events: None,
         })
     }
 
@@ -185,6 +191,10 @@ impl App {
             let sink = countersign_aws::checkpoints::S3Sink::new(aws_sdk_s3::Client::new(&aws), bucket.clone(), "");
             app.checkpoints = Some(Arc::new(sink));
         }
+        if let Some(bus) = &cfg.event_bus {
+            let client = aws_sdk_eventbridge::Client::new(&aws);
+            app.events = Some(Arc::new(countersign_aws::events::EventBridgePublisher { client, bus: bus.clone() }));
+        }
         Ok(app)
     }
 
@@ -227,7 +237,14 @@ impl App {
             receipts: self.receipts.clone(),
             clock: self.clock.clone(),
         });
-        Sweeper { stores: self.stores.clone(), clock: self.clock.clone(), dispatcher: self.dispatcher(), checkpoints }
+        let events = Some(EventRelay { outbox: self.stores.outbox.clone(), publisher: self.events.clone() });
+        Sweeper {
+            stores: self.stores.clone(),
+            clock: self.clock.clone(),
+            dispatcher: self.dispatcher(),
+            checkpoints,
+            events,
+        }
     }
 
     /// The request API router (`/v1/...`, `/healthz`).

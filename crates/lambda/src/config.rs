@@ -80,6 +80,9 @@ pub struct LambdaConfig {
     pub receipt_issuer: String,
     /// `COUNTERSIGN_CHECKPOINT_BUCKET`: where the sweeper writes audit checkpoints (issue 17).
     pub checkpoint_bucket: Option<String>,
+    /// `COUNTERSIGN_EVENT_BUS`: the EventBridge bus (name or ARN) the sweeper publishes decision events on
+    /// (issue 19). Unset: none are published, and the sweeper deletes the outbox entries unpublished.
+    pub event_bus: Option<String>,
 }
 
 impl LambdaConfig {
@@ -199,7 +202,15 @@ impl LambdaConfig {
                 "is required to sign checkpoints (COUNTERSIGN_CHECKPOINT_BUCKET is set)",
             ));
         }
+        let event_bus = match opt("COUNTERSIGN_EVENT_BUS") {
+            Some(b) if valid_event_bus(&b) => Some(b),
+            Some(b) => {
+                return Err(err("COUNTERSIGN_EVENT_BUS", format!("{b:?} is not an EventBridge bus name or ARN")))
+            }
+            None => None,
+        };
         Ok(Self {
+            event_bus,
             checkpoint_bucket,
             receipt_key_id,
             receipt_previous_key_ids,
@@ -218,6 +229,25 @@ impl LambdaConfig {
             slack_timeout: Duration::from_millis(slack_timeout_ms),
         })
     }
+}
+
+/// An event bus name (`[A-Za-z0-9._-/]`, at most 256) or an `arn:…:events:…:event-bus/NAME` ARN.
+fn valid_event_bus(b: &str) -> bool {
+    let name = match b.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            match parts.as_slice() {
+                [_, "events", _, _, res] => match res.strip_prefix("event-bus/") {
+                    Some(n) => n,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+        None => b,
+    };
+    (1..=256).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 /// The trimmed, non-empty entries of a comma-separated setting.
@@ -529,6 +559,20 @@ mod tests {
         let e = load(Component::RequestApi, &m).unwrap_err();
         assert_eq!(e.var, "COUNTERSIGN_SLACK_API_BASE_URL");
         assert!(e.to_string().contains("plain http:// is allowed only to the exact hosts"), "{e}");
+    }
+
+    #[test]
+    fn the_event_bus_is_a_name_or_an_arn() {
+        let mut m = base();
+        assert_eq!(load(Component::Sweeper, &m).unwrap().event_bus, None);
+        for ok in ["countersign-prod", "arn:aws:events:eu-west-1:111122223333:event-bus/countersign-prod"] {
+            m.insert("COUNTERSIGN_EVENT_BUS", ok);
+            assert_eq!(load(Component::Sweeper, &m).unwrap().event_bus.as_deref(), Some(ok));
+        }
+        for bad in ["has space", "arn:aws:sqs:eu-west-1:111122223333:queue", "arn:aws:events:eu-west-1:1:rule/x"] {
+            m.insert("COUNTERSIGN_EVENT_BUS", bad);
+            assert_eq!(load(Component::Sweeper, &m).unwrap_err().var, "COUNTERSIGN_EVENT_BUS", "{bad}");
+        }
     }
 
     #[test]

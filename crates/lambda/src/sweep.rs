@@ -3,7 +3,9 @@
 //!
 //! `Countersign/CheckpointOwed` (dimension `FunctionName`) is 1 for a run that ended owing a checkpoint
 //! (issue 17: the head moved and none could be written) and 0 otherwise. The stack's
-//! `CheckpointOwedAlarm` fires when three consecutive runs owed one. Nothing here can fail a sweep.
+//! `CheckpointOwedAlarm` fires when three consecutive runs owed one. `Countersign/EventsOwed` counts the
+//! decision events still owed when the run's relay stopped at a failure (issue 19; `EventsOwedAlarm`: five
+//! runs in a row). Nothing here can fail a sweep.
 
 use countersign_core::domain::Timestamp;
 use countersign_core::service::sweeper::{SweepReport, Sweeper};
@@ -12,6 +14,8 @@ use serde_json::{json, Value};
 /// The metrics namespace, and the metric the checkpoint alarm watches (template.yaml names both).
 pub const METRICS_NAMESPACE: &str = "Countersign";
 pub const CHECKPOINT_OWED: &str = "CheckpointOwed";
+/// Decision events still owed when the run's relay stopped at a failure (issue 19): 0 on a healthy run.
+pub const EVENTS_OWED: &str = "EventsOwed";
 
 /// Runs one sweep; prints its metrics; returns the report as the invocation's result.
 pub async fn handle(sweeper: &Sweeper) -> Result<Value, lambda_http::Error> {
@@ -23,6 +27,8 @@ pub async fn handle(sweeper: &Sweeper) -> Result<Value, lambda_http::Error> {
         unused = report.unused,
         checkpoint = ?report.checkpoint,
         checkpoint_owed = report.checkpoint_owed,
+        published = report.published,
+        events_owed = report.events_owed,
         errors = report.errors,
         "sweep done"
     );
@@ -40,7 +46,8 @@ pub fn emf(report: &SweepReport, function: &str, now: Timestamp) -> Value {
             "CloudWatchMetrics": [{
                 "Namespace": METRICS_NAMESPACE,
                 "Dimensions": [["FunctionName"]],
-                "Metrics": [count(CHECKPOINT_OWED), count("SweepErrors"), count("Expired"), count("Relayed")],
+                "Metrics": [count(CHECKPOINT_OWED), count("SweepErrors"), count("Expired"), count("Relayed"),
+                    count(EVENTS_OWED), count("EventsPublished")],
             }],
         },
         "FunctionName": function,
@@ -48,6 +55,8 @@ pub fn emf(report: &SweepReport, function: &str, now: Timestamp) -> Value {
         "SweepErrors": report.errors,
         "Expired": report.expired,
         "Relayed": report.relayed,
+        EVENTS_OWED: report.events_owed,
+        "EventsPublished": report.published,
     })
 }
 
@@ -55,6 +64,10 @@ pub fn emf(report: &SweepReport, function: &str, now: Timestamp) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn now0() -> Timestamp {
+        Timestamp::from_unix_millis(0)
+    }
 
     #[test]
     fn a_run_owing_a_checkpoint_publishes_checkpoint_owed_one_in_emf() {
@@ -73,5 +86,7 @@ mod tests {
         let fine =
             emf(&SweepReport { checkpoint: Some(9), ..SweepReport::default() }, "f", Timestamp::from_unix_millis(0));
         assert_eq!(fine["CheckpointOwed"], 0);
+        let behind = emf(&SweepReport { events_owed: 14, published: 10, ..SweepReport::default() }, "f", now0());
+        assert_eq!((behind["EventsOwed"].as_u64(), behind["EventsPublished"].as_u64()), (Some(14), Some(10)));
     }
 }

@@ -95,6 +95,15 @@ pub struct DevConfig {
     pub sweep_interval: Duration,
     pub slack: SlackConfig,
     pub identities: Vec<DevIdentity>,
+    pub events: EventsConfig,
+}
+
+/// `[events]`: decision events go to `<data-dir>/events.jsonl` always, and to `webhook_url` when set, signed
+/// with `webhook_secret` (docs/events.md).
+#[derive(Debug, Clone, Default)]
+pub struct EventsConfig {
+    pub webhook_url: Option<reqwest::Url>,
+    pub webhook_secret: Option<SecretString>,
 }
 
 // ---- the TOML schema --------------------------------------------------------------------------------------
@@ -113,6 +122,30 @@ struct RawConfig {
     slack: RawSlack,
     #[serde(default)]
     identities: Vec<RawIdentity>,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+}
+
+fn events(raw: RawEvents) -> Result<EventsConfig, ConfigError> {
+    let webhook_url = match raw.webhook_url.filter(|u| !u.trim().is_empty()) {
+        None => None,
+        Some(u) => match reqwest::Url::parse(u.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Some(url),
+            _ => return Err(err("events.webhook_url", format!("{u:?} is not an http(s) URL"))),
+        },
+    };
+    let webhook_secret = raw.webhook_secret.filter(|s| !s.is_empty()).map(SecretString::new);
+    if webhook_url.is_some() && webhook_secret.as_ref().is_none_or(|s| s.expose().len() < 16) {
+        return Err(err("events.webhook_secret", "must be set (16 characters or more) when webhook_url is set"));
+    }
+    Ok(EventsConfig { webhook_url, webhook_secret })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +272,7 @@ impl DevConfig {
             sweep_interval: Duration::from_secs(sweep),
             slack: slack(raw.slack)?,
             identities: identities(raw.identities)?,
+            events: events(raw.events)?,
         })
     }
 
@@ -411,6 +445,7 @@ pub fn generate(data_dir: &Path) -> Result<String, ConfigError> {
     let key2 = r("identities", random_from(UPPER_DIGITS, 11))?;
     let secret1 = r("identities", random_from(SECRET_CHARS, 40))?;
     let secret2 = r("identities", random_from(SECRET_CHARS, 40))?;
+    let webhook_secret = r("events.webhook_secret", random_hex(32))?;
     let data_dir = data_dir.display().to_string().replace('\\', "/").replace('"', "");
     Ok(format!(
         r#"# Countersign local mode (`countersign dev`). Written on the first run with random dev secrets; edit freely.
@@ -434,6 +469,12 @@ bot_token = "{DEFAULT_BOT_TOKEN}"
 signing_secret = "{signing_secret}"
 team_id = "{DEFAULT_TEAM_ID}"
 app_id = "{DEFAULT_APP_ID}"
+
+[events]
+# Decision events are always appended to DATA_DIR/events.jsonl. Set webhook_url to also POST each one,
+# signed with webhook_secret in a Countersign-Signature header (docs/events.md shows how to verify it).
+# webhook_url = "http://127.0.0.1:9000/countersign"
+webhook_secret = "{webhook_secret}"
 
 # Who you can act as in the simulator. Users named by the policies but not listed here appear under their id.
 [[slack.users]]

@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod checkpoints;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod receipt_key;
 pub mod secrets;
@@ -87,6 +88,8 @@ pub enum LocalError {
     Simulator(#[source] SimError),
     #[error("the server failed")]
     Io(#[source] std::io::Error),
+    #[error("cannot build the events webhook client")]
+    Events(#[source] reqwest::Error),
     #[error("cannot use the receipt key")]
     ReceiptKey(#[source] receipt_key::KeyError),
 }
@@ -212,6 +215,10 @@ impl LocalServer {
         let mut app = app;
         // The same checkpoint files as the S3 bucket, in the data directory (issue 17).
         app.checkpoints = Some(Arc::new(checkpoints::DirSink { root: config.data_dir.clone() }));
+        // Decision events (issue 19): events.jsonl in the data directory, and the webhook when configured.
+        let events =
+            events::LocalEvents::new(&config.data_dir, &config.events, clock.clone()).map_err(LocalError::Events)?;
+        app.events = Some(Arc::new(events));
 
         let verifier = Arc::new(Verifier::new(&config.region, config.identities.iter().cloned()));
         let api = app
@@ -277,6 +284,8 @@ impl LocalServer {
                         expired = r.expired,
                         relayed = r.relayed,
                         reminded = r.reminded,
+                        published = r.published,
+                        events_owed = r.events_owed,
                         errors = r.errors,
                         "sweeper ran"
                     ),

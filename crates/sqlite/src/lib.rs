@@ -21,7 +21,7 @@
 //!
 //! Where things live: `writer` (the writer thread and group commit), `readers` (the read
 //! pool), `schema` (migrations, pragmas, opening a connection), `rows` (documents and columns), `error`
-//! (SQLite errors as [`StoreError`]), and the port impls in `policies`, `requests` and `audit`. This file
+//! (SQLite errors as [`StoreError`]), and the port impls in `policies`, `requests`, `audit` and `outbox` (decision events owed). This file
 //! only opens the store; it must never hold SQL of its own.
 //!
 //! [`PolicyStore`]: countersign_core::ports::PolicyStore
@@ -30,6 +30,7 @@
 
 mod audit;
 mod error;
+mod outbox;
 mod policies;
 mod readers;
 mod requests;

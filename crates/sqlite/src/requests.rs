@@ -13,6 +13,7 @@ use countersign_core::ports::{Commit, Conflict, CreateOutcome, Guard, RequestSto
 
 use crate::audit::append_tx;
 use crate::error::Sql;
+use crate::outbox::outbox_tx;
 use crate::rows::{collect, limit, parse_request, to_i64, to_json, RequestRow};
 use crate::EmbeddedStore;
 
@@ -129,7 +130,8 @@ fn create_request_tx(
             .execute(params![row.principal, key.as_str(), row.id])
             .sql()?;
     }
-    append_tx(tx, events)?;
+    let sealed = append_tx(tx, events)?;
+    outbox_tx(tx, &sealed, request)?;
     Ok(CreateOutcome::Created)
 }
 
@@ -213,7 +215,9 @@ pub(crate) fn commit_tx(tx: &Connection, c: Commit) -> Result<Vec<AuditEvent>, S
             .execute(params![row.id, v.user_id.as_str(), to_json(v, "vote")?])
             .sql()?;
     }
-    append_tx(tx, c.events)
+    let sealed = append_tx(tx, c.events)?;
+    outbox_tx(tx, &sealed, &c.request)?;
+    Ok(sealed)
 }
 
 #[async_trait]

@@ -105,6 +105,13 @@ CREATE TABLE break_glass_uses (
     PRIMARY KEY (principal, day)
 ) STRICT;
 "#,
+    r#"
+-- Decision events owed (issue 19): written in the same transaction as the change, deleted once published.
+CREATE TABLE event_outbox (
+    seq INTEGER PRIMARY KEY NOT NULL,
+    doc TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 /// Opens a connection with the settings every connection of the store uses.

@@ -19,6 +19,9 @@ pub enum Service {
     Kms,
     /// S3 on moto needs path-style addressing (`force_path_style(true)`): no bucket subdomains on loopback.
     S3,
+    /// EventBridge (decision events, issue 19): moto delivers `PutEvents` to a rule's SQS targets.
+    Events,
+    Sqs,
 }
 
 impl Service {
@@ -28,6 +31,8 @@ impl Service {
             Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETSMANAGER",
             Service::Kms => "AWS_ENDPOINT_URL_KMS",
             Service::S3 => "AWS_ENDPOINT_URL_S3",
+            Service::Events => "AWS_ENDPOINT_URL_EVENTBRIDGE",
+            Service::Sqs => "AWS_ENDPOINT_URL_SQS",
         }
     }
 }

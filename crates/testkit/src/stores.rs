@@ -11,12 +11,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use countersign_aws::dynamodb::{create_tables, keys, DynamoStore, TableNames};
-use countersign_core::ports::{AuditLog, PolicyStore, RequestStore};
+use countersign_core::ports::{AuditLog, EventOutbox, PolicyStore, RequestStore};
 use countersign_sqlite::EmbeddedStore;
 
 /// Everything a conformance test needs from a store.
-pub trait Store: PolicyStore + RequestStore + AuditLog + 'static {}
-impl<T: PolicyStore + RequestStore + AuditLog + 'static> Store for T {}
+pub trait Store: PolicyStore + RequestStore + AuditLog + EventOutbox + 'static {}
+impl<T: PolicyStore + RequestStore + AuditLog + EventOutbox + 'static> Store for T {}
 
 /// Changes the audit trail behind the store's back, the way someone with raw access to the storage could.
 /// Records are addressed by their position in the chain (their `seq` when intact).

@@ -233,7 +233,10 @@ impl Battery<'_> {
     }
 
     async fn slack_cases(&self, cases: &mut Vec<Case>, expected: &mut Expected) -> Result<(), CliError> {
+        // A fresh connection per case: a server that refuses a body without reading it (the oversized case)
+        // closes the connection, which must not be taken as the next case's answer.
         let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .timeout(SLACK_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("countersign-drill/", env!("CARGO_PKG_VERSION")))

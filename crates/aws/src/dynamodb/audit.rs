@@ -81,7 +81,7 @@ impl DynamoStore {
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn append(&self, events: Vec<AuditDraft>) -> Result<Vec<AuditEvent>, StoreError> {
-        match self.transact_with_audit("TransactWriteItems(audit append)", Vec::new(), &events).await? {
+        match self.transact_with_audit("TransactWriteItems(audit append)", Vec::new(), &events, None).await? {
             TxOutcome::Committed(sealed) => Ok(sealed),
             TxOutcome::Refused(_) => Err(StoreError::Other("audit append was refused without a state item".into())),
         }

@@ -66,6 +66,9 @@ pub const POLICY_SET_PK: &str = "POLICIES";
 pub const GENERATION_SK: &str = "GENERATION";
 /// The one partition of the audit table: the chain is totally ordered by `seq`.
 pub const CHAIN_PK: &str = "CHAIN";
+/// The partition of the requests table holding the decision events owed (issue 19), sorted by
+/// [`outbox_sk`]. Only the sweeper may delete there (the template's condition on `dynamodb:LeadingKeys`).
+pub const OUTBOX_PK: &str = "OUTBOX";
 
 /// How long request, vote and idempotency items stay after the request's expiry before DynamoDB TTL may
 /// delete them. TTL is garbage collection only: expiry is enforced by `expires_at` in every condition.
@@ -106,6 +109,11 @@ pub fn pending_counter_pk(principal: &str, policy: &PolicyName) -> String {
 /// `BREAKGLASS#{principal}#{YYYY-MM-DD}`: the break-glass uses of one principal on one UTC day (row 41).
 pub fn break_glass_counter_pk(principal: &str, day: &str) -> String {
     format!("BREAKGLASS#{principal}#{day}")
+}
+
+/// `{seq:020}`: an outbox entry's sort key, the audit record's `seq`, so that string order is chain order.
+pub fn outbox_sk(seq: u64) -> String {
+    format!("{seq:020}")
 }
 
 /// A time as a fixed-width decimal string, so that string order is time order. Clamped to

@@ -1,4 +1,4 @@
-//! The DynamoDB store: `PolicyStore`, `RequestStore` and `AuditLog` on three tables.
+//! The DynamoDB store: `PolicyStore`, `RequestStore`, `AuditLog` and `EventOutbox` on three tables.
 //!
 //! Every state change is one `TransactWriteItems` that also appends its audit records, each put with
 //! `attribute_not_exists`, so a change and its record are written together or not at all, and two writers
@@ -14,6 +14,7 @@ pub mod keys;
 mod audit;
 mod error;
 mod items;
+mod outbox;
 mod policies;
 mod reads;
 mod requests;
@@ -27,7 +28,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 
 use countersign_core::domain::audit::seal_after;
-use countersign_core::domain::{AuditDraft, AuditEvent};
+use countersign_core::domain::events::{event_of, OutboxEntry};
+use countersign_core::domain::{ApprovalRequest, AuditDraft, AuditEvent};
 use countersign_core::ports::StoreError;
 
 pub use tables::create_tables;
@@ -134,17 +136,23 @@ impl DynamoStore {
     /// current last record. Retries (bounded, with jittered backoff) when another writer took the chain
     /// position first or a transaction conflict cancelled the write; returns `Refused` as soon as a
     /// condition on a state item fails.
+    ///
+    /// With `snapshot` (the request as this write leaves it), the decision events owed for the sealed
+    /// records go into the same transaction as outbox items (issue 19, [`outbox`]).
     async fn transact_with_audit(
         &self,
         op: &'static str,
         state: Vec<TransactWriteItem>,
         drafts: &[AuditDraft],
+        snapshot: Option<&ApprovalRequest>,
     ) -> Result<TxOutcome, StoreError> {
         let n_state = state.len();
-        if n_state + drafts.len() > MAX_TRANSACTION_ITEMS {
+        let n_outbox = snapshot
+            .map_or(0, |r| drafts.iter().filter(|d| event_of(d.kind).is_some() && d.request_id == Some(r.id)).count());
+        if n_state + drafts.len() + n_outbox > MAX_TRANSACTION_ITEMS {
             return Err(StoreError::Other(format!(
                 "{op}: {} items exceed the {MAX_TRANSACTION_ITEMS}-item transaction limit",
-                n_state + drafts.len()
+                n_state + drafts.len() + n_outbox
             )));
         }
         if n_state + drafts.len() == 0 {
@@ -166,6 +174,11 @@ impl DynamoStore {
             let mut tx = state.clone();
             for e in &events {
                 tx.push(self.audit_put(e)?);
+            }
+            if let Some(r) = snapshot {
+                for entry in OutboxEntry::for_write(&events, r) {
+                    tx.push(self.outbox_put(&entry)?);
+                }
             }
             // From here the head is `Unknown` (taken above) unless the transaction commits.
             let err = match self.client.transact_write_items().set_transact_items(Some(tx)).send().await {

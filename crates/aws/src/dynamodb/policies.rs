@@ -96,7 +96,7 @@ impl PolicyStore for DynamoStore {
     async fn put_policy(&self, policy: &Policy, event: AuditDraft) -> Result<(), StoreError> {
         let put = conditional_put(&self.tables.policies, items::policy_item(policy)?, None, &[], Item::new())?;
         let tx = vec![put, self.generation_bump()?];
-        match self.transact_with_audit("TransactWriteItems(put policy)", tx, &[event]).await? {
+        match self.transact_with_audit("TransactWriteItems(put policy)", tx, &[event], None).await? {
             TxOutcome::Committed(_) => Ok(()),
             TxOutcome::Refused(codes) => {
                 Err(StoreError::Other(format!("put policy was cancelled ({})", codes.join(", "))))
@@ -116,7 +116,7 @@ impl PolicyStore for DynamoStore {
             .build()
             .map_err(|e| build_error("policy delete", e))?;
         let tx = vec![TransactWriteItem::builder().delete(delete).build(), self.generation_bump()?];
-        match self.transact_with_audit("TransactWriteItems(delete policy)", tx, &[event]).await? {
+        match self.transact_with_audit("TransactWriteItems(delete policy)", tx, &[event], None).await? {
             TxOutcome::Committed(_) => Ok(()),
             TxOutcome::Refused(_) => Err(StoreError::Conflict(Conflict::Stale)),
         }

@@ -119,7 +119,7 @@ impl DynamoStore {
             tx.push(self.counter_update(&request, -1, None)?);
         }
 
-        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events).await? {
+        let codes = match self.transact_with_audit("TransactWriteItems(commit)", tx, &events, Some(&request)).await? {
             TxOutcome::Committed(sealed) => return Ok(sealed),
             TxOutcome::Refused(codes) => codes,
         };
@@ -271,10 +271,11 @@ impl RequestStore for DynamoStore {
             tx.push(self.break_glass_counter(request, b.max_per_day)?);
         }
 
-        let codes = match self.transact_with_audit("TransactWriteItems(create request)", tx, &events).await? {
-            TxOutcome::Committed(_) => return Ok(CreateOutcome::Created),
-            TxOutcome::Refused(codes) => codes,
-        };
+        let codes =
+            match self.transact_with_audit("TransactWriteItems(create request)", tx, &events, Some(request)).await? {
+                TxOutcome::Committed(_) => return Ok(CreateOutcome::Created),
+                TxOutcome::Refused(codes) => codes,
+            };
         // A retry with the same key answers with the first request, even when the cap is now reached.
         if failed(&codes, slots.idempotency) {
             let Some(key) = &request.idempotency_key else {

@@ -8,6 +8,7 @@ pub mod break_glass;
 pub mod checkpoint;
 pub mod credentials;
 pub mod drill;
+pub mod events;
 pub mod ids;
 pub mod policy;
 pub mod principal;
@@ -15,6 +16,7 @@ pub mod receipt;
 pub mod request;
 pub mod text;
 pub mod time;
+pub mod view;
 pub mod voter;
 
 pub use audit::{Actor, AuditDraft, AuditEvent, AuditKind, ChainBreak};

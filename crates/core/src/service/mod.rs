@@ -3,6 +3,7 @@
 
 pub mod break_glass;
 pub mod checkpoints;
+pub mod events;
 pub mod notify;
 pub mod policies;
 pub mod receipts;

@@ -28,6 +28,11 @@ pub struct SweepReport {
     /// and writing one failed (it is tried again next run). The sweeper Lambda publishes it as the
     /// `CheckpointOwed` metric, and three owed runs in a row raise the stack's alarm.
     pub checkpoint_owed: bool,
+    /// Decision events published by this run (issue 19).
+    pub published: usize,
+    /// Outbox entries still owed when this run's relay stopped at a failure (retried next run); the
+    /// sweeper Lambda publishes it as the `EventsOwed` metric.
+    pub events_owed: usize,
     pub errors: usize,
 }
 
@@ -38,6 +43,8 @@ pub struct Sweeper {
     pub dispatcher: Dispatcher,
     /// Writes a signed checkpoint of the audit chain after each run (issue 17), when configured.
     pub checkpoints: Option<super::checkpoints::Checkpointer>,
+    /// Publishes the decision events the outbox holds (issue 19); `None`: the outbox is left alone.
+    pub events: Option<super::events::EventRelay>,
 }
 
 /// How many reminders are due by `now`: one at 1/3 and one at 2/3 of the request's lifetime.
@@ -106,6 +113,21 @@ impl Sweeper {
                 Ok(()) => rep.relayed += 1,
                 Err(e) => {
                     tracing::warn!(request_id = %r.id, error = %e, "relay failed; will retry");
+                    rep.errors += 1;
+                }
+            }
+        }
+        if let Some(relay) = &self.events {
+            // After this run's own changes, so their events leave in this run too. Never blocks them.
+            match relay.run_once().await {
+                Ok(r) => rep.published = r.published,
+                Err(super::events::RelayError::Publish { report, .. }) => {
+                    (rep.published, rep.events_owed) = (report.published, report.owed.max(1));
+                    rep.errors += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::error_chain(&e), "event relay failed; will retry");
+                    rep.events_owed = 1;
                     rep.errors += 1;
                 }
             }
