@@ -141,6 +141,11 @@ impl ApiClient {
         self.call(Method::GET, "/v1/keys", None, Duration::ZERO).await
     }
 
+    /// `GET /v1/whoami`: the caller as the API identifies it, and the policies that match it.
+    pub async fn whoami(&self) -> Result<Value, CliError> {
+        self.call(Method::GET, "/v1/whoami", None, Duration::ZERO).await
+    }
+
     async fn call(
         &self,
         method: Method,

@@ -10,7 +10,9 @@ pub mod audit;
 pub mod dev;
 pub mod drill;
 pub mod policy;
+pub mod policy_tools;
 pub mod receipt;
+pub mod replay;
 pub mod report;
 pub mod request;
 pub mod store;
@@ -50,8 +52,8 @@ pub mod exit {
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (approved, or created without --wait; valid; intact)
-  1  check failed (invalid policy file, shadowing policies with --strict, broken audit chain)
-     or operation failed
+  1  check failed (invalid policy file, shadowing policies with --strict, a failing policy test case,
+     replayed outcomes changed with --fail-on-change, broken audit chain) or operation failed
   2  usage error
   3  denied          4  expired          5  cancelled
   6  still pending (when --timeout ran out, or `status` without --wait)
@@ -131,8 +133,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Who you are to AWS (sts:GetCallerIdentity): your ARN and the principal policies match on.
+    /// Who you are to AWS (sts:GetCallerIdentity): your ARN and the principal policies match on. With
+    /// --endpoint, who you are to Countersign (GET /v1/whoami, local mode too): the identity the API sees,
+    /// your credential type, and the policies that match you, with their actions and environments.
+    #[command(after_help = EXIT_CODES_HELP)]
     Whoami {
+        /// Ask the request API instead of STS (the stage URL, or local mode's URL).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
         #[command(flatten)]
         aws: AwsArgs,
         #[command(flatten)]
@@ -187,6 +195,17 @@ pub enum PolicyCommand {
         #[arg(long)]
         strict: bool,
     },
+    /// Check a policy file against table-driven cases (a pass/fail table); exit 1 when any case fails.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Test(policy_tools::TestArgs),
+    /// Show what the API would decide for one request: every matching policy in strictest-wins order, why
+    /// the winner wins, who can approve, which owners are excluded, and the shadowing warnings that apply.
+    Explain(policy_tools::ExplainArgs),
+    /// Replay the requests of a period (from the audit trail) against a candidate file and list those whose
+    /// outcome would change: newly denied or allowed, another policy, another quorum, approvers added or
+    /// removed; with counts per policy. With --fail-on-change, exit 1 when anything would change.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Replay(replay::ReplayArgs),
     /// Each version of a policy (or of all), from the audit trail: when it changed, who applied it, and
     /// what changed. With --at, the whole policy set as it was at that instant (JSON): who could approve what.
     History {
@@ -255,6 +274,9 @@ pub struct WaitArgs {
     pub timeout: Option<Duration>,
 }
 
+/// `--retries` when not given.
+const DEFAULT_RETRIES: u32 = 4;
+
 /// Where the request API is and how to reach it.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
@@ -268,7 +290,7 @@ pub struct ApiArgs {
     pub output: OutputArgs,
     /// How many times to retry a call that failed with a 5xx, API Gateway throttling or a network error
     /// (exponential backoff, honouring Retry-After) before giving up with exit 8.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
 }
 
@@ -481,7 +503,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }) => receipt::verify(&file, &jwks, &artifact, action, environment, principal, output),
         Command::Cancel { id, api } => request::cancel(&id, &api).await,
         Command::Drill(a) => drill::drill(&a).await,
-        Command::Whoami { aws, output } => request::whoami(&aws, &output).await,
+        Command::Whoami { endpoint: None, aws, output } => request::whoami(&aws, &output).await,
+        Command::Whoami { endpoint: Some(endpoint), aws, output } => {
+            policy_tools::whoami(ApiArgs { endpoint, aws, output, retries: DEFAULT_RETRIES }).await
+        }
         Command::Audit(AuditCommand::Export { range, request, principal, format, out, checkpoints, store }) => {
             let filter = audit::Filter { request, principal };
             audit::export(&range, &filter, format, out.as_deref(), checkpoints.as_ref(), &store).await
@@ -501,6 +526,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Policy(PolicyCommand::Apply { file, store, yes, strict }) => {
             policy::apply(&file, &store, yes, strict).await
         }
+        Command::Policy(PolicyCommand::Test(args)) => policy_tools::test(&args),
+        Command::Policy(PolicyCommand::Explain(args)) => policy_tools::explain(&args),
+        Command::Policy(PolicyCommand::Replay(args)) => replay::replay(&args).await,
         Command::Policy(PolicyCommand::History { name, at, store, output }) => {
             policy::history(name.as_deref(), at, &store, output.output).await
         }

@@ -1,4 +1,4 @@
-//! `countersign policy validate | diff | apply | history`.
+//! `countersign policy validate | diff | apply | history` (`test`, `explain`, `replay`: [`super::policy_tools`]).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -10,16 +10,18 @@ use countersign_core::service::policies::{self, render_plan};
 use super::store::{open, OpenStore};
 use super::{exit, CliError, StoreArgs};
 
-fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
+/// Reads a file of at most `max` bytes, refusing a larger one before reading it.
+pub(super) fn read_bounded(file: &Path, max: usize) -> Result<String, CliError> {
     let meta = std::fs::metadata(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;
-    if meta.len() > MAX_POLICY_FILE_BYTES as u64 {
-        return Err(CliError::new(
-            exit::FAILED,
-            format!("{}: larger than {MAX_POLICY_FILE_BYTES} bytes", file.display()),
-        ));
+    if meta.len() > max as u64 {
+        return Err(CliError::new(exit::FAILED, format!("{}: larger than {max} bytes", file.display())));
     }
-    let src =
-        std::fs::read_to_string(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))?;
+    std::fs::read_to_string(file).map_err(|e| CliError::failed(&format!("cannot read {}", file.display()), &e))
+}
+
+/// Reads and validates a policy file; every problem is printed with file, policy, field and line.
+pub(super) fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
+    let src = read_bounded(file, MAX_POLICY_FILE_BYTES)?;
     parse_policies(&src).map_err(|errs| {
         let mut m = format!("{} is not valid ({} problem(s)):", file.display(), errs.0.len());
         for e in &errs.0 {
@@ -30,7 +32,7 @@ fn load(file: &Path) -> Result<Vec<Policy>, CliError> {
 }
 
 /// One line per pair of policies that shadow each other (threat row 32).
-fn shadowing_line(s: &Shadowing<'_>) -> String {
+pub(super) fn shadowing_line(s: &Shadowing<'_>) -> String {
     let e = &s.example;
     format!(
         "policies {:?} and {:?} can match the same request (for example principal {}, action {}, environment {}, \

@@ -936,3 +936,23 @@ async fn acknowledged_writes_survive_sigkill() {
     let lost: Vec<&String> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged but lost after SIGKILL: {lost:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_with_endpoint_asks_local_mode_who_the_caller_is_and_which_policies_match() {
+    let dir = data_dir();
+    let dev = Dev::start(dir.path()).await;
+    let ran = countersign_testkit::cli::finish(cli(&dev, &["whoami", "--output", "json"])).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let v: Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    assert_eq!(v["arn"], ARN);
+    assert_eq!(v["principal"], "arn:aws:iam::111122223333:role/github-deploy");
+    assert_eq!((v["account_id"].as_str(), v["session"].as_str()), (Some("111122223333"), Some("run-42")));
+    assert_eq!(v["credential"], "temporary", "local mode hands over the signing key's type: {v}");
+    let names: Vec<&str> = v["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["deploy-production", "staging-auto"]);
+    let ran = countersign_testkit::cli::finish(cli(&dev, &["whoami"])).await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("credential: temporary"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("deploy-production: actions deploy; environments production"), "{}", ran.stdout);
+    dev.stop().await;
+}

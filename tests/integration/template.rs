@@ -243,6 +243,7 @@ const REQUEST_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/requests/{id}/cancel"),
     ("post", "/v1/requests/{id}/redeem"),
     ("get", "/v1/keys"),
+    ("get", "/v1/whoami"),
 ];
 
 #[test]

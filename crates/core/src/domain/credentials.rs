@@ -118,7 +118,21 @@ pub fn check_credentials<'a>(
     resource: Option<&Resource>,
     access_key_id: Option<&str>,
 ) -> Result<(), LongTermCredentials> {
-    let credential = CredentialType::of(access_key_id);
+    let key = access_key_id.filter(|k| !k.is_empty()).map(key_suffix);
+    check_credential_type(policies, who, action, env, resource, CredentialType::of(access_key_id), key)
+}
+
+/// [`check_credentials`] given the credential's type rather than its key id: the one rule, for callers that
+/// know only the type (`policy test` cases, replayed requests). `key_suffix` is what the refusal names.
+pub fn check_credential_type<'a>(
+    policies: impl IntoIterator<Item = &'a Policy>,
+    who: &Principal,
+    action: &Action,
+    env: &Environment,
+    resource: Option<&Resource>,
+    credential: CredentialType,
+    key_suffix: Option<String>,
+) -> Result<(), LongTermCredentials> {
     if credential == CredentialType::Temporary {
         return Ok(());
     }
@@ -128,11 +142,19 @@ pub fn check_credentials<'a>(
         .min_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
     match requiring {
         None => Ok(()),
-        Some(p) => Err(LongTermCredentials {
-            policy: p.name.clone(),
-            credential,
-            key_suffix: access_key_id.filter(|k| !k.is_empty()).map(key_suffix),
-        }),
+        Some(p) => Err(LongTermCredentials { policy: p.name.clone(), credential, key_suffix }),
+    }
+}
+
+impl CredentialType {
+    /// The inverse of [`CredentialType::as_str`]: `temporary`, `long_term` or `unknown`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "temporary" => Ok(Self::Temporary),
+            "long_term" => Ok(Self::LongTerm),
+            "unknown" => Ok(Self::Unknown),
+            other => Err(format!("must be temporary, long_term or unknown, got {other:?}")),
+        }
     }
 }
 

@@ -10,8 +10,12 @@ use super::credentials::CredentialRule;
 use super::ids::{Action, Environment, PolicyName, Resource, SlackChannelId, SlackGroupId, SlackUserId};
 use super::principal::{stems_overlap, Principal, PrincipalPattern};
 
+mod cases;
+mod explain;
 mod file;
 mod overlap;
+pub use cases::{parse_cases, run_case, Case, CaseError, CaseResult, Expect, MAX_CASES, MAX_CASES_FILE_BYTES};
+pub use explain::{evaluate, policies_for, why_stricter, Evaluation, Outcome};
 pub(crate) use file::yaml_options;
 pub use file::{parse_policies, PolicyError, PolicyErrors};
 pub use overlap::{shadowing, CommonRequest, Shadowing};
@@ -251,7 +255,24 @@ pub fn select<'a>(
 /// The one "strictest wins" ordering: [`select`] applies it to the matching policies, the shadowing lint
 /// to a pair that can match the same request.
 fn strictest<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Option<&'a Policy> {
-    policies.into_iter().min_by(|a, b| a.strictness_key().cmp(&b.strictness_key()))
+    policies.into_iter().min_by(|a, b| stricter_first(a, b))
+}
+
+/// The strictest-wins order as a comparison: `Less` when `a` would govern rather than `b`. [`select`]
+/// picks the least; `policy explain` lists every match in this order.
+pub fn stricter_first(a: &Policy, b: &Policy) -> std::cmp::Ordering {
+    a.strictness_key().cmp(&b.strictness_key())
+}
+
+/// The policies whose `principals` match `who`, whatever their actions, environments and resources: what
+/// [`Owners::of`] unions and what `GET /v1/whoami` lists.
+pub fn for_principal<'a, 'w, I>(policies: I, who: &'w Principal) -> impl Iterator<Item = &'a Policy> + 'w
+where
+    I: IntoIterator<Item = &'a Policy>,
+    I::IntoIter: 'w,
+    'a: 'w,
+{
+    policies.into_iter().filter(move |p| p.principals.matches(who))
 }
 
 /// The owners of a requesting identity (row 30): everyone listed in `owners` of **any** policy whose
@@ -264,9 +285,8 @@ pub struct Owners(BTreeSet<SlackUserId>);
 impl Owners {
     pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>, who: &Principal) -> Self {
         Self(
-            policies
-                .into_iter()
-                .filter(|p| !p.owners.is_empty() && p.principals.matches(who))
+            for_principal(policies, who)
+                .filter(|p| !p.owners.is_empty())
                 .flat_map(|p| p.owners.iter().cloned())
                 .collect(),
         )

@@ -8,6 +8,7 @@ pub mod notify;
 pub mod policies;
 pub mod receipts;
 pub mod refusals;
+pub mod replay;
 pub mod report;
 pub mod requests;
 pub mod sweeper;

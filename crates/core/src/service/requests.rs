@@ -1,4 +1,5 @@
-//! Submitting, reading, waiting for and cancelling approval requests (the request API's use cases).
+//! Submitting, reading, waiting for and cancelling approval requests (the request API's use cases), and
+//! who the caller is to the API ([`whoami`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +20,9 @@ use crate::domain::text::{check_visible, escape_hidden};
 
 use super::notify::Dispatcher;
 use super::receipts::Receipts;
+
+mod whoami;
+pub use whoami::{PolicySummary, WhoAmI};
 
 /// Input limits (also documented in docs/api.md).
 pub const MAX_DETAILS: usize = 20;

@@ -1,5 +1,5 @@
 //! The request API router: `POST /v1/requests`, `GET /v1/requests/{id}`, `POST /v1/requests/{id}/cancel`,
-//! `POST /v1/requests/{id}/redeem`, `GET /v1/keys`, `GET /healthz`. Contract: docs/api.md and docs/openapi.yaml (a test keeps the paths in step).
+//! `POST /v1/requests/{id}/redeem`, `GET /v1/keys`, `GET /v1/whoami`, `GET /healthz`. Contract: docs/api.md and docs/openapi.yaml (a test keeps the paths in step).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use countersign_core::domain::ApprovalRequest;
 use countersign_core::service::receipts::RedeemInput;
-use countersign_core::service::requests::{Caller, NewDrill, NewRequest, RequestError, RequestService};
+use countersign_core::service::requests::{Caller, NewDrill, NewRequest, RequestError, RequestService, WhoAmI};
 
 use super::error::ApiError;
 use super::identity::Identity;
@@ -30,6 +30,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/requests/{id}/cancel"),
     ("post", "/v1/requests/{id}/redeem"),
     ("get", "/v1/keys"),
+    ("get", "/v1/whoami"),
     ("get", "/healthz"),
 ];
 
@@ -40,6 +41,7 @@ pub fn router(service: RequestService) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/requests/{id}/redeem", post(redeem))
         .route("/v1/keys", get(keys))
+        .route("/v1/whoami", get(whoami))
         .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -297,6 +299,50 @@ pub struct RedeemView {
 async fn keys(State(svc): State<RequestService>, Identity(caller): Identity) -> Response {
     match svc.keys(&caller).await {
         Ok(jwks) => Json(jwks).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `GET /v1/whoami`: the caller as the API identifies it, with the names, actions and environments of the
+/// policies that match its principal. The identity fields are named as the request object's `requester`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhoamiView {
+    pub arn: String,
+    pub principal: String,
+    pub account_id: String,
+    pub session: Option<String>,
+    /// `temporary`, `long_term` or `unknown` (row 40).
+    pub credential: String,
+    pub policies: Vec<WhoamiPolicyView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhoamiPolicyView {
+    pub name: String,
+    pub actions: Vec<String>,
+    pub environments: Vec<String>,
+}
+
+impl From<WhoAmI> for WhoamiView {
+    fn from(w: WhoAmI) -> Self {
+        Self {
+            arn: w.requester.arn,
+            principal: w.requester.principal,
+            account_id: w.requester.account_id,
+            session: w.requester.session,
+            credential: w.credential.as_str().to_string(),
+            policies: w
+                .policies
+                .into_iter()
+                .map(|p| WhoamiPolicyView { name: p.name, actions: p.actions, environments: p.environments })
+                .collect(),
+        }
+    }
+}
+
+async fn whoami(State(svc): State<RequestService>, Identity(caller): Identity) -> Response {
+    match svc.whoami(&caller).await {
+        Ok(w) => Json(WhoamiView::from(w)).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -162,11 +162,11 @@ impl fmt::Display for PolicyErrors {
     }
 }
 
-/// Finds the 1-based line where `policies[idx]` starts, for errors found after parsing.
-fn policy_lines(src: &str) -> Vec<usize> {
-    // Policies are list items directly under `policies:`; record the line of each `- ` at that indent.
+/// The 1-based line of each list item directly under the top-level `key` (`policies:`, `cases:`): where
+/// `policies[idx]` starts, for errors found after parsing.
+pub(super) fn item_lines(src: &str, key: &str) -> Vec<usize> {
     let mut lines = Vec::new();
-    let mut in_policies = false;
+    let mut in_list = false;
     let mut indent: Option<usize> = None;
     for (i, l) in src.lines().enumerate() {
         let trimmed = l.trim_start();
@@ -175,10 +175,10 @@ fn policy_lines(src: &str) -> Vec<usize> {
         }
         let ind = l.len() - trimmed.len();
         if ind == 0 {
-            in_policies = trimmed.starts_with("policies:");
+            in_list = trimmed.starts_with(key);
             continue;
         }
-        if in_policies && trimmed.starts_with("- ") && indent.is_none_or(|x| x == ind) {
+        if in_list && trimmed.starts_with("- ") && indent.is_none_or(|x| x == ind) {
             indent = Some(ind);
             lines.push(i + 1);
         }
@@ -209,7 +209,7 @@ pub fn parse_policies(src: &str) -> Result<Vec<Policy>, PolicyErrors> {
     if raw.policies.len() > MAX_POLICIES {
         errors.push(file_err("policies", format!("at most {MAX_POLICIES} policies per file")));
     }
-    let lines = policy_lines(src);
+    let lines = item_lines(src, "policies:");
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (i, rp) in raw.policies.into_iter().enumerate() {
@@ -323,7 +323,7 @@ fn original(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
 
 /// serde-saphyr's messages without "at line X, column Y" suffixes: [`PolicyError`] carries the
 /// line. Rendering through it still escapes control characters in the message.
-struct NoLocations;
+pub(super) struct NoLocations;
 
 impl serde_saphyr::Localizer for NoLocations {
     fn attach_location<'a>(
@@ -432,7 +432,7 @@ fn read_tree(src: &str) -> Option<Node> {
     serde_saphyr::from_str_with_options(src, options).ok()
 }
 
-/// Which policy a line falls in, from the layout alone ([`policy_lines`]): for errors in files that do not
+/// Which policy a line falls in, from the layout alone ([`item_lines`]): for errors in files that do not
 /// read as YAML at all.
 fn policy_at_line(src: &str, line: usize) -> Option<usize> {
     let top = src
@@ -443,7 +443,7 @@ fn policy_at_line(src: &str, line: usize) -> Option<usize> {
     if !top.starts_with("policies:") {
         return None;
     }
-    policy_lines(src).iter().rposition(|&start| start <= line)
+    item_lines(src, "policies:").iter().rposition(|&start| start <= line)
 }
 
 /// `(line, column)`, 1-based, for ordering positions.

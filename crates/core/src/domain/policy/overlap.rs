@@ -49,10 +49,11 @@ impl Shadowing<'_> {
 
 /// Every pair of `policies` that can match one request but differs in approvers, owners or channel.
 /// Quadratic in the number of policies; the cheapest comparisons run first.
-pub fn shadowing(policies: &[Policy]) -> Vec<Shadowing<'_>> {
+pub fn shadowing<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<Shadowing<'a>> {
+    let policies: Vec<&'a Policy> = policies.into_iter().collect();
     let mut out = Vec::new();
-    for (i, a) in policies.iter().enumerate() {
-        for b in &policies[i + 1..] {
+    for (i, &a) in policies.iter().enumerate() {
+        for &b in &policies[i + 1..] {
             // The allocation-free overlap test first: most pairs of a large file do not overlap.
             if !can_match_one_request(a, b) {
                 continue;
