@@ -148,8 +148,28 @@ impl App {
         })
     }
 
-    /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock.
+    /// The Lambda graph: DynamoDB, Secrets Manager, Slack's Web API, the system clock (request-api,
+    /// slack-interactions). It never builds an S3 or EventBridge client, so those binaries do not link them.
     pub async fn from_lambda_config(cfg: &LambdaConfig) -> Result<Self, StartError> {
+        Ok(Self::lambda_graph(cfg).await?.0)
+    }
+
+    /// [`Self::from_lambda_config`] and what only the sweeper uses: the checkpoint bucket (S3) and the
+    /// decision-event bus (EventBridge), when configured.
+    pub async fn for_sweeper(cfg: &LambdaConfig) -> Result<Self, StartError> {
+        let (mut app, aws) = Self::lambda_graph(cfg).await?;
+        if let Some(bucket) = &cfg.checkpoint_bucket {
+            let sink = countersign_aws::checkpoints::S3Sink::new(aws_sdk_s3::Client::new(&aws), bucket.clone(), "");
+            app.checkpoints = Some(Arc::new(sink));
+        }
+        if let Some(bus) = &cfg.event_bus {
+            let client = aws_sdk_eventbridge::Client::new(&aws);
+            app.events = Some(Arc::new(countersign_aws::events::EventBridgePublisher { client, bus: bus.clone() }));
+        }
+        Ok(app)
+    }
+
+    async fn lambda_graph(cfg: &LambdaConfig) -> Result<(Self, aws_config::SdkConfig), StartError> {
         // The system's root certificates are read and parsed once, for Slack's client and the SDK's: each
         // parsing them on its own was about half of a cold start (crate::transport, docs/performance.md).
         let tls = Arc::new(crate::transport::system_tls()?);
@@ -186,16 +206,7 @@ impl App {
             },
             receipts: receipts(&aws, cfg),
         };
-        let mut app = Self::build_with_http(parts, slack_http)?;
-        if let Some(bucket) = &cfg.checkpoint_bucket {
-            let sink = countersign_aws::checkpoints::S3Sink::new(aws_sdk_s3::Client::new(&aws), bucket.clone(), "");
-            app.checkpoints = Some(Arc::new(sink));
-        }
-        if let Some(bus) = &cfg.event_bus {
-            let client = aws_sdk_eventbridge::Client::new(&aws);
-            app.events = Some(Arc::new(countersign_aws::events::EventBridgePublisher { client, bus: bus.clone() }));
-        }
-        Ok(app)
+        Ok((Self::build_with_http(parts, slack_http)?, aws))
     }
 
     pub fn dispatcher(&self) -> Dispatcher {

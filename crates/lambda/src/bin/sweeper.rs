@@ -16,7 +16,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             std::process::exit(1);
         }
     };
-    let sweeper = App::from_lambda_config(&cfg).await?.sweeper();
+    let sweeper = App::for_sweeper(&cfg).await?.sweeper();
     lambda_runtime::run(service_fn(|_: LambdaEvent<serde_json::Value>| {
         let sweeper = sweeper.clone();
         async move { handle(&sweeper).await }
