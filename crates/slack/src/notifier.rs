@@ -18,7 +18,6 @@ use countersign_core::domain::{ApprovalRequest, SlackAccount, SlackChannelId, Sl
 use countersign_core::ports::{Clock, MessageContext, NotifyError, PostedMessage, SlackSecrets, SystemClock};
 
 use countersign_core::domain::break_glass::ReviewStatus;
-use countersign_core::domain::Policy;
 
 use super::blocks::{self, break_glass, MessageView};
 use super::client::{BotToken, SlackClient, SlackError, TokenProvider};
@@ -113,13 +112,6 @@ pub fn render(ctx: &MessageContext<'_>) -> serde_json::Value {
         m.insert("metadata".into(), metadata(ctx.request));
     }
     msg
-}
-
-/// The policy's approvers as mentions (for the review reminder of a break-glass).
-fn approver_mentions(p: &Policy) -> String {
-    let users = p.approvers.users.iter().map(|u| format!("<@{u}>"));
-    let groups = p.approvers.groups.iter().map(|g| format!("<!subteam^{g}>"));
-    users.chain(groups).collect::<Vec<_>>().join(" ")
 }
 
 /// `{"event_type": "countersign_request", "event_payload": {"request_id": "req_…"}}`: only the id, which
@@ -223,7 +215,10 @@ impl countersign_core::ports::Notifier for SlackNotifier {
                 m
             }
             Some(b) => {
-                let approvers = ctx.policy.map(approver_mentions).unwrap_or_default();
+                let approvers = ctx
+                    .policy
+                    .map(|p| break_glass::mentions(&p.approvers.users, &p.approvers.groups))
+                    .unwrap_or_default();
                 let mut m = break_glass::reminder(r, b, &approvers);
                 m["thread_ts"] = json!(posted.ts);
                 m

@@ -36,15 +36,6 @@ pub struct Notify {
     pub groups: Vec<SlackGroupId>,
 }
 
-impl Notify {
-    /// Slack mentions: `<@U…>` and `<!subteam^S…>`, space-separated.
-    pub fn mentions(&self) -> String {
-        let users = self.users.iter().map(|u| format!("<@{u}>"));
-        let groups = self.groups.iter().map(|g| format!("<!subteam^{g}>"));
-        users.chain(groups).collect::<Vec<_>>().join(" ")
-    }
-}
-
 /// A policy's `break_glass` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakGlassPolicy {
@@ -337,6 +328,6 @@ mod tests {
     #[test]
     fn the_day_counted_is_the_utc_day_of_creation() {
         assert_eq!(break_glass().break_glass_day(), T0.to_rfc3339()[..10]);
-        assert_eq!(policy().notify.mentions(), "<@USECLEAD1>");
+        assert_eq!(policy().notify.users, [SlackUserId::parse("USECLEAD1").unwrap()]);
     }
 }

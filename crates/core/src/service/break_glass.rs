@@ -14,7 +14,7 @@ use crate::ports::{Commit, Conflict, Guard, MessageContext, PostedMessage, Store
 
 use super::notify::Dispatcher;
 use super::sweeper::Sweeper;
-use super::votes::{Rejection, VoteOutcome, VoteService};
+use super::votes::{governing, Rejection, VoteOutcome, VoteService};
 
 const REVIEW_ATTEMPTS: usize = 50;
 
@@ -161,7 +161,11 @@ impl VoteService {
         let Ok(principal) = Principal::parse(&r.requester.arn) else {
             return self.refuse_review(&v, Rejection::NoPolicy).await;
         };
-        if let Err(why) = self.rights(&v.user, &r, &principal, &set.policies).await {
+        let policy = match governing(&r, &principal, &set.policies) {
+            Ok(p) => p,
+            Err(why) => return self.refuse_review(&v, why).await,
+        };
+        if let Err(why) = self.rights(&v.user, &policy, &principal, &set.policies).await {
             return self.refuse_review(&v, why).await;
         }
         if let Err(why) = self.eligible(&v.user).await {

@@ -20,6 +20,12 @@ use super::refusals::{RefusalBudget, RefusedCallback};
 /// Upper bound on optimistic retries of one vote under contention.
 const VOTE_ATTEMPTS: usize = 200;
 
+/// The policy that governs `r` now (rights are re-checked against the policies as they are, row 31), or
+/// `NoPolicy` when none matches it any more.
+pub(super) fn governing(r: &ApprovalRequest, principal: &Principal, policies: &[Policy]) -> Result<Policy, Rejection> {
+    select(policies, principal, &r.action, &r.environment, r.resource.as_ref()).cloned().ok_or(Rejection::NoPolicy)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Approve,
@@ -275,14 +281,16 @@ impl VoteService {
             return Ok(Err(Rejection::NoPolicy));
         };
         let policies = &set.policies;
+        let policy = match governing(&r, &principal, policies) {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
         let key = r.requester.access_key_id.as_deref();
         if let Err(e) = check_credentials(policies, &principal, &r.action, &r.environment, r.resource.as_ref(), key) {
-            if select(policies, &principal, &r.action, &r.environment, r.resource.as_ref()).is_some() {
-                return Ok(Err(Rejection::LongTermCredentials(e.to_string())));
-            }
+            return Ok(Err(Rejection::LongTermCredentials(e.to_string())));
         }
-        let (policy, owners) = match self.rights(user, &r, &principal, policies).await {
-            Ok(found) => found,
+        let owners = match self.rights(user, &policy, &principal, policies).await {
+            Ok(owners) => owners,
             Err(why) => return Ok(Err(why)),
         };
         if r.status.is_terminal() {
@@ -321,28 +329,25 @@ impl VoteService {
         Ok(Ok((r, governing)))
     }
 
-    /// The policy that governs `r` now and its principal's owners, if `user` is one of that policy's
-    /// approvers and not an owner (rows 30, 31). Votes and break-glass reviews both ask this.
+    /// The owners of `principal`, if `user` is one of `policy`'s approvers (the [`governing`] one) and not an
+    /// owner (rows 30, 31). Votes and break-glass reviews both ask this.
     pub(super) async fn rights(
         &self,
         user: &SlackUserId,
-        r: &ApprovalRequest,
+        policy: &Policy,
         principal: &Principal,
         policies: &[Policy],
-    ) -> Result<(Policy, Owners), Rejection> {
-        let Some(policy) = select(policies, principal, &r.action, &r.environment, r.resource.as_ref()).cloned() else {
-            return Err(Rejection::NoPolicy);
-        };
+    ) -> Result<Owners, Rejection> {
         // Owners belong to the identity, not to the policy that matched (row 30): the owners of every policy
         // for this principal are refused, before and regardless of any group lookup.
         let owners = Owners::of(policies, principal);
         let in_group = if policy.needs_group_lookup(user, &owners) {
-            self.in_approver_group(&policy, user).await.map_err(Rejection::TryAgain)?
+            self.in_approver_group(policy, user).await.map_err(Rejection::TryAgain)?
         } else {
             false
         };
         policy.approver_check(user, &owners, in_group).map_err(|e| Rejection::NotApprover(e.to_string()))?;
-        Ok((policy, owners))
+        Ok(owners)
     }
 
     /// Whether `user` is in one of `policy`'s approver groups, within the caller's deadline; `Err` when

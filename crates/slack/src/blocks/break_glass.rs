@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use countersign_core::domain::break_glass::{BreakGlass, ReviewStatus};
 use countersign_core::domain::{ApprovalRequest, RequestId};
 
-use super::{date_token, limits, mrkdwn, plain, safe, user_mention};
+use countersign_core::domain::{SlackGroupId, SlackUserId};
+
+use super::{date_token, group_mention, limits, mrkdwn, plain, safe, user_mention};
 
 pub const REVIEW_BLOCK_ID: &str = "countersign_review";
 pub const REVIEW_OK_ACTION_ID: &str = "countersign_review_ok";
@@ -17,9 +19,15 @@ pub const FLAG_REASON_BLOCK_ID: &str = "reason";
 pub const FLAG_REASON_ACTION_ID: &str = "reason";
 pub const FLAG_REASON_MAX_CHARS: usize = 500;
 
+/// Mentions of `users` and `groups` (`<@U…>`, `<!subteam^S…>`), space-separated: the ones a break-glass's
+/// `notify` names, or a policy's approvers.
+pub fn mentions(users: &[SlackUserId], groups: &[SlackGroupId]) -> String {
+    users.iter().map(user_mention).chain(groups.iter().map(group_mention)).collect::<Vec<_>>().join(" ")
+}
+
 /// The banner right under the header: unmistakable, and it names who was told.
 pub fn banner(b: &BreakGlass) -> Value {
-    let mentions = b.notify.mentions();
+    let mentions = mentions(&b.notify.users, &b.notify.groups);
     let cc = if mentions.is_empty() { String::new() } else { format!("\ncc {mentions}") };
     let text = format!(
         ":rotating_light: *BREAK-GLASS* :rotating_light: This request was *approved at once, without a vote*, \
@@ -136,7 +144,7 @@ pub fn reminder(r: &ApprovalRequest, b: &BreakGlass, approvers: &str) -> Value {
 
 /// The escalation at the end of the window, mentioning `notify`.
 pub fn escalation(r: &ApprovalRequest, b: &BreakGlass, link: Option<&str>) -> Value {
-    let mentions = b.notify.mentions();
+    let mentions = mentions(&b.notify.users, &b.notify.groups);
     let see = link.map(|l| format!(" <{l}|See the request.>")).unwrap_or_default();
     let text = format!(
         ":alarm_clock: *Break-glass review overdue* {mentions}\nNobody reviewed the break-glass `{}` ({} → {}, \

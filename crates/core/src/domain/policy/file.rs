@@ -622,14 +622,7 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
     let break_glass = match &rp.break_glass {
         None => Some(None),
         Some(raw) => {
-            let same_channel = raw.channel == rp.channel;
-            let (policy, mut problems) = break_glass_of(raw, review_within, same_channel);
-            if same_channel {
-                problems.push((
-                    "break_glass.channel",
-                    "must differ from channel: every break-glass is posted to both".to_string(),
-                ));
-            }
+            let (policy, problems) = break_glass_of(raw, review_within, &rp.channel);
             for (field, problem) in problems {
                 err(field, problem);
             }
@@ -662,14 +655,17 @@ fn validate_policy(rp: RawPolicy, err: &mut dyn FnMut(&str, String)) -> Option<P
 }
 
 /// A policy's `break_glass` section, validated (row 41), with `review_within` already read (`None`: it was
-/// refused). Returns the section when nothing is wrong, and every problem found.
+/// refused) and the policy's own `channel`. Returns the section when nothing is wrong, and every problem found.
 fn break_glass_of(
     raw: &RawBreakGlass,
     review_within: Option<u64>,
-    same_channel: bool,
+    policy_channel: &str,
 ) -> (Option<BreakGlassPolicy>, Vec<(&'static str, String)>) {
     use crate::domain::break_glass::{Notify, DEFAULT_MAX_PER_DAY, MAX_MAX_PER_DAY};
     let mut problems = Vec::new();
+    if raw.channel == policy_channel {
+        problems.push(("break_glass.channel", "must differ from channel: every break-glass is posted to both".into()));
+    }
     let channel =
         SlackChannelId::parse(&raw.channel).map_err(|e| problems.push(("break_glass.channel", e.to_string()))).ok();
     let (raw_users, raw_groups) = raw.notify.as_ref().map_or((&[][..], &[][..]), |n| (&n.users[..], &n.groups[..]));
@@ -690,7 +686,7 @@ fn break_glass_of(
         problems.push(("break_glass.max_per_day", format!("must be 1 to {MAX_MAX_PER_DAY}, got {max_per_day}")));
     }
     let policy = match (channel, review_within) {
-        (Some(channel), Some(review_within)) if problems.is_empty() && !same_channel => {
+        (Some(channel), Some(review_within)) if problems.is_empty() => {
             Some(BreakGlassPolicy { channel, notify: Notify { users, groups }, max_per_day, review_within })
         }
         _ => None,
